@@ -1,0 +1,312 @@
+// Package fs stores an archive in a directory, local or an NFS mount.
+//
+// Every write goes to a temporary file in the destination directory, is
+// fsynced, and only then appears under its final name: by link(2) for
+// PutIfAbsent (which fails atomically if the name exists, also on NFS) and by
+// rename(2) for Put; the directory is fsynced after. Temporary files start
+// with ".tmp-" and are never listed.
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/walship/walship/backends"
+)
+
+const (
+	// Archive files are readable by the owner and the group (a backup
+	// group, say), never by others.
+	fileMode  = 0o640
+	dirMode   = 0o750
+	tmpPrefix = ".tmp-"
+)
+
+// Storage is a directory-backed store.
+type Storage struct {
+	root string
+}
+
+// New opens the archive rooted at dir, which must be an absolute path to an
+// existing directory. walship never creates the root itself: if an NFS mount
+// is missing, writing into the empty mount point on the local disk, or
+// answering "not archived" from it, would both be lies.
+func New(dir string) (*Storage, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, backends.Permanent(fmt.Errorf("fs archive %q: path must be absolute", dir))
+	}
+	dir = filepath.Clean(dir)
+	st, err := os.Stat(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, backends.Permanent(fmt.Errorf("fs archive %q does not exist (create it, or mount it)", dir))
+		}
+		return nil, classify(fmt.Errorf("fs archive %q: %w", dir, err))
+	}
+	if !st.IsDir() {
+		return nil, backends.Permanent(fmt.Errorf("fs archive %q is not a directory", dir))
+	}
+	return &Storage{root: dir}, nil
+}
+
+func (s *Storage) String() string { return "file://" + s.root }
+
+func (s *Storage) path(key string) (string, error) {
+	if err := backends.ValidKey(key); err != nil {
+		return "", backends.Permanent(err)
+	}
+	for _, part := range strings.Split(key, "/") {
+		if strings.HasPrefix(part, tmpPrefix) {
+			return "", backends.Permanent(fmt.Errorf("%w: %q uses the temporary prefix", backends.ErrBadKey, key))
+		}
+	}
+	return filepath.Join(s.root, filepath.FromSlash(key)), nil
+}
+
+// PutIfAbsent implements backends.Storage.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	return s.put(ctx, key, body, size, true)
+}
+
+// Put implements backends.Storage.
+func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	return s.put(ctx, key, body, size, false)
+}
+
+func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size int64, exclusive bool) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dst, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(dst)
+	if exclusive {
+		// Cheap early answer for the common re-archive case; the link
+		// below is what actually decides.
+		if _, err := os.Lstat(dst); err == nil {
+			return fmt.Errorf("fs put %q: %w", key, backends.ErrExists)
+		}
+	}
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return classify(fmt.Errorf("fs put %q: %w", key, err))
+	}
+	tmp, err := createTemp(dir)
+	if err != nil {
+		return classify(fmt.Errorf("fs put %q: %w", key, err))
+	}
+	tmpName := tmp.Name()
+	defer func() {
+		if tmp != nil {
+			_ = tmp.Close()
+		}
+		if err != nil || exclusive {
+			_ = os.Remove(tmpName)
+		}
+	}()
+	if _, err := body.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("fs put %q: rewind body: %w", key, err)
+	}
+	n, err := io.Copy(tmp, &ctxReader{ctx: ctx, r: io.LimitReader(body, size+1)})
+	if err != nil {
+		return classify(fmt.Errorf("fs put %q: %w", key, err))
+	}
+	if n != size {
+		return backends.Permanent(fmt.Errorf("fs put %q: body has %d bytes, expected %d", key, n, size))
+	}
+	if err := tmp.Sync(); err != nil {
+		return classify(fmt.Errorf("fs put %q: fsync: %w", key, err))
+	}
+	if err := tmp.Close(); err != nil {
+		tmp = nil
+		return classify(fmt.Errorf("fs put %q: close: %w", key, err))
+	}
+	tmp = nil
+	if exclusive {
+		if err := os.Link(tmpName, dst); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("fs put %q: %w", key, backends.ErrExists)
+			}
+			return classify(fmt.Errorf("fs put %q: link: %w", key, err))
+		}
+	} else if err := os.Rename(tmpName, dst); err != nil {
+		return classify(fmt.Errorf("fs put %q: rename: %w", key, err))
+	}
+	if err := syncDir(dir); err != nil {
+		return classify(fmt.Errorf("fs put %q: fsync directory: %w", key, err))
+	}
+	return nil
+}
+
+func createTemp(dir string) (*os.File, error) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	name := filepath.Join(dir, tmpPrefix+hex.EncodeToString(b[:]))
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Get implements backends.Storage.
+func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, backends.ObjectInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, backends.ObjectInfo{}, err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return nil, backends.ObjectInfo{}, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, backends.ObjectInfo{}, classify(fmt.Errorf("fs get %q: %w", key, err))
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, backends.ObjectInfo{}, classify(fmt.Errorf("fs get %q: %w", key, err))
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, backends.ObjectInfo{}, backends.Permanent(fmt.Errorf("fs get %q: not a regular file", key))
+	}
+	return f, backends.ObjectInfo{Key: key, Size: st.Size(), Modified: st.ModTime()}, nil
+}
+
+// Stat implements backends.Storage.
+func (s *Storage) Stat(ctx context.Context, key string) (backends.ObjectInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return backends.ObjectInfo{}, err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return backends.ObjectInfo{}, err
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return backends.ObjectInfo{}, classify(fmt.Errorf("fs stat %q: %w", key, err))
+	}
+	if !st.Mode().IsRegular() {
+		return backends.ObjectInfo{}, fmt.Errorf("fs stat %q: %w", key, backends.ErrNotFound)
+	}
+	return backends.ObjectInfo{Key: key, Size: st.Size(), Modified: st.ModTime()}, nil
+}
+
+// List implements backends.Storage. It walks only the directory that holds
+// the prefix, so listing one timeline does not read the others.
+func (s *Storage) List(ctx context.Context, prefix string, fn func(backends.ObjectInfo) error) error {
+	start := s.root
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		if err := backends.ValidKey(prefix[:i]); err != nil {
+			return backends.Permanent(err)
+		}
+		start = filepath.Join(s.root, filepath.FromSlash(prefix[:i]))
+	}
+	var infos []backends.ObjectInfo
+	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == start && errors.Is(err, fs.ErrNotExist) {
+				return filepath.SkipAll // nothing stored under this prefix yet
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), tmpPrefix) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		rel, err := filepath.Rel(s.root, p)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) || !d.Type().IsRegular() {
+			return nil
+		}
+		st, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // deleted while listing
+			}
+			return err
+		}
+		infos = append(infos, backends.ObjectInfo{Key: key, Size: st.Size(), Modified: st.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return classify(fmt.Errorf("fs list %q: %w", prefix, err))
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Key < infos[j].Key })
+	for _, info := range infos {
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements backends.Storage.
+func (s *Storage) Delete(ctx context.Context, keys ...string) error {
+	for _, key := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p, err := s.path(key)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return classify(fmt.Errorf("fs delete %q: %w", key, err))
+		}
+	}
+	return nil
+}
+
+// classify maps "no such file" to ErrNotFound and marks errors retrying
+// cannot fix.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w (%v)", backends.ErrNotFound, err)
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.ENOSPC),
+		errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.ENOTDIR):
+		return backends.Permanent(err)
+	}
+	return err
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

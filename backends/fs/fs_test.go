@@ -1,0 +1,81 @@
+package fs_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/fs"
+	"github.com/walship/walship/backends/storagetest"
+)
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) backends.Storage {
+		s, err := fs.New(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}, storagetest.Options{})
+}
+
+func TestRootMustExist(t *testing.T) {
+	if _, err := fs.New(filepath.Join(t.TempDir(), "not-mounted")); err == nil || !backends.IsPermanent(err) {
+		t.Fatalf("New on a missing directory: %v, want a permanent error", err)
+	}
+	if _, err := fs.New("relative/dir"); err == nil {
+		t.Fatal("relative path accepted")
+	}
+}
+
+func TestFilesAreNotWorldReadableAndNoTempLeft(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := fs.New(dir)
+	ctx := context.Background()
+	if err := s.PutIfAbsent(ctx, "wal/00000001/x", bytes.NewReader([]byte("x")), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "head", bytes.NewReader([]byte("h")), 1); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.PutIfAbsent(ctx, "wal/00000001/y", bytes.NewReader([]byte("short")), 99)
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir && info.Mode().Perm()&0o007 != 0 {
+			t.Errorf("%s is accessible by others: %v", p, info.Mode())
+		}
+		if strings.HasPrefix(info.Name(), ".tmp-") {
+			t.Errorf("temporary file left behind: %s", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A temporary file left by a killed process is never listed or served.
+func TestStaleTempIsInvisible(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := fs.New(dir)
+	if err := os.MkdirAll(filepath.Join(dir, "wal"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "wal", ".tmp-deadbeef"), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_ = s.List(context.Background(), "", func(backends.ObjectInfo) error { n++; return nil })
+	if n != 0 {
+		t.Fatalf("listed %d objects, want 0", n)
+	}
+	if _, _, err := s.Get(context.Background(), "wal/.tmp-deadbeef"); err == nil {
+		t.Fatal("temporary file served")
+	}
+}
