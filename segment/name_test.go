@@ -167,3 +167,31 @@ func FuzzNameRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+func TestParseHistory(t *testing.T) {
+	data := "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tat restore point \"x\"\n"
+	got, err := ParseHistory(3, []byte(data))
+	if err != nil || len(got) != 2 || got[1].TLI != 2 || got[1].SwitchLSN != 0x5000000 || got[0].Reason != "no recovery target specified" {
+		t.Fatalf("ParseHistory = %+v, %v", got, err)
+	}
+	for _, bad := range []string{"", "x\t0/1\n", "1\tnope\n", "2\t0/1\n1\t0/2\n", "3\t0/1\n", "1\n"} {
+		if _, err := ParseHistory(3, []byte(bad)); err == nil {
+			t.Errorf("ParseHistory(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzParseHistory(f *testing.F) {
+	f.Add(uint32(2), []byte("1\t0/3000158\tno recovery target specified\n"))
+	f.Fuzz(func(t *testing.T, tli uint32, b []byte) {
+		es, err := ParseHistory(tli, b)
+		if err != nil {
+			return
+		}
+		for i, e := range es {
+			if e.TLI >= tli || (i > 0 && e.TLI <= es[i-1].TLI) {
+				t.Fatalf("accepted %+v for timeline %d", es, tli)
+			}
+		}
+	})
+}

@@ -1,0 +1,141 @@
+// Package archive is walship's view of an archive: where each file lives
+// (the layout), which cluster the archive belongs to (the identity), and the
+// push path that archive_command runs.
+package archive
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/segment"
+)
+
+// Errors a caller maps to exit statuses. Each is wrapped with the details.
+var (
+	// ErrConflict: the archive already holds a different file under this name.
+	ErrConflict = errors.New("archive already holds a different file with this name")
+	// ErrWrongCluster: the file or archive belongs to another cluster, another
+	// PostgreSQL major version or another segment size.
+	ErrWrongCluster = errors.New("archive belongs to another cluster")
+	// ErrNoIdentity: the archive has no identity record, so it is not (yet) a
+	// walship archive; fetch never reports "absent" from such a place.
+	ErrNoIdentity = errors.New("no walship archive here")
+	// ErrLocal: reading or writing a file on this machine failed.
+	ErrLocal = errors.New("local file error")
+)
+
+// Layout maps archived files to keys. Keys carry no codec suffix: each object
+// is sealed and says its own codec, so a reader never probes.
+//
+//	identity.json                   which cluster, version, segment size
+//	wal/<TLI>/<segment name>        segments, .partial and .backup files
+//	history/<TLI>.history           timeline history files
+const IdentityKey = "identity.json"
+
+// Key is where f is stored.
+func Key(f segment.File) string {
+	if f.Kind == segment.KindHistory {
+		return "history/" + f.String()
+	}
+	return fmt.Sprintf("wal/%08X/%s", f.TLI, f)
+}
+
+// Identity records which cluster an archive belongs to. The first push writes
+// it; every later push and fetch checks against it.
+type Identity struct {
+	Format           int       `json:"format"`
+	SystemIdentifier uint64    `json:"system_identifier,string"`
+	PGVersion        string    `json:"pg_version"`
+	SegmentSize      uint64    `json:"segment_size"`
+	BlockSize        uint32    `json:"wal_block_size"`
+	Created          time.Time `json:"created"`
+}
+
+const identityFormat = 1
+
+// Archive is an archive on a Storage.
+type Archive struct {
+	store backends.Storage
+	log   *slog.Logger
+	now   func() time.Time
+}
+
+// New wraps store. log receives at most one line per operation at info.
+func New(store backends.Storage, log *slog.Logger) *Archive {
+	return &Archive{store: store, log: log, now: time.Now}
+}
+
+// Storage is the underlying store.
+func (a *Archive) Storage() backends.Storage { return a.store }
+
+// Identity reads the identity record; ErrNoIdentity if there is none.
+func (a *Archive) Identity(ctx context.Context) (Identity, error) {
+	rc, _, err := a.store.Get(ctx, IdentityKey)
+	if err != nil {
+		if errors.Is(err, backends.ErrNotFound) {
+			return Identity{}, fmt.Errorf("%s: %w (no %s)", a.store, ErrNoIdentity, IdentityKey)
+		}
+		return Identity{}, fmt.Errorf("read archive identity: %w", err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, 1<<16))
+	if err != nil {
+		return Identity{}, fmt.Errorf("read archive identity: %w", err)
+	}
+	var id Identity
+	if err := json.Unmarshal(b, &id); err != nil {
+		return Identity{}, backends.Permanent(fmt.Errorf("archive identity %s is damaged: %w", IdentityKey, err))
+	}
+	if id.Format != identityFormat {
+		return Identity{}, backends.Permanent(fmt.Errorf("archive identity format %d is not one this walship understands", id.Format))
+	}
+	if err := segment.ValidSegmentSize(id.SegmentSize); err != nil || id.SystemIdentifier == 0 {
+		return Identity{}, backends.Permanent(fmt.Errorf("archive identity %s is damaged", IdentityKey))
+	}
+	return id, nil
+}
+
+// claimIdentity returns the archive's identity, writing one from h if the
+// archive has none. Two first pushes racing both end with the winner's.
+func (a *Archive) claimIdentity(ctx context.Context, h segment.Header) (Identity, error) {
+	id, err := a.Identity(ctx)
+	if !errors.Is(err, ErrNoIdentity) {
+		return id, err
+	}
+	id = Identity{
+		Format: identityFormat, SystemIdentifier: h.SysID, PGVersion: h.Version(),
+		SegmentSize: uint64(h.SegSize), BlockSize: h.BlockSize, Created: a.now().UTC(),
+	}
+	b, _ := json.MarshalIndent(id, "", "  ")
+	b = append(b, '\n')
+	err = a.store.PutIfAbsent(ctx, IdentityKey, bytes.NewReader(b), int64(len(b)))
+	if errors.Is(err, backends.ErrExists) {
+		return a.Identity(ctx)
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("write archive identity: %w", err)
+	}
+	a.log.Info("archive identity recorded", "archive", a.store.String(), "system_identifier", id.SystemIdentifier,
+		"pg_version", id.PGVersion, "segment_size", id.SegmentSize)
+	return id, nil
+}
+
+// checkIdentity compares a segment header with the archive's identity.
+func checkIdentity(id Identity, h segment.Header) error {
+	switch {
+	case h.SysID != id.SystemIdentifier:
+		return fmt.Errorf("%w: segment has system identifier %d, archive %d", ErrWrongCluster, h.SysID, id.SystemIdentifier)
+	case h.Version() != id.PGVersion:
+		return fmt.Errorf("%w: segment is from PostgreSQL %s, archive from %s", ErrWrongCluster, h.Version(), id.PGVersion)
+	case uint64(h.SegSize) != id.SegmentSize:
+		return fmt.Errorf("%w: segment size %d, archive %d", ErrWrongCluster, h.SegSize, id.SegmentSize)
+	}
+	return nil
+}

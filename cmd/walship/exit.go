@@ -1,0 +1,69 @@
+package main
+
+import (
+	"errors"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/config"
+	"github.com/walship/walship/segment"
+)
+
+// Exit statuses, documented in README.md. All ordinary failures stay at or
+// below 125: PostgreSQL treats a higher archive_command status as fatal for
+// the archiver.
+const (
+	exitOK = 0
+	// exitAbsent: fetch only; the archive confirmed the file is not there.
+	exitAbsent = 1
+	// exitUsage: bad arguments, a bad setting, or a name that is not a WAL file.
+	exitUsage = 2
+	// exitArchive: the archive could not be reached or read or written
+	// (network, permissions, missing bucket or directory), after retries.
+	exitArchive = 3
+	// exitIntegrity: push refused the file (another cluster, header and
+	// name disagree, truncated, or a different file already archived under
+	// the name); fetch found the archived object damaged or foreign.
+	exitIntegrity = 4
+	// exitLocal: the local file could not be read (push) or written (fetch).
+	exitLocal = 5
+	// recoveryAbort is added to fetch's failure statuses during a
+	// point-in-time recovery: PostgreSQL reads 1..125 as "end of archive"
+	// and would finish recovery early, but stops on a status above 125.
+	recoveryAbort = 128
+)
+
+type op int
+
+const (
+	opPush op = iota
+	opFetch
+)
+
+// exitError carries the status a command ends with.
+type exitError struct {
+	code   int
+	err    error
+	logged bool
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// exitCode maps an operation's error to its status.
+func exitCode(o op, err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey):
+		return exitUsage
+	case errors.Is(err, archive.ErrLocal):
+		return exitLocal
+	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster),
+		errors.Is(err, segment.ErrBadHeader), errors.Is(err, segment.ErrChecksum), errors.Is(err, segment.ErrNotSealed):
+		return exitIntegrity
+	case o == opFetch && errors.Is(err, backends.ErrNotFound) && !errors.Is(err, archive.ErrNoIdentity):
+		return exitAbsent
+	}
+	return exitArchive
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/restore"
+)
+
+func fetchCommand(env *appEnv) *cli.Command {
+	return &cli.Command{
+		Name:      "fetch",
+		Usage:     "restore one WAL file (restore_command = 'walship fetch %f %p')",
+		ArgsUsage: "NAME DEST",
+		Description: "Exits 0 only once the complete, verified file is at DEST; 1 only when the archive confirms\n" +
+			"NAME is absent. Other statuses: 2 usage or setting, 3 archive unreachable, 4 archived object\n" +
+			"damaged or from another cluster, 5 cannot write DEST. During a point-in-time recovery\n" +
+			"(recovery.signal without standby.signal in the working directory) 128 is added to 2..5 so that\n" +
+			"PostgreSQL stops instead of ending recovery early.",
+		Flags: globalFlags(),
+		Action: func(c *cli.Context) error {
+			if err := env.load(c); err != nil {
+				return env.fetchExit(err)
+			}
+			if c.NArg() != 2 {
+				return env.fetchExit(&exitError{code: exitUsage, err: fmt.Errorf("fetch takes NAME and DEST, got %d arguments", c.NArg())})
+			}
+			name, dest := c.Args().Get(0), c.Args().Get(1)
+			if err := env.requireArchive(); err != nil {
+				return env.fetchExit(err)
+			}
+			store, err := openStorage(c.Context, env.cfg)
+			if err != nil {
+				return env.fetchExit(&exitError{code: exitCode(opFetch, err), err: err})
+			}
+			log := env.logger()
+			res, err := restore.Fetch(c.Context, archive.New(store, log), name, dest, restore.FetchOptions{})
+			if err == nil {
+				log.Info("fetched", "file", name, "bytes", res.Size, "attempts", res.Attempts, "ms", res.Elapsed.Milliseconds())
+				return nil
+			}
+			code := exitCode(opFetch, err)
+			if code == exitAbsent {
+				log.Info("not in archive", "file", name)
+				return &exitError{code: code, err: err, logged: true}
+			}
+			return env.fetchExit(&exitError{code: code, err: fmt.Errorf("fetch %s: %w", name, err)})
+		},
+	}
+}
+
+// fetchExit raises a failure status above 125 during a point-in-time
+// recovery, where PostgreSQL would read 1..125 as "no more WAL" and end
+// recovery at the wrong point. A standby retries instead, so it keeps the
+// plain status.
+func (e *appEnv) fetchExit(err error) error {
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code == exitOK || ee.code == exitAbsent {
+		return err
+	}
+	if inArchiveRecovery() {
+		ee.code += recoveryAbort
+	}
+	return ee
+}
+
+func inArchiveRecovery() bool {
+	_, rerr := os.Stat("recovery.signal")
+	_, serr := os.Stat("standby.signal")
+	return rerr == nil && serr != nil
+}

@@ -1,0 +1,175 @@
+// Command walship ships a PostgreSQL primary's write-ahead log to an archive
+// and brings it back. This package only wires: flags and configuration,
+// logging, signals, and the mapping from errors to exit statuses.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args, os.Stderr))
+}
+
+// run is main without the exit, for tests.
+func run(args []string, stderr io.Writer) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	var got os.Signal
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case got = <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	env := &appEnv{stderr: stderr, getenv: os.Getenv}
+	app := newApp(env)
+	err := app.RunContext(ctx, args)
+	cancel()
+	<-done
+	if got != nil {
+		// Clean-up has run (temporary files removed). PostgreSQL tells a
+		// shutdown from a failure by the signal that ended the command, so
+		// die by the same signal.
+		signal.Reset(got)
+		_ = syscall.Kill(os.Getpid(), got.(syscall.Signal))
+	}
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if !errors.As(err, &ee) {
+		// Flag parsing and other usage errors from the CLI library.
+		ee = &exitError{code: exitUsage, err: err}
+	}
+	if !ee.logged {
+		env.logger().Error(oneLine(ee.err.Error()))
+	}
+	return ee.code
+}
+
+// appEnv is what commands share: where logs go and the loaded configuration.
+type appEnv struct {
+	stderr io.Writer
+	getenv func(string) string
+	cfg    config.Config
+	log    *slog.Logger
+}
+
+func (e *appEnv) logger() *slog.Logger {
+	if e.log == nil {
+		e.log = newLogger(e.stderr, "text", "info")
+	}
+	return e.log
+}
+
+func newLogger(w io.Writer, format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(strings.ToUpper(level)))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func newApp(env *appEnv) *cli.App {
+	return &cli.App{
+		Name:    "walship",
+		Usage:   "ship PostgreSQL WAL to an archive and bring it back",
+		Version: version,
+		Flags:   globalFlags(),
+		// Exit statuses are decided in run, after deferred clean-up ran.
+		ExitErrHandler:  func(*cli.Context, error) {},
+		HideHelpCommand: true,
+		Commands: []*cli.Command{pushCommand(env), fetchCommand(env)},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return &exitError{code: exitUsage, err: err}
+		},
+	}
+}
+
+func globalFlags() []cli.Flag {
+	env := func(name string) string { return " [$" + name + "]" }
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "YAML configuration file" + env(config.EnvConfig)},
+		&cli.StringFlag{Name: "archive", Usage: "archive location: /dir, file:///dir or s3://bucket/prefix" + env(config.EnvArchive)},
+		&cli.StringFlag{Name: "compression", Usage: "zstd (default), s2, gzip or none" + env(config.EnvCompression)},
+		&cli.IntFlag{Name: "compression-level", Usage: "codec level; 0 is the codec's default" + env(config.EnvCompressionLevel)},
+		&cli.StringFlag{Name: "log-format", Usage: "text or json" + env(config.EnvLogFormat)},
+		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error" + env(config.EnvLogLevel)},
+		&cli.StringFlag{Name: "s3-endpoint", Usage: "S3-compatible endpoint URL" + env(config.EnvS3Endpoint)},
+		&cli.StringFlag{Name: "s3-region", Usage: "S3 region" + env(config.EnvS3Region)},
+		&cli.BoolFlag{Name: "s3-path-style", Usage: "path-style S3 addressing" + env(config.EnvS3PathStyle)},
+		&cli.StringFlag{Name: "s3-storage-class", Usage: "S3 storage class for new objects" + env(config.EnvS3StorageClass)},
+		&cli.StringFlag{Name: "s3-sse", Usage: "server-side encryption: AES256 or aws:kms" + env(config.EnvS3SSE)},
+		&cli.StringFlag{Name: "s3-sse-kms-key-id", Usage: "KMS key for aws:kms" + env(config.EnvS3SSEKMSKeyID)},
+	}
+}
+
+// load builds the configuration once: defaults < file < environment < flags.
+func (e *appEnv) load(c *cli.Context) error {
+	path := c.String("config")
+	if path == "" {
+		path = e.getenv(config.EnvConfig)
+	}
+	cfg, err := config.Load(path, e.getenv, func(cfg *config.Config) error {
+		set := func(name string, dst *string) {
+			if c.IsSet(name) {
+				*dst = c.String(name)
+			}
+		}
+		set("archive", &cfg.Archive)
+		set("compression", &cfg.Compression)
+		set("log-format", &cfg.LogFormat)
+		set("log-level", &cfg.LogLevel)
+		set("s3-endpoint", &cfg.S3.Endpoint)
+		set("s3-region", &cfg.S3.Region)
+		set("s3-storage-class", &cfg.S3.StorageClass)
+		set("s3-sse", &cfg.S3.SSE)
+		set("s3-sse-kms-key-id", &cfg.S3.SSEKMSKeyID)
+		if c.IsSet("compression-level") {
+			cfg.CompressionLevel = c.Int("compression-level")
+		}
+		if c.IsSet("s3-path-style") {
+			cfg.S3.PathStyle = c.Bool("s3-path-style")
+		}
+		return nil
+	})
+	if err != nil {
+		return &exitError{code: exitUsage, err: err}
+	}
+	e.cfg = cfg
+	e.log = newLogger(e.stderr, cfg.LogFormat, cfg.LogLevel)
+	return nil
+}
+
+// requireArchive is for commands that need an archive.
+func (e *appEnv) requireArchive() error {
+	if e.cfg.Archive == "" {
+		return &exitError{code: exitUsage, err: fmt.Errorf("setting archive: not set; use --archive, %s or archive: in the config file", config.EnvArchive)}
+	}
+	return nil
+}

@@ -1,0 +1,270 @@
+// Package config loads walship's settings once, in one order of precedence:
+// defaults < YAML file < WALSHIP_* environment < command-line flags. The
+// result is validated and passed explicitly; nothing reads settings from
+// globals or the environment afterwards.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/walship/walship/segment"
+)
+
+// Config is every setting. Credentials are deliberately absent: S3
+// credentials come from the standard AWS chain and are never held, logged or
+// echoed by walship.
+type Config struct {
+	Archive          string `yaml:"archive"`
+	Compression      string `yaml:"compression"`
+	CompressionLevel int    `yaml:"compression_level"`
+	LogFormat        string `yaml:"log_format"`
+	LogLevel         string `yaml:"log_level"`
+	S3               S3     `yaml:"s3"`
+}
+
+// S3 holds the S3 settings.
+type S3 struct {
+	Endpoint     string `yaml:"endpoint"`
+	Region       string `yaml:"region"`
+	PathStyle    bool   `yaml:"path_style"`
+	StorageClass string `yaml:"storage_class"`
+	SSE          string `yaml:"sse"`
+	SSEKMSKeyID  string `yaml:"sse_kms_key_id"`
+	MaxAttempts  int    `yaml:"max_attempts"`
+}
+
+// Default is the configuration before any file, environment or flag.
+func Default() Config {
+	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5}}
+}
+
+// Error is a bad setting; its message names the setting.
+type Error struct {
+	Setting string
+	Msg     string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("setting %s: %s", e.Setting, e.Msg) }
+
+// ErrInvalid is wrapped by every configuration error.
+var ErrInvalid = errors.New("invalid configuration")
+
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Load builds the configuration. path is the YAML file ("" for none);
+// getenv reads the environment; flags applies the command line last.
+func Load(path string, getenv func(string) string, flags func(*Config) error) (Config, error) {
+	c := Default()
+	if path != "" {
+		if err := c.loadFile(path, getenv); err != nil {
+			return c, err
+		}
+	}
+	if err := c.applyEnv(getenv); err != nil {
+		return c, err
+	}
+	if flags != nil {
+		if err := flags(&c); err != nil {
+			return c, err
+		}
+	}
+	return c, c.Validate()
+}
+
+func (c *Config) loadFile(path string, getenv func(string) string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return &Error{"config", fmt.Sprintf("cannot read %s: %v", path, errors.Unwrap(err))}
+	}
+	// ${VAR} references are expanded from the environment, so that a
+	// file can be shared while endpoints or names vary per host.
+	expanded := os.Expand(string(b), func(k string) string { return getenv(k) })
+	dec := yaml.NewDecoder(bytes.NewReader([]byte(expanded)))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return &Error{"config", fmt.Sprintf("%s: %s", path, firstLine(err.Error()))}
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s = strings.TrimPrefix(s, "yaml: ")
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " " + strings.TrimSpace(s[i+1:])
+	}
+	return s
+}
+
+// Env names, one per setting.
+const (
+	EnvConfig           = "WALSHIP_CONFIG"
+	EnvArchive          = "WALSHIP_ARCHIVE"
+	EnvCompression      = "WALSHIP_COMPRESSION"
+	EnvCompressionLevel = "WALSHIP_COMPRESSION_LEVEL"
+	EnvLogFormat        = "WALSHIP_LOG_FORMAT"
+	EnvLogLevel         = "WALSHIP_LOG_LEVEL"
+	EnvS3Endpoint       = "WALSHIP_S3_ENDPOINT"
+	EnvS3Region         = "WALSHIP_S3_REGION"
+	EnvS3PathStyle      = "WALSHIP_S3_PATH_STYLE"
+	EnvS3StorageClass   = "WALSHIP_S3_STORAGE_CLASS"
+	EnvS3SSE            = "WALSHIP_S3_SSE"
+	EnvS3SSEKMSKeyID    = "WALSHIP_S3_SSE_KMS_KEY_ID"
+	EnvS3MaxAttempts    = "WALSHIP_S3_MAX_ATTEMPTS"
+)
+
+func (c *Config) applyEnv(getenv func(string) string) error {
+	str := func(name string, dst *string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	num := func(name string, dst *int) error {
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return &Error{name, fmt.Sprintf("%q is not a number", v)}
+			}
+			*dst = n
+		}
+		return nil
+	}
+	str(EnvArchive, &c.Archive)
+	str(EnvCompression, &c.Compression)
+	str(EnvLogFormat, &c.LogFormat)
+	str(EnvLogLevel, &c.LogLevel)
+	str(EnvS3Endpoint, &c.S3.Endpoint)
+	str(EnvS3Region, &c.S3.Region)
+	str(EnvS3StorageClass, &c.S3.StorageClass)
+	str(EnvS3SSE, &c.S3.SSE)
+	str(EnvS3SSEKMSKeyID, &c.S3.SSEKMSKeyID)
+	if err := num(EnvCompressionLevel, &c.CompressionLevel); err != nil {
+		return err
+	}
+	if err := num(EnvS3MaxAttempts, &c.S3.MaxAttempts); err != nil {
+		return err
+	}
+	if v := getenv(EnvS3PathStyle); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return &Error{EnvS3PathStyle, fmt.Sprintf("%q is not true or false", v)}
+		}
+		c.S3.PathStyle = b
+	}
+	return nil
+}
+
+// Validate checks every setting that has a value.
+func (c Config) Validate() error {
+	if c.Archive != "" {
+		if _, err := ParseArchive(c.Archive); err != nil {
+			return err
+		}
+	}
+	if _, err := c.CompressionSetting(); err != nil {
+		return err
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return &Error{"log-format", fmt.Sprintf("%q: want text or json", c.LogFormat)}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{"log-level", fmt.Sprintf("%q: want debug, info, warn or error", c.LogLevel)}
+	}
+	switch c.S3.SSE {
+	case "", "AES256", "aws:kms":
+	default:
+		return &Error{"s3.sse", fmt.Sprintf("%q: want AES256 or aws:kms", c.S3.SSE)}
+	}
+	if c.S3.SSEKMSKeyID != "" && c.S3.SSE != "aws:kms" {
+		return &Error{"s3.sse_kms_key_id", "needs s3.sse: aws:kms"}
+	}
+	if c.S3.MaxAttempts < 1 || c.S3.MaxAttempts > 20 {
+		return &Error{"s3.max_attempts", fmt.Sprintf("%d: want 1..20", c.S3.MaxAttempts)}
+	}
+	if c.S3.Endpoint != "" {
+		u, err := url.Parse(c.S3.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return &Error{"s3.endpoint", "want an http:// or https:// URL"}
+		}
+		if u.User != nil {
+			return &Error{"s3.endpoint", "must not contain credentials; use the AWS credential chain"}
+		}
+	}
+	return nil
+}
+
+// CompressionSetting is the validated compression.
+func (c Config) CompressionSetting() (segment.Compression, error) {
+	codec, err := segment.ParseCodec(c.Compression)
+	if err != nil {
+		return segment.Compression{}, &Error{"compression", err.Error()}
+	}
+	comp := segment.Compression{Codec: codec, Level: c.CompressionLevel}
+	if err := comp.Validate(); err != nil {
+		return comp, &Error{"compression-level", err.Error()}
+	}
+	return comp, nil
+}
+
+// ArchiveURL is a parsed archive location.
+type ArchiveURL struct {
+	Scheme string // "file" or "s3"
+	Path   string // file: absolute directory
+	Bucket string // s3
+	Prefix string // s3, without slashes at either end
+}
+
+// ParseArchive accepts file:///abs/dir, a plain absolute path, or
+// s3://bucket/prefix. Errors never repeat a URL's user-info part.
+func ParseArchive(s string) (ArchiveURL, error) {
+	if strings.HasPrefix(s, "/") {
+		return ArchiveURL{Scheme: "file", Path: filepath.Clean(s)}, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return ArchiveURL{}, &Error{"archive", "not a URL; want file:///dir, /dir or s3://bucket/prefix"}
+	}
+	if u.User != nil {
+		return ArchiveURL{}, &Error{"archive", "must not contain credentials; use the AWS credential chain"}
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return ArchiveURL{}, &Error{"archive", "file:// URLs take no host; write file:///absolute/path"}
+		}
+		if !filepath.IsAbs(u.Path) {
+			return ArchiveURL{}, &Error{"archive", "file:// path must be absolute"}
+		}
+		return ArchiveURL{Scheme: "file", Path: filepath.Clean(u.Path)}, nil
+	case "s3":
+		if u.Host == "" {
+			return ArchiveURL{}, &Error{"archive", "s3:// URL has no bucket"}
+		}
+		if u.RawQuery != "" || u.Fragment != "" {
+			return ArchiveURL{}, &Error{"archive", "s3:// URL takes no query or fragment; use the s3 settings"}
+		}
+		prefix := strings.Trim(u.Path, "/")
+		for _, part := range strings.Split(prefix, "/") {
+			if prefix != "" && (part == "" || part == "." || part == "..") {
+				return ArchiveURL{}, &Error{"archive", "s3:// prefix has an empty, . or .. segment"}
+			}
+		}
+		return ArchiveURL{Scheme: "s3", Bucket: u.Host, Prefix: prefix}, nil
+	case "":
+		return ArchiveURL{}, &Error{"archive", "relative path; want an absolute directory, file:///dir or s3://bucket/prefix"}
+	}
+	return ArchiveURL{}, &Error{"archive", fmt.Sprintf("unsupported scheme %q; want file or s3", u.Scheme)}
+}

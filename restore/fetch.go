@@ -1,0 +1,206 @@
+// Package restore brings files back out of an archive: fetch (the
+// restore_command), and in later work the prefetching agent and base backup
+// restores.
+package restore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/segment"
+)
+
+// FetchOptions bound the work of one fetch.
+type FetchOptions struct {
+	// Attempts is how many times a retryable failure (a dropped connection,
+	// a body that fails its checksum in transit) is tried; 0 means 3.
+	Attempts int
+	// MaxBackoff caps the jittered exponential wait between attempts.
+	MaxBackoff time.Duration
+}
+
+// FetchResult says what a fetch did.
+type FetchResult struct {
+	File     segment.File
+	Size     int64
+	Stored   int64
+	Attempts int
+	Elapsed  time.Duration
+}
+
+// Fetch restores the archived file name to dest. It returns nil only after
+// the whole file, decompressed and checked against its SHA-256 (and, for a
+// segment, its page header and the archive's cluster), has been renamed into
+// place at dest. An error wrapping backends.ErrNotFound means the archive,
+// which has a valid identity, confirmed the file is absent; every other error
+// means something failed and nothing was written at dest.
+//
+// The file is not fsynced: PostgreSQL fsyncs a restored file itself when it
+// keeps it (durable_rename in KeepFileRestoredFromArchive), and a restored
+// file lost in a crash is simply fetched again.
+func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts FetchOptions) (FetchResult, error) {
+	start := time.Now()
+	f, err := segment.ParseFile(name)
+	if err != nil {
+		return FetchResult{}, err
+	}
+	res := FetchResult{File: f}
+	if opts.Attempts <= 0 {
+		opts.Attempts = 3
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	backoff := retry.NewExponentialJitterBackoff(opts.MaxBackoff)
+	for attempt := 1; ; attempt++ {
+		res.Attempts = attempt
+		err = fetchOnce(ctx, a, f, dest, &res)
+		if err == nil || !retryable(err) || attempt >= opts.Attempts {
+			break
+		}
+		delay, _ := backoff.BackoffDelay(attempt, err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, fmt.Errorf("%w (after: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+	res.Elapsed = time.Since(start)
+	return res, err
+}
+
+func retryable(err error) bool {
+	if errors.Is(err, segment.ErrChecksum) {
+		return true // may be damage in transit; a stored corruption fails again
+	}
+	return !backends.IsPermanent(err) && !errors.Is(err, archive.ErrLocal) &&
+		!errors.Is(err, archive.ErrWrongCluster) && !errors.Is(err, archive.ErrNoIdentity) &&
+		!errors.Is(err, segment.ErrBadHeader) && !errors.Is(err, segment.ErrNotSealed)
+}
+
+func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, res *FetchResult) error {
+	key := archive.Key(f)
+	// The identity is needed to check a segment's cluster, and to tell a
+	// real "absent" from an empty or wrong archive path; read it alongside.
+	type idResult struct {
+		id  archive.Identity
+		err error
+	}
+	idc := make(chan idResult, 1)
+	go func() {
+		id, err := a.Identity(ctx)
+		idc <- idResult{id, err}
+	}()
+	rc, _, err := a.Storage().Get(ctx, key)
+	idr := <-idc
+	if err != nil {
+		if errors.Is(err, backends.ErrNotFound) && idr.err != nil {
+			// Never say "absent" for a place that is not an archive: a
+			// wrong path or an unmounted NFS directory would end a
+			// recovery early.
+			return idr.err
+		}
+		return err
+	}
+	defer rc.Close()
+	if idr.err != nil {
+		return idr.err
+	}
+	sr, err := segment.NewReader(rc)
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	defer sr.Close()
+	res.Size = sr.Header().Size
+
+	dir := filepath.Dir(dest)
+	tmp, err := createTemp(dir, filepath.Base(dest))
+	if err != nil {
+		return fmt.Errorf("%w: %v", archive.ErrLocal, err)
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			_ = tmp.Close()
+			_ = os.Remove(tmpName)
+		}
+	}()
+	head := &headCapture{}
+	n, err := io.Copy(io.MultiWriter(tmp, head), &ctxReader{ctx, sr})
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) && pe.Path == tmpName {
+			return fmt.Errorf("%w: write %s: %v", archive.ErrLocal, dest, err)
+		}
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	res.Stored = n
+	if f.Kind == segment.KindSegment || f.Kind == segment.KindPartial {
+		h, err := segment.ParseHeader(head.b[:])
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		if err := segment.CheckHeader(h, f, n, idr.id.SystemIdentifier); err != nil {
+			if h.SysID != idr.id.SystemIdentifier {
+				return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
+			}
+			return fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("%w: write %s: %v", archive.ErrLocal, dest, err)
+	}
+	if err := os.Rename(tmpName, dest); err != nil {
+		return fmt.Errorf("%w: rename into %s: %v", archive.ErrLocal, dest, err)
+	}
+	ok = true
+	return nil
+}
+
+// createTemp makes the temporary file next to dest, so the final rename is
+// atomic, and named so that PostgreSQL never mistakes it for WAL.
+func createTemp(dir, base string) (*os.File, error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := filepath.Join(dir, "."+base+".walship-"+hex.EncodeToString(b[:]))
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
+// headCapture keeps the first bytes written through it: the page header.
+type headCapture struct {
+	b [segment.LongHeaderSize]byte
+	n int
+}
+
+func (h *headCapture) Write(p []byte) (int, error) {
+	if h.n < len(h.b) {
+		h.n += copy(h.b[h.n:], p)
+	}
+	return len(p), nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
