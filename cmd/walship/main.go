@@ -104,7 +104,7 @@ func newApp(env *appEnv) *cli.App {
 		// Exit statuses are decided in run, after deferred clean-up ran.
 		ExitErrHandler:  func(*cli.Context, error) {},
 		HideHelpCommand: true,
-		Commands: []*cli.Command{pushCommand(env), fetchCommand(env)},
+		Commands:        []*cli.Command{pushCommand(env), fetchCommand(env)},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return &exitError{code: exitUsage, err: err}
 		},

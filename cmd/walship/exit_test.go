@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/config"
+	"github.com/walship/walship/segment"
+)
+
+func TestExitCode(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("context: %w", err) }
+	cases := []struct {
+		op   op
+		err  error
+		want int
+	}{
+		{opPush, nil, exitOK},
+		{opFetch, wrap(backends.ErrNotFound), exitAbsent},
+		{opPush, wrap(backends.ErrNotFound), exitArchive}, // push never says "absent"
+		{opFetch, wrap(archive.ErrNoIdentity), exitArchive},
+		{opFetch, wrap(segment.ErrBadName), exitUsage},
+		{opPush, &config.Error{Setting: "archive", Msg: "x"}, exitUsage},
+		{opPush, wrap(archive.ErrConflict), exitIntegrity},
+		{opPush, wrap(archive.ErrWrongCluster), exitIntegrity},
+		{opPush, wrap(segment.ErrBadHeader), exitIntegrity},
+		{opFetch, wrap(segment.ErrChecksum), exitIntegrity},
+		{opFetch, wrap(segment.ErrNotSealed), exitIntegrity},
+		{opFetch, wrap(archive.ErrLocal), exitLocal},
+		{opFetch, errors.New("connection refused"), exitArchive},
+		{opFetch, backends.Permanent(errors.New("AccessDenied")), exitArchive},
+	}
+	for _, c := range cases {
+		if got := exitCode(c.op, c.err); got != c.want {
+			t.Errorf("exitCode(%v, %v) = %d, want %d", c.op, c.err, got, c.want)
+		}
+		if got := exitCode(c.op, c.err); got > 125 {
+			t.Errorf("status %d above 125", got)
+		}
+	}
+}
+
+// runIn runs the CLI in dir and returns its status and stderr.
+func runIn(t *testing.T, dir string, env map[string]string, args ...string) (int, string) {
+	t.Helper()
+	for _, k := range []string{config.EnvArchive, config.EnvConfig, config.EnvCompression, config.EnvCompressionLevel} {
+		t.Setenv(k, "")
+	}
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	wd, _ := os.Getwd()
+	if err := os.Chdir(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = os.Chdir(wd) }()
+	var stderr bytes.Buffer
+	code := run(append([]string{"walship"}, args...), &stderr)
+	return code, stderr.String()
+}
+
+func TestCLIUsageErrorsAreOneLine(t *testing.T) {
+	dir := t.TempDir()
+	arch := t.TempDir()
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"push"}, map[string]string{config.EnvArchive: arch}, "exactly one PATH"},
+		{[]string{"push", "x"}, nil, "setting archive"},
+		{[]string{"push", "--archive", "relative/dir", "x"}, nil, "setting archive"},
+		{[]string{"push", "--archive", arch, "--compression", "lz9", "x"}, nil, "setting compression"},
+		{[]string{"push", "--archive", arch, "--compression-level", "99", "x"}, nil, "setting compression-level"},
+		{[]string{"push", "x"}, map[string]string{config.EnvArchive: "s3://AKIAXXXX:supersecret@bucket/p"}, "must not contain credentials"},
+		{[]string{"fetch", "--archive", arch, "only-one"}, nil, "NAME and DEST"},
+		{[]string{"push", "--no-such-flag", "x"}, nil, "no-such-flag"},
+	}
+	for _, c := range cases {
+		code, out := runIn(t, dir, c.env, c.args...)
+		if code != exitUsage {
+			t.Errorf("%v: status %d, want %d (%s)", c.args, code, exitUsage, out)
+		}
+		if !strings.Contains(out, c.want) {
+			t.Errorf("%v: stderr %q lacks %q", c.args, out, c.want)
+		}
+		if strings.Count(strings.TrimSpace(out), "\n") > 0 && !strings.Contains(out, "USAGE") {
+			t.Errorf("%v: more than one line: %q", c.args, out)
+		}
+		if strings.Contains(out, "supersecret") {
+			t.Errorf("%v: secret printed: %q", c.args, out)
+		}
+	}
+}
+
+// In a point-in-time recovery a failure must not look like "end of WAL".
+func TestFetchFailureDuringPITRStopsRecovery(t *testing.T) {
+	pgdata := t.TempDir()
+	if err := os.WriteFile(filepath.Join(pgdata, "recovery.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "not-mounted")
+	code, _ := runIn(t, pgdata, nil, "fetch", "--archive", missing, "000000010000000000000001", "pg_wal/RECOVERYXLOG")
+	if code != exitArchive+recoveryAbort {
+		t.Fatalf("PITR fetch from a missing archive: status %d, want %d", code, exitArchive+recoveryAbort)
+	}
+	// A standby retries, so it keeps the plain status.
+	if err := os.WriteFile(filepath.Join(pgdata, "standby.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _ = runIn(t, pgdata, nil, "fetch", "--archive", missing, "000000010000000000000001", "pg_wal/RECOVERYXLOG")
+	if code != exitArchive {
+		t.Fatalf("standby fetch from a missing archive: status %d, want %d", code, exitArchive)
+	}
+}
