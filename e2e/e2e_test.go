@@ -1,0 +1,165 @@
+// Package e2e runs walship against real PostgreSQL 15 and a real S3 server:
+// a primary archiving with archive_command under pgbench load, and an
+// archive-only standby replaying everything through restore_command.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/backends/s3"
+	"github.com/walship/walship/internal/testenv"
+)
+
+var walshipBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "walship-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	_ = os.Chmod(dir, 0o755)
+	walshipBin = filepath.Join(dir, "walship")
+	build := exec.Command("go", "build", "-o", walshipBin, "../cmd/walship")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build walship:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// archiveTarget is where a test archives: a URL and the environment the
+// server's commands need to reach it.
+type archiveTarget struct {
+	url string
+	env []string
+}
+
+func fsTarget(t *testing.T, w *testenv.Workdir) archiveTarget {
+	return archiveTarget{url: "file://" + w.Mkdir(t, "archive")}
+}
+
+func s3Target(t *testing.T) archiveTarget {
+	srv := testenv.StartS3(t)
+	bucket := testenv.RandName("e2e")
+	env := []string{
+		"AWS_ACCESS_KEY_ID=" + srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey,
+		"AWS_EC2_METADATA_DISABLED=true", "WALSHIP_S3_ENDPOINT=" + srv.Endpoint, "WALSHIP_S3_PATH_STYLE=true",
+	}
+	for _, kv := range env[:3] {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	st, err := s3.New(context.Background(), s3.Config{Bucket: bucket, Endpoint: srv.Endpoint, PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateBucket(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return archiveTarget{url: "s3://" + bucket + "/cluster-a", env: env}
+}
+
+func TestArchiveAndReplayFilesystem(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	archiveAndReplay(t, w, fsTarget(t, w))
+}
+
+func TestArchiveAndReplayS3(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	archiveAndReplay(t, w, s3Target(t))
+}
+
+func archiveAndReplay(t *testing.T, w *testenv.Workdir, target archiveTarget) {
+	primary := testenv.InitDB(t, w, "primary")
+	primary.Env = target.env
+	primary.Configure(t, map[string]string{
+		"wal_level": "replica", "archive_mode": "on",
+		"archive_command": walshipBin + " push --archive " + target.url + " %p",
+		"max_wal_size":    "64MB", "checkpoint_timeout": "30s",
+	})
+	primary.Start(t)
+	pgbench := filepath.Join(primary.Bin, "pgbench")
+	w.Run(t, nil, pgbench, append(primary.ConnArgs(), "-i", "-s", "4", "-q", "postgres")...)
+
+	// An archive-only base: no WAL in the backup, so the standby needs the
+	// archive for everything from the backup's start on.
+	standby := testenv.EmptyCluster(t, w, "standby")
+	w.Run(t, nil, filepath.Join(primary.Bin, "pg_basebackup"), append(primary.ConnArgs(), "-D", standby.Data, "-X", "none", "--no-sync", "-c", "fast")...)
+
+	// Load with forced WAL switches, so many segments are archived mid-way.
+	for i := 0; i < 6; i++ {
+		w.Run(t, nil, pgbench, append(primary.ConnArgs(), "-n", "-c", "2", "-t", "400", "postgres")...)
+		primary.SQL(t, "SELECT pg_switch_wal()")
+	}
+	primary.SQL(t, "CHECKPOINT")
+	last := primary.SQL(t, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+	endLSN := primary.SQL(t, "SELECT pg_switch_wal()")
+	primary.WaitSQL(t, "SELECT last_archived_wal >= '"+last+"' FROM pg_stat_archiver", "t", 2*time.Minute)
+	archived := primary.SQL(t, "SELECT archived_count || ' ' || failed_count FROM pg_stat_archiver")
+	var nArchived, nFailed int
+	fmt.Sscanf(archived, "%d %d", &nArchived, &nFailed)
+	if nFailed != 0 {
+		t.Fatalf("pg_stat_archiver.failed_count = %d\n%s", nFailed, primary.Log())
+	}
+	if nArchived < 8 {
+		t.Fatalf("only %d files archived", nArchived)
+	}
+	t.Logf("primary archived %d files, last %s, switch at %s", nArchived, last, endLSN)
+
+	// The standby: restore_command only, no primary_conninfo.
+	standby.Env = target.env
+	if err := os.WriteFile(filepath.Join(standby.Data, "standby.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.Chown(t, standby.Data)
+	standby.Configure(t, map[string]string{
+		"restore_command": walshipBin + " fetch --archive " + target.url + " %f %p",
+		"archive_mode":    "off", "primary_conninfo": "", "hot_standby": "on",
+		"wal_retrieve_retry_interval": "200ms",
+	})
+	standby.Start(t)
+	standby.WaitSQL(t, "SELECT pg_last_wal_replay_lsn() >= '"+endLSN+"'::pg_lsn", "t", 3*time.Minute)
+
+	for _, q := range []string{
+		"SELECT count(*) || ':' || md5(string_agg(aid || ',' || bid || ',' || abalance, ';' ORDER BY aid)) FROM pgbench_accounts",
+		"SELECT count(*) || ':' || md5(string_agg(tid || ',' || bid || ',' || tbalance, ';' ORDER BY tid)) FROM pgbench_tellers",
+		"SELECT count(*) || ':' || md5(string_agg(bid || ',' || bbalance, ';' ORDER BY bid)) FROM pgbench_branches",
+		"SELECT count(*) || ':' || md5(string_agg(h::text, ';' ORDER BY h::text)) FROM pgbench_history h",
+	} {
+		p, s := primary.SQL(t, q), standby.SQL(t, q)
+		if p != s {
+			t.Fatalf("standby differs from primary:\n%s\nprimary %s\nstandby %s", q, p, s)
+		}
+	}
+	if n := primary.SQL(t, "SELECT count(*) FROM pgbench_history"); n != "4800" {
+		t.Fatalf("pgbench_history has %s rows, want 4800", n)
+	}
+	if fails := primary.SQL(t, "SELECT failed_count FROM pg_stat_archiver"); fails != "0" {
+		t.Fatalf("failed_count = %s", fails)
+	}
+	// One line per push at info, nothing more.
+	for _, line := range strings.Split(primary.Log(), "\n") {
+		if strings.Contains(line, "level=ERROR") || strings.Contains(line, "level=WARN") {
+			t.Errorf("primary log has a walship warning or error: %s", line)
+		}
+	}
+	if strings.Contains(primary.Log()+standby.Log(), "SECRET") {
+		t.Error("a log mentions a secret")
+	}
+	for _, e := range target.env {
+		if k, v, _ := strings.Cut(e, "="); k == "AWS_SECRET_ACCESS_KEY" && strings.Contains(primary.Log()+standby.Log(), v) {
+			t.Error("the S3 secret appears in a server log")
+		}
+	}
+}
