@@ -44,6 +44,7 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 		return res, err
 	}
 	res.Size = int64(len(raw))
+	tRead := time.Since(start)
 
 	switch f.Kind {
 	case segment.KindSegment, segment.KindPartial:
@@ -79,14 +80,17 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 		}
 	}
 
-	obj, sh, err := segment.Seal(raw, comp)
+	tCheck := time.Since(start)
+	sealed, err := segment.Seal(raw, comp)
 	if err != nil {
 		return res, err
 	}
-	res.Stored = int64(len(obj))
-	err = a.store.PutIfAbsent(ctx, res.Key, bytes.NewReader(obj), int64(len(obj)))
+	tSeal := time.Since(start)
+	raw = nil // the segment is in the sealed object now; let it go
+	res.Stored = sealed.Size()
+	err = a.store.PutIfAbsent(ctx, res.Key, sealed.Reader(), sealed.Size())
 	if errors.Is(err, backends.ErrExists) {
-		if err := a.compareExisting(ctx, res.Key, sh); err != nil {
+		if err := a.compareExisting(ctx, res.Key, sealed.Header); err != nil {
 			return res, err
 		}
 		res.AlreadyArchived = true
@@ -96,6 +100,7 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 		return res, fmt.Errorf("store %s: %w", res.Key, err)
 	}
 	res.Elapsed = time.Since(start)
+	a.log.Debug("push phases", "read", tRead, "checked", tCheck, "sealed", tSeal, "stored", res.Elapsed)
 	return res, nil
 }
 

@@ -176,12 +176,36 @@ func ReadSealedHeader(r io.Reader) (SealedHeader, error) {
 	return ParseSealedHeader(b[:])
 }
 
-// Seal compresses raw into a complete sealed object (header and body). The
-// SHA-256 is computed while the chunks compress, all in parallel up to
-// GOMAXPROCS, because this runs once per segment for the life of a database.
-func Seal(raw []byte, c Compression) ([]byte, SealedHeader, error) {
+// Sealed is a sealed object in memory: the header, then the compressed
+// frames in order. It is kept in pieces so that no copy of the whole object
+// is ever made; Reader presents it as one stream.
+type Sealed struct {
+	Header SealedHeader
+	parts  [][]byte
+	size   int64
+}
+
+// Size is the stored size of the object in bytes.
+func (s *Sealed) Size() int64 { return s.size }
+
+// Reader returns a new rewindable reader over the whole object.
+func (s *Sealed) Reader() io.ReadSeeker { return &partsReader{parts: s.parts, size: s.size} }
+
+// Bytes returns the object as one slice (a copy), for tests and small files.
+func (s *Sealed) Bytes() []byte {
+	out := make([]byte, 0, s.size)
+	for _, p := range s.parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// Seal compresses raw into a sealed object. The SHA-256 is computed while
+// the chunks compress, all in parallel up to GOMAXPROCS, because this runs
+// once per segment for the life of a database.
+func Seal(raw []byte, c Compression) (*Sealed, error) {
 	if err := c.Validate(); err != nil {
-		return nil, SealedHeader{}, err
+		return nil, err
 	}
 	h := SealedHeader{Version: sealedVersion, Codec: c.Codec, Size: int64(len(raw))}
 	var wg sync.WaitGroup
@@ -193,35 +217,40 @@ func Seal(raw []byte, c Compression) ([]byte, SealedHeader, error) {
 	body, err := compress(raw, c)
 	wg.Wait()
 	if err != nil {
-		return nil, h, err
+		return nil, err
 	}
-	out := make([]byte, SealedHeaderSize, SealedHeaderSize+len(body))
-	h.marshal(out)
-	return append(out, body...), h, nil
+	hdr := make([]byte, SealedHeaderSize)
+	h.marshal(hdr)
+	s := &Sealed{Header: h, parts: append([][]byte{hdr}, body...), size: SealedHeaderSize}
+	for _, p := range body {
+		s.size += int64(len(p))
+	}
+	return s, nil
 }
 
-func compress(raw []byte, c Compression) ([]byte, error) {
+func compress(raw []byte, c Compression) ([][]byte, error) {
 	if c.Codec == CodecNone {
-		return raw, nil
+		return [][]byte{raw}, nil
 	}
-	n := (len(raw) + chunkSize - 1) / chunkSize
-	if n == 0 {
-		n = 1
-	}
+	// One frame per worker, but never frames so small that the ratio
+	// suffers: on two cores a 16 MiB segment is two 8 MiB frames.
+	workers := max(1, runtime.GOMAXPROCS(0))
+	size := max(chunkSize, (len(raw)+workers-1)/workers)
+	size = (size + 1<<20 - 1) &^ (1<<20 - 1)
+	n := max(1, (len(raw)+size-1)/size)
 	parts := make([][]byte, n)
 	errs := make([]error, n)
-	workers := min(runtime.GOMAXPROCS(0), n)
 	next := make(chan int, n)
 	for i := range n {
 		next <- i
 	}
 	close(next)
 	var wg sync.WaitGroup
-	for range workers {
+	for range min(workers, n) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			enc, err := newChunkEncoder(c)
+			enc, err := newChunkEncoder(c, size)
 			if err != nil {
 				for i := range next {
 					errs[i] = err
@@ -229,30 +258,72 @@ func compress(raw []byte, c Compression) ([]byte, error) {
 				return
 			}
 			for i := range next {
-				end := min((i+1)*chunkSize, len(raw))
-				parts[i], errs[i] = enc(raw[i*chunkSize : end])
+				end := min((i+1)*size, len(raw))
+				parts[i], errs[i] = enc(raw[i*size : end])
 			}
 		}()
 	}
 	wg.Wait()
-	size := 0
 	for i := range parts {
 		if errs[i] != nil {
 			return nil, fmt.Errorf("compress %s: %w", c.Codec, errs[i])
 		}
-		size += len(parts[i])
 	}
-	body := make([]byte, 0, size)
-	for _, p := range parts {
-		body = append(body, p...)
+	return parts, nil
+}
+
+func nextPow2(n int) int {
+	p := 1 << 10
+	for p < n {
+		p <<= 1
 	}
-	return body, nil
+	return p
+}
+
+// partsReader reads a sequence of byte slices as one seekable stream.
+type partsReader struct {
+	parts [][]byte
+	size  int64
+	off   int64
+}
+
+func (r *partsReader) Read(p []byte) (int, error) {
+	if r.off >= r.size {
+		return 0, io.EOF
+	}
+	n := 0
+	pos := int64(0)
+	for _, part := range r.parts {
+		end := pos + int64(len(part))
+		if r.off < end && n < len(p) {
+			m := copy(p[n:], part[r.off-pos:])
+			n += m
+			r.off += int64(m)
+		}
+		pos = end
+	}
+	return n, nil
+}
+
+func (r *partsReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		offset += r.size
+	}
+	if offset < 0 {
+		return 0, errors.New("seek before start")
+	}
+	r.off = offset
+	return offset, nil
 }
 
 // newChunkEncoder returns a function that compresses one chunk into one
 // self-contained frame (zstd frame, gzip member, s2 stream); the decoders read
 // such frames back to back as a single stream.
-func newChunkEncoder(c Compression) (func([]byte) ([]byte, error), error) {
+func newChunkEncoder(c Compression, window int) (func([]byte) ([]byte, error), error) {
 	switch c.Codec {
 	case CodecZstd:
 		lvl := zstd.SpeedDefault
@@ -260,12 +331,14 @@ func newChunkEncoder(c Compression) (func([]byte) ([]byte, error), error) {
 			lvl = zstd.EncoderLevelFromZstd(c.Level)
 		}
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(chunkSize), zstd.WithZeroFrames(true))
+			zstd.WithWindowSize(min(nextPow2(window), zstd.MaxWindowSize)), zstd.WithZeroFrames(true))
 		if err != nil {
 			return nil, err
 		}
 		return func(src []byte) ([]byte, error) {
-			return enc.EncodeAll(src, make([]byte, 0, len(src)/4)), nil
+			// Capacity for the worst case, so the output never regrows:
+			// pages that are never written cost no memory.
+			return enc.EncodeAll(src, make([]byte, 0, len(src)+len(src)/128+1024)), nil
 		}, nil
 	case CodecS2:
 		opts := []s2.WriterOption{s2.WriterConcurrency(1)}

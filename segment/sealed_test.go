@@ -29,9 +29,17 @@ func TestSealRoundTrip(t *testing.T) {
 	for _, size := range []int{0, 1, chunkSize - 1, chunkSize, 3*chunkSize + 17} {
 		raw := walLike(size)
 		for _, c := range allCompressions() {
-			obj, h, err := Seal(raw, c)
+			sealed, err := Seal(raw, c)
 			if err != nil {
 				t.Fatalf("%v size %d: %v", c, size, err)
+			}
+			obj, h := sealed.Bytes(), sealed.Header
+			if int64(len(obj)) != sealed.Size() {
+				t.Fatalf("Size() = %d, bytes %d", sealed.Size(), len(obj))
+			}
+			viaReader, _ := io.ReadAll(sealed.Reader())
+			if !bytes.Equal(viaReader, obj) {
+				t.Fatal("Reader() differs from Bytes()")
 			}
 			if h.Size != int64(size) || h.Codec != c.Codec {
 				t.Fatalf("header %+v", h)
@@ -50,10 +58,11 @@ func TestSealRoundTrip(t *testing.T) {
 func TestSealedCorruptionIsDetected(t *testing.T) {
 	raw := walLike(3 * chunkSize)
 	for _, c := range allCompressions() {
-		obj, _, err := Seal(raw, c)
+		sealed, err := Seal(raw, c)
 		if err != nil {
 			t.Fatal(err)
 		}
+		obj := sealed.Bytes()
 		// Flip one byte at a spread of offsets, in header and body.
 		for _, off := range []int{0, 5, 9, 20, 50, SealedHeaderSize, SealedHeaderSize + 100, len(obj) / 2, len(obj) - 1} {
 			bad := append([]byte(nil), obj...)
@@ -74,7 +83,8 @@ func TestSealedCorruptionIsDetected(t *testing.T) {
 
 // A transport error must come through as itself, not as a checksum failure.
 func TestSealedTransportErrorPassesThrough(t *testing.T) {
-	obj, _, _ := Seal(walLike(chunkSize), Compression{Codec: CodecZstd})
+	sealed, _ := Seal(walLike(chunkSize), Compression{Codec: CodecZstd})
+	obj := sealed.Bytes()
 	boom := errors.New("connection reset")
 	r, err := NewReader(io.MultiReader(bytes.NewReader(obj[:len(obj)/2]), errReader{boom}))
 	if err != nil {
@@ -108,8 +118,8 @@ func TestCompressionValidate(t *testing.T) {
 
 func FuzzUnseal(f *testing.F) {
 	for _, c := range allCompressions() {
-		obj, _, _ := Seal([]byte("hello, write-ahead log"), c)
-		f.Add(obj)
+		sealed, _ := Seal([]byte("hello, write-ahead log"), c)
+		f.Add(sealed.Bytes())
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, h, err := Unseal(b)
@@ -119,11 +129,11 @@ func FuzzUnseal(f *testing.F) {
 		if int64(len(got)) != h.Size {
 			t.Fatalf("accepted object of %d bytes, header says %d", len(got), h.Size)
 		}
-		again, _, err := Seal(got, Compression{Codec: h.Codec})
+		again, err := Seal(got, Compression{Codec: h.Codec})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if back, _, err := Unseal(again); err != nil || !bytes.Equal(back, got) {
+		if back, _, err := Unseal(again.Bytes()); err != nil || !bytes.Equal(back, got) {
 			t.Fatalf("re-seal round trip failed: %v", err)
 		}
 	})
