@@ -119,7 +119,7 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	if idr.err != nil {
 		return idr.err
 	}
-	sr, err := segment.NewReader(rc)
+	sr, err := segment.NewReader(&ctxReader{ctx, rc})
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
@@ -140,11 +140,14 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 		}
 	}()
 	head := &headCapture{}
-	n, err := io.Copy(io.MultiWriter(tmp, head), &ctxReader{ctx, sr})
+	n, err := sr.WriteTo(io.MultiWriter(tmp, head))
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) && pe.Path == tmpName {
 			return fmt.Errorf("%w: write %s: %v", archive.ErrLocal, dest, err)
+		}
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
 		}
 		return fmt.Errorf("%s: %w", key, err)
 	}

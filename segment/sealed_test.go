@@ -138,3 +138,36 @@ func FuzzUnseal(f *testing.F) {
 		}
 	})
 }
+
+func TestWriteToChecksLikeRead(t *testing.T) {
+	raw := walLike(3*chunkSize + 5)
+	sealed, _ := Seal(raw, Compression{Codec: CodecZstd})
+	obj := sealed.Bytes()
+	r, _ := NewReader(bytes.NewReader(obj))
+	var out bytes.Buffer
+	if n, err := r.WriteTo(&out); err != nil || n != int64(len(raw)) || !bytes.Equal(out.Bytes(), raw) {
+		t.Fatalf("WriteTo: %d, %v", n, err)
+	}
+	for _, off := range []int{20, len(obj) / 2, len(obj) - 2} {
+		bad := append([]byte(nil), obj...)
+		bad[off] ^= 0x10
+		r, err := NewReader(bytes.NewReader(bad))
+		if err != nil {
+			continue // header damage is caught up front
+		}
+		if _, err := r.WriteTo(io.Discard); !errors.Is(err, ErrChecksum) {
+			t.Errorf("flip at %d: %v, want ErrChecksum", off, err)
+		}
+	}
+	if _, err := NewReader(bytes.NewReader(obj[:len(obj)-100])); err == nil {
+		r, _ := NewReader(bytes.NewReader(obj[:len(obj)-100]))
+		if _, err := r.WriteTo(io.Discard); !errors.Is(err, ErrChecksum) {
+			t.Errorf("truncated: %v, want ErrChecksum", err)
+		}
+	}
+	boom := errors.New("connection reset")
+	r, _ = NewReader(io.MultiReader(bytes.NewReader(obj[:len(obj)/2]), errReader{boom}))
+	if _, err := r.WriteTo(io.Discard); !errors.Is(err, boom) {
+		t.Errorf("transport error: %v", err)
+	}
+}
