@@ -105,14 +105,38 @@ func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 // claimIdentity returns the archive's identity, writing one from h if the
 // archive has none. Two first pushes racing both end with the winner's.
 func (a *Archive) claimIdentity(ctx context.Context, h segment.Header) (Identity, error) {
-	id, err := a.Identity(ctx)
-	if !errors.Is(err, ErrNoIdentity) {
+	return a.claim(ctx, Identity{
+		Format: identityFormat, SystemIdentifier: h.SysID, PGVersion: h.Version(),
+		SegmentSize: uint64(h.SegSize), BlockSize: h.BlockSize,
+	})
+}
+
+// ClaimIdentity checks that the archive belongs to the cluster want
+// describes (system identifier, major version, segment size), recording
+// want as the archive's identity if it has none yet.
+func (a *Archive) ClaimIdentity(ctx context.Context, want Identity) (Identity, error) {
+	want.Format = identityFormat
+	id, err := a.claim(ctx, want)
+	if err != nil {
 		return id, err
 	}
-	id = Identity{
-		Format: identityFormat, SystemIdentifier: h.SysID, PGVersion: h.Version(),
-		SegmentSize: uint64(h.SegSize), BlockSize: h.BlockSize, Created: a.now().UTC(),
+	switch {
+	case want.SystemIdentifier != id.SystemIdentifier:
+		return id, fmt.Errorf("%w: server has system identifier %d, archive %d", ErrWrongCluster, want.SystemIdentifier, id.SystemIdentifier)
+	case want.PGVersion != id.PGVersion:
+		return id, fmt.Errorf("%w: server is PostgreSQL %s, archive is from %s", ErrWrongCluster, want.PGVersion, id.PGVersion)
+	case want.SegmentSize != id.SegmentSize:
+		return id, fmt.Errorf("%w: server's segment size %d, archive's %d", ErrWrongCluster, want.SegmentSize, id.SegmentSize)
 	}
+	return id, nil
+}
+
+func (a *Archive) claim(ctx context.Context, id Identity) (Identity, error) {
+	have, err := a.Identity(ctx)
+	if !errors.Is(err, ErrNoIdentity) {
+		return have, err
+	}
+	id.Created = a.now().UTC()
 	b, _ := json.MarshalIndent(id, "", "  ")
 	b = append(b, '\n')
 	err = a.store.PutIfAbsent(ctx, IdentityKey, bytes.NewReader(b), int64(len(b)))
@@ -125,6 +149,11 @@ func (a *Archive) claimIdentity(ctx context.Context, h segment.Header) (Identity
 	a.log.Info("archive identity recorded", "archive", a.store.String(), "system_identifier", id.SystemIdentifier,
 		"pg_version", id.PGVersion, "segment_size", id.SegmentSize)
 	return id, nil
+}
+
+// SegmentKey is where the segment n is stored.
+func SegmentKey(n segment.Name, segSize uint64) string {
+	return fmt.Sprintf("wal/%08X/%s", n.TLI, n.String(segSize))
 }
 
 // checkIdentity compares a segment header with the archive's identity.

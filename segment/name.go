@@ -245,3 +245,16 @@ func (l LSN) SegNo(segSize uint64) uint64 { return uint64(l) / segSize }
 
 // SegOffset is l's offset inside its segment.
 func (l LSN) SegOffset(segSize uint64) uint64 { return uint64(l) % segSize }
+
+// MarshalText writes l in PostgreSQL's text form, for JSON and YAML.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText parses PostgreSQL's text form.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}

@@ -5,7 +5,10 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
 )
 
@@ -27,6 +30,12 @@ const (
 	exitIntegrity = 4
 	// exitLocal: the local file could not be read (push) or written (fetch).
 	exitLocal = 5
+	// exitUnreachable: restore found no backup and WAL that reach the
+	// target (before every backup, a gap, not archived yet).
+	exitUnreachable = 6
+	// exitPostgres: PostgreSQL could not be reached or failed the base
+	// backup, or the backup's WAL did not reach the archive in time.
+	exitPostgres = 7
 	// recoveryAbort is added to fetch's failure statuses during a
 	// point-in-time recovery: PostgreSQL reads 1..125 as "end of archive"
 	// and would finish recovery early, but stops on a status above 125.
@@ -38,6 +47,8 @@ type op int
 const (
 	opPush op = iota
 	opFetch
+	opBackup
+	opRestore
 )
 
 // exitError carries the status a command ends with.
@@ -55,8 +66,15 @@ func exitCode(o op, err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey):
+	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey),
+		errors.Is(err, backup.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage):
 		return exitUsage
+	case errors.Is(err, restore.ErrUnreachable):
+		return exitUnreachable
+	case errors.Is(err, postgres.ErrServer), errors.Is(err, backup.ErrIncomplete):
+		return exitPostgres
+	case errors.Is(err, backup.ErrNoBackup):
+		return exitAbsent
 	case errors.Is(err, archive.ErrLocal):
 		return exitLocal
 	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster),

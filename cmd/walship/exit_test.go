@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,7 +63,7 @@ func runIn(t *testing.T, dir string, env map[string]string, args ...string) (int
 	}
 	defer func() { _ = os.Chdir(wd) }()
 	var stderr bytes.Buffer
-	code := run(append([]string{"walship"}, args...), &stderr)
+	code := run(append([]string{"walship"}, args...), io.Discard, &stderr)
 	return code, stderr.String()
 }
 

@@ -23,11 +23,11 @@ import (
 var version = "dev"
 
 func main() {
-	os.Exit(run(os.Args, os.Stderr))
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
 // run is main without the exit, for tests.
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 1)
@@ -42,7 +42,7 @@ func run(args []string, stderr io.Writer) int {
 		case <-ctx.Done():
 		}
 	}()
-	env := &appEnv{stderr: stderr, getenv: os.Getenv}
+	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	app := newApp(env)
 	err := app.RunContext(ctx, args)
 	cancel()
@@ -70,6 +70,7 @@ func run(args []string, stderr io.Writer) int {
 
 // appEnv is what commands share: where logs go and the loaded configuration.
 type appEnv struct {
+	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
 	cfg    config.Config
@@ -104,7 +105,9 @@ func newApp(env *appEnv) *cli.App {
 		// Exit statuses are decided in run, after deferred clean-up ran.
 		ExitErrHandler:  func(*cli.Context, error) {},
 		HideHelpCommand: true,
-		Commands:        []*cli.Command{pushCommand(env), fetchCommand(env)},
+		Commands: []*cli.Command{
+			pushCommand(env), fetchCommand(env), backupCommand(env), restoreCommand(env),
+		},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return &exitError{code: exitUsage, err: err}
 		},

@@ -1,0 +1,349 @@
+package backup
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/segment"
+)
+
+// Source is the server a backup is taken from: a postgres.Conn.
+type Source interface {
+	Identify(ctx context.Context) (postgres.System, error)
+	BaseBackup(ctx context.Context, o postgres.BackupOptions, h postgres.BackupHandler) (segment.LSN, uint32, error)
+}
+
+// Progress hears about long work: a progress bar on a terminal, one log
+// line per phase elsewhere. Phase starts a phase with its expected byte
+// total (0 if unknown); Add counts bytes done; End closes the phase.
+type Progress interface {
+	Phase(name string, total int64)
+	Add(n int64)
+	End()
+}
+
+type noProgress struct{}
+
+func (noProgress) Phase(string, int64) {}
+func (noProgress) Add(int64)           {}
+func (noProgress) End()                {}
+
+// Options for Push.
+type Options struct {
+	Compression    segment.Compression
+	ChunkSize      int           // bytes of tar per chunk before compression; default 16 MiB
+	Parallel       int           // chunks compressed and uploaded at once; default GOMAXPROCS
+	WALTimeout     time.Duration // how long to wait for the backup's WAL in the archive; default 5m
+	FastCheckpoint bool
+	Label          string
+	MaxRateKB      int
+	Progress       Progress
+	Log            *slog.Logger
+	Now            func() time.Time
+	// PollInterval is the first wait between checks for the WAL; it
+	// doubles up to 5 s. Default 200 ms.
+	PollInterval time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = 16 << 20
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = runtime.GOMAXPROCS(0)
+	}
+	if o.WALTimeout <= 0 {
+		o.WALTimeout = 5 * time.Minute
+	}
+	if o.Progress == nil {
+		o.Progress = noProgress{}
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 200 * time.Millisecond
+	}
+}
+
+// Push takes a base backup of src into a. The backup is complete, and
+// listed, only once its manifest is written, which happens only after the
+// server's own manifest verified against the data received and the WAL
+// from the start to the stop position is in the archive. On failure
+// everything written under the backup's prefix is removed.
+func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Manifest, error) {
+	o.defaults()
+	if err := o.Compression.Validate(); err != nil {
+		return nil, err
+	}
+	sys, err := src.Identify(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.ClaimIdentity(ctx, archive.Identity{
+		SystemIdentifier: sys.SystemIdentifier, PGVersion: sys.Major(), SegmentSize: sys.SegmentSize,
+	}); err != nil {
+		return nil, err
+	}
+	store := a.Storage()
+	began := o.Now()
+	id := began.UTC().Format(idLayout)
+	if err := checkFreeID(ctx, store, id); err != nil {
+		return nil, err
+	}
+	if o.Label == "" {
+		o.Label = "walship " + id
+	}
+	o.Log.Info("backup started", "id", id, "archive", store.String(), "system_identifier", sys.SystemIdentifier,
+		"timeline", sys.Timeline, "from_standby", sys.InRecovery)
+
+	s := newStreamer(ctx, store, id, o)
+	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{
+		Label: o.Label, FastCheckpoint: o.FastCheckpoint, MaxRateKB: o.MaxRateKB,
+	}, s)
+	if err != nil {
+		s.fail(err)
+	}
+	ferr := s.finish()
+	o.Progress.End()
+	if err == nil {
+		err = ferr
+	}
+	elapsed := o.Now().Sub(began)
+	m := &Manifest{
+		Format: ManifestFormat, ID: id, Label: o.Label, PGVersion: sys.Major(), PGVersionNum: sys.VersionNum,
+		SystemIdentifier: sys.SystemIdentifier, SegmentSize: sys.SegmentSize, Timeline: s.startTLI,
+		StartLSN: s.start, StopLSN: stop, StopTimeline: stopTLI, FromStandby: sys.InRecovery,
+		Compression: o.Compression.Codec.String(),
+	}
+	if err == nil {
+		err = complete(ctx, m, s, began, elapsed)
+	}
+	if err == nil {
+		err = putServerManifest(ctx, store, m, s.manifest.Bytes(), o.Compression)
+	}
+	if err == nil {
+		o.Log.Info("backup data stored; waiting for its WAL in the archive", "id", id, "start_wal", m.StartWAL,
+			"stop_wal", m.StopWAL, "timeout", o.WALTimeout)
+		err = waitWAL(ctx, store, m, o)
+	}
+	if err == nil {
+		err = putManifest(ctx, store, m)
+	}
+	if err != nil {
+		cleanup(store, s.keys(m), o.Log)
+		return nil, err
+	}
+	o.Log.Info("backup complete", "id", id, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "bytes", m.Size,
+		"stored_bytes", m.StoredSize, "files", m.Files, "seconds", elapsed.Seconds())
+	return m, nil
+}
+
+func checkFreeID(ctx context.Context, store backends.Storage, id string) error {
+	taken := false
+	err := store.List(ctx, Prefix+id+"/", func(backends.ObjectInfo) error { taken = true; return nil })
+	if err != nil {
+		return fmt.Errorf("list backups: %w", err)
+	}
+	if taken {
+		return fmt.Errorf("a backup with id %s already exists or is running; start the next one a second later", id)
+	}
+	return nil
+}
+
+// complete fills the manifest from what was received and verifies it.
+func complete(ctx context.Context, m *Manifest, s *streamer, began time.Time, elapsed time.Duration) error {
+	sm, err := ParseServerManifest(s.manifest.Bytes())
+	if err != nil {
+		return err
+	}
+	files := map[string]fileSum{}
+	var label, control []byte
+	for _, a := range s.archives {
+		for p, f := range a.sum.files {
+			files[p] = f
+		}
+		if a.sum.pgControl != nil {
+			control = a.sum.pgControl
+		}
+		if a.sum.label != nil {
+			label = a.sum.label
+		}
+		for _, c := range a.entry.Chunks {
+			a.entry.Size += c.Size
+			a.entry.StoredSize += c.StoredSize
+		}
+		m.Size += a.entry.Size
+		m.StoredSize += a.entry.StoredSize
+		m.Archives = append(m.Archives, a.entry)
+	}
+	if err := sm.check(files); err != nil {
+		return err
+	}
+	m.Files = len(files)
+	if m.WALRanges, err = sm.walRanges(); err != nil {
+		return err
+	}
+	first, last := m.WALRanges[0], m.WALRanges[len(m.WALRanges)-1]
+	if first.Start != m.StartLSN || last.End != m.StopLSN || last.Timeline != m.StopTimeline {
+		return fmt.Errorf("%w: server's manifest WAL range %s..%s does not match the backup's %s..%s",
+			ErrIncomplete, first.Start, last.End, m.StartLSN, m.StopLSN)
+	}
+	xid, ok := nextXIDFromControl(control, m.SystemIdentifier)
+	if !ok {
+		return fmt.Errorf("%w: global/pg_control missing or from another cluster", ErrIncomplete)
+	}
+	m.NextXID = xid
+	m.StartTime = labelStartTime(label, began)
+	m.StopTime = m.StartTime.Add(elapsed).Add(time.Second).Truncate(time.Second)
+	if m.StopTime.Before(began.Add(elapsed)) {
+		m.StopTime = began.Add(elapsed).Truncate(time.Second).Add(time.Second)
+	}
+	m.StartTime, m.StopTime = m.StartTime.UTC(), m.StopTime.UTC()
+	ss := m.SegmentSize
+	m.StartWAL = segment.Name{TLI: first.Timeline, SegNo: first.Start.SegNo(ss)}.String(ss)
+	m.StopWAL = lastSegment(last, ss).String(ss)
+	return ctx.Err()
+}
+
+// labelStartTime reads START TIME from backup_label when the server writes
+// it in UTC; otherwise (another time zone abbreviation, which Go cannot
+// map to an offset) the client's clock at the start stands in.
+func labelStartTime(label []byte, fallback time.Time) time.Time {
+	sc := bufio.NewScanner(bytes.NewReader(label))
+	for sc.Scan() {
+		v, ok := strings.CutPrefix(sc.Text(), "START TIME: ")
+		if !ok {
+			continue
+		}
+		if strings.HasSuffix(v, " UTC") || strings.HasSuffix(v, " GMT") {
+			if t, err := time.Parse("2006-01-02 15:04:05 MST", v); err == nil {
+				return t
+			}
+		}
+	}
+	return fallback
+}
+
+// lastSegment is the segment holding the last byte of r (its first segment
+// if r is empty).
+func lastSegment(r WALRange, segSize uint64) segment.Name {
+	n := r.Start.SegNo(segSize)
+	if r.End > r.Start {
+		n = uint64(r.End-1) / segSize
+	}
+	return segment.Name{TLI: r.Timeline, SegNo: n}
+}
+
+// NeededWAL lists the segments a backup cannot be restored without, each
+// on the timeline PostgreSQL reads it from: the newest range that began at
+// or before it.
+func (m *Manifest) NeededWAL() []segment.Name {
+	ss := m.SegmentSize
+	first := m.WALRanges[0].Start.SegNo(ss)
+	last := lastSegment(m.WALRanges[len(m.WALRanges)-1], ss).SegNo
+	var out []segment.Name
+	for n := first; n <= last; n++ {
+		tli := m.WALRanges[0].Timeline
+		for _, r := range m.WALRanges {
+			if r.Start.SegNo(ss) <= n {
+				tli = r.Timeline
+			}
+		}
+		out = append(out, segment.Name{TLI: tli, SegNo: n})
+	}
+	return out
+}
+
+func putServerManifest(ctx context.Context, store backends.Storage, m *Manifest, b []byte, c segment.Compression) error {
+	sealed, err := segment.Seal(b, c)
+	if err != nil {
+		return err
+	}
+	key := Prefix + m.ID + "/" + serverName
+	if err := store.PutIfAbsent(ctx, key, sealed.Reader(), sealed.Size()); err != nil {
+		return fmt.Errorf("upload %s: %w", key, err)
+	}
+	m.ServerManifest = Chunk{Key: key, Size: int64(len(b)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
+	return nil
+}
+
+// waitWAL polls the archive until every segment the backup needs is there.
+// Transient read errors are retried until the deadline.
+func waitWAL(ctx context.Context, store backends.Storage, m *Manifest, o Options) error {
+	need := m.NeededWAL()
+	deadline := o.Now().Add(o.WALTimeout)
+	wait := o.PollInterval
+	var lastErr error
+	for i := 0; ; {
+		for i < len(need) {
+			_, err := store.Stat(ctx, archive.SegmentKey(need[i], m.SegmentSize))
+			if err != nil {
+				if !errors.Is(err, backends.ErrNotFound) {
+					lastErr = err
+				}
+				break
+			}
+			i++
+		}
+		if i == len(need) {
+			return nil
+		}
+		if !o.Now().Before(deadline) {
+			why := "check archive_command and pg_stat_archiver on the primary"
+			if m.FromStandby {
+				why = "the primary archives it only after it switches segments: run SELECT pg_switch_wal() there"
+			}
+			if lastErr != nil {
+				why = "last error: " + lastErr.Error()
+			}
+			return fmt.Errorf("%w: WAL segment %s (the backup needs %s to %s) did not reach the archive within %s; %s",
+				ErrIncomplete, need[i].String(m.SegmentSize), m.StartWAL, m.StopWAL, o.WALTimeout, why)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// keys lists what the failed backup wrote.
+func (s *streamer) keys(m *Manifest) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := append([]string(nil), s.written...)
+	if m.ServerManifest.Key != "" {
+		keys = append(keys, m.ServerManifest.Key)
+	}
+	return keys
+}
+
+// cleanup removes a failed backup's objects, even if ctx was cancelled.
+func cleanup(store backends.Storage, keys []string, log *slog.Logger) {
+	if len(keys) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := store.Delete(ctx, keys...); err != nil {
+		log.Error("could not remove the failed backup's objects; delete them with walship backup delete", "error", err)
+	}
+}

@@ -1,0 +1,196 @@
+package backup
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/walship/walship/segment"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// fileSum is what the tar stream said about one regular file.
+type fileSum struct {
+	size  int64
+	crc32 uint32
+}
+
+// ServerManifest is the part of PostgreSQL's backup_manifest walship checks.
+type ServerManifest struct {
+	Version int `json:"PostgreSQL-Backup-Manifest-Version"`
+	Files   []struct {
+		Path        string `json:"Path"`
+		EncodedPath string `json:"Encoded-Path"`
+		Size        int64  `json:"Size"`
+		Algorithm   string `json:"Checksum-Algorithm"`
+		Checksum    string `json:"Checksum"`
+	} `json:"Files"`
+	WALRanges []struct {
+		Timeline uint32 `json:"Timeline"`
+		Start    string `json:"Start-LSN"`
+		End      string `json:"End-LSN"`
+	} `json:"WAL-Ranges"`
+	Checksum string `json:"Manifest-Checksum"`
+}
+
+// ParseServerManifest parses a backup_manifest and checks its own SHA-256,
+// which covers every byte before the line holding it.
+func ParseServerManifest(b []byte) (*ServerManifest, error) {
+	i := bytes.LastIndex(b, []byte("\n\"Manifest-Checksum\""))
+	if i < 0 {
+		return nil, fmt.Errorf("server backup_manifest has no checksum line: %w", segment.ErrChecksum)
+	}
+	var m ServerManifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("server backup_manifest: %w", err)
+	}
+	sum := sha256.Sum256(b[:i+1])
+	if !strings.EqualFold(hex.EncodeToString(sum[:]), m.Checksum) {
+		return nil, fmt.Errorf("server backup_manifest checksum mismatch: %w", segment.ErrChecksum)
+	}
+	if m.Version < 1 || len(m.WALRanges) == 0 {
+		return nil, fmt.Errorf("server backup_manifest: version %d with %d WAL ranges", m.Version, len(m.WALRanges))
+	}
+	return &m, nil
+}
+
+// walRanges converts the manifest's WAL ranges.
+func (m *ServerManifest) walRanges() ([]WALRange, error) {
+	var out []WALRange
+	for _, r := range m.WALRanges {
+		s, err := segment.ParseLSN(r.Start)
+		if err != nil {
+			return nil, fmt.Errorf("server backup_manifest WAL range: %w", err)
+		}
+		e, err := segment.ParseLSN(r.End)
+		if err != nil {
+			return nil, fmt.Errorf("server backup_manifest WAL range: %w", err)
+		}
+		out = append(out, WALRange{Timeline: r.Timeline, Start: s, End: e})
+	}
+	// The server lists ranges newest timeline first.
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
+
+// check compares the manifest's file list with what the tar streams held:
+// every listed file received with its size and CRC-32C, nothing unlisted.
+func (m *ServerManifest) check(got map[string]fileSum) error {
+	seen := 0
+	for _, f := range m.Files {
+		p := f.Path
+		if f.EncodedPath != "" {
+			b, err := hex.DecodeString(f.EncodedPath)
+			if err != nil {
+				return fmt.Errorf("server backup_manifest: bad Encoded-Path: %w", err)
+			}
+			p = string(b)
+		}
+		s, ok := got[p]
+		if !ok {
+			return fmt.Errorf("%w: %s is in the server's manifest but not in the data received", ErrIncomplete, p)
+		}
+		seen++
+		if s.size != f.Size {
+			return fmt.Errorf("%w: %s: received %d bytes, server's manifest says %d", ErrIncomplete, p, s.size, f.Size)
+		}
+		if f.Algorithm == "CRC32C" && !crcMatches(s.crc32, f.Checksum) {
+			return fmt.Errorf("%w: %s: CRC-32C differs from the server's manifest", segment.ErrChecksum, p)
+		}
+	}
+	if seen != len(got) {
+		for p := range got {
+			if !m.lists(p) {
+				return fmt.Errorf("%w: %s was received but is not in the server's manifest", ErrIncomplete, p)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *ServerManifest) lists(p string) bool {
+	for _, f := range m.Files {
+		if f.Path == p {
+			return true
+		}
+		if b, err := hex.DecodeString(f.EncodedPath); err == nil && string(b) == p {
+			return true
+		}
+	}
+	return false
+}
+
+// crcMatches compares a CRC with the manifest's hex, which is the value's
+// bytes in the server's memory order: accept either byte order.
+func crcMatches(c uint32, want string) bool {
+	var le, be [4]byte
+	binary.LittleEndian.PutUint32(le[:], c)
+	binary.BigEndian.PutUint32(be[:], c)
+	return strings.EqualFold(want, hex.EncodeToString(le[:])) || strings.EqualFold(want, hex.EncodeToString(be[:]))
+}
+
+// tarSummer reads one tar stream and records each regular file's size and
+// CRC-32C under prefix (the path the server's manifest uses). It keeps the
+// bytes of global/pg_control.
+type tarSummer struct {
+	prefix    string
+	files     map[string]fileSum
+	pgControl []byte
+	label     []byte
+}
+
+func (t *tarSummer) run(r io.Reader) error {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: tar stream: %w", ErrIncomplete, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		name := path.Clean(t.prefix + h.Name)
+		c := crc32.New(castagnoli)
+		var w io.Writer = c
+		var ctl bytes.Buffer
+		if name == "global/pg_control" || name == "backup_label" {
+			w = io.MultiWriter(c, &ctl)
+		}
+		n, err := io.Copy(w, tr)
+		if err != nil {
+			return fmt.Errorf("%w: tar stream: %s: %w", ErrIncomplete, name, err)
+		}
+		t.files[name] = fileSum{size: n, crc32: c.Sum32()}
+		switch name {
+		case "global/pg_control":
+			t.pgControl = ctl.Bytes()
+		case "backup_label":
+			t.label = ctl.Bytes()
+		}
+	}
+}
+
+// nextXIDFromControl reads checkPointCopy.nextXid from pg_control (the
+// layout of PostgreSQL 12 and later on a little-endian machine), after
+// checking that the file belongs to sysID.
+func nextXIDFromControl(b []byte, sysID uint64) (uint64, bool) {
+	if len(b) < 72 || binary.LittleEndian.Uint64(b[0:8]) != sysID {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b[64:72]), true
+}

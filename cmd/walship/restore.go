@@ -1,0 +1,217 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/config"
+	"github.com/walship/walship/restore"
+	"github.com/walship/walship/segment"
+)
+
+func restoreCommand(env *appEnv) *cli.Command {
+	return &cli.Command{
+		Name:  "restore",
+		Usage: "rebuild a data directory from a base backup, set to recover to a target",
+		Description: "Picks the newest backup that can reach the target (or the one given with --backup), checks\n" +
+			"from the archive's listing that the WAL to get there is archived, downloads and verifies the\n" +
+			"backup into --pgdata, and writes recovery.signal (or standby.signal) and a restore_command\n" +
+			"calling this walship, so that starting PostgreSQL completes the recovery.\n" +
+			"Exit statuses: 2 usage (bad target, non-empty directory), 3 archive unreachable,\n" +
+			"4 a chunk failed its checksum, 5 local write error, 6 no backup and WAL reach the target.",
+		Flags: append(globalFlags(),
+			&cli.StringFlag{Name: "pgdata", Required: true, Usage: "data directory to create (must be absent or empty)"},
+			&cli.StringFlag{Name: "target-time", Usage: "recover to this time (with a zone: 2026-11-26 10:00:00+00)"},
+			&cli.StringFlag{Name: "target-lsn", Usage: "recover to this WAL position"},
+			&cli.StringFlag{Name: "target-xid", Usage: "recover to this transaction's commit"},
+			&cli.StringFlag{Name: "target-name", Usage: "recover to this restore point (pg_create_restore_point)"},
+			&cli.BoolFlag{Name: "target-immediate", Usage: "stop as soon as the backup is consistent"},
+			&cli.StringFlag{Name: "target-action", Value: "promote", Usage: "at the target: promote, pause or shutdown"},
+			&cli.StringFlag{Name: "target-timeline", Value: "latest", Usage: "latest, current or a timeline number"},
+			&cli.BoolFlag{Name: "standby", Usage: "write standby.signal: keep following the archive"},
+			&cli.StringFlag{Name: "backup", Usage: "backup id, or latest (default: newest that reaches the target)"},
+			&cli.StringSliceFlag{Name: "tablespace-mapping", Usage: "OLDDIR=NEWDIR: restore a tablespace elsewhere (repeatable)"},
+			&cli.StringFlag{Name: "archive-mode", Value: "preserve", Usage: "preserve the backup's archive settings, or off"},
+		),
+		Action: func(c *cli.Context) error {
+			if err := env.load(c); err != nil {
+				return err
+			}
+			if c.NArg() != 0 {
+				return usageErr("restore takes no arguments")
+			}
+			t, err := parseTarget(c)
+			if err != nil {
+				return &exitError{code: exitCode(opRestore, err), err: err}
+			}
+			tsMap, err := parseTablespaceMapping(c.StringSlice("tablespace-mapping"))
+			if err != nil {
+				return err
+			}
+			mode := c.String("archive-mode")
+			if mode != "preserve" && mode != "off" {
+				return usageErr("--archive-mode must be preserve or off, not %q", mode)
+			}
+			pgdata, err := filepath.Abs(c.String("pgdata"))
+			if err != nil {
+				return usageErr("--pgdata: %v", err)
+			}
+			if err := restore.CheckTarget(pgdata); err != nil {
+				return &exitError{code: exitCode(opRestore, err), err: err}
+			}
+			a, err := env.openArchive(c, 0)
+			if err != nil {
+				return err
+			}
+			cmdline, err := env.restoreCommandLine(c)
+			if err != nil {
+				return err
+			}
+			log := env.logger()
+			inv, err := restore.LoadInventory(c.Context, a)
+			if err != nil {
+				return &exitError{code: exitCode(opRestore, err), err: err}
+			}
+			plan, err := restore.Choose(inv, t, c.String("backup"))
+			if err != nil {
+				return &exitError{code: exitCode(opRestore, err), err: err}
+			}
+			b := plan.Backup
+			log.Info("restoring backup "+b.ID, "why", plan.Why, "target", t.String(), "timeline", plan.Timeline,
+				"backup_stop_lsn", b.StopLSN, "backup_stop_time", b.StopTime, "wal_from", plan.FirstWAL.String(inv.SegSize),
+				"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size)
+			for _, n := range plan.Notes {
+				log.Warn(n)
+			}
+			err = restore.Restore(c.Context, a, plan, restore.Options{
+				PGData: pgdata, Standby: c.Bool("standby"), Target: t, RestoreCommand: cmdline,
+				TablespaceMap: tsMap, ArchiveModeOff: mode == "off",
+				Progress: newProgress(env.stderr, log), Log: log,
+			})
+			if err != nil {
+				return &exitError{code: exitCode(opRestore, err), err: fmt.Errorf("restore: %w", err)}
+			}
+			log.Info("restore complete; start PostgreSQL on it to recover", "pgdata", pgdata, "backup", b.ID,
+				"signal", map[bool]string{true: "standby.signal", false: "recovery.signal"}[c.Bool("standby")])
+			return nil
+		},
+	}
+}
+
+// parseTarget reads the target flags; at most one target kind.
+func parseTarget(c *cli.Context) (restore.Target, error) {
+	t := restore.Target{Timeline: c.String("target-timeline"), Action: c.String("target-action")}
+	n := 0
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{restore.ErrUsage}, args...)...)
+	}
+	if v := c.String("target-time"); c.IsSet("target-time") {
+		n++
+		tm, err := restore.ParseTime(v)
+		if err != nil {
+			return t, err
+		}
+		t.Kind, t.Time = restore.TargetTime, tm
+	}
+	if v := c.String("target-lsn"); c.IsSet("target-lsn") {
+		n++
+		l, err := segment.ParseLSN(v)
+		if err != nil {
+			return t, bad("--target-lsn: %v", err)
+		}
+		t.Kind, t.LSN = restore.TargetLSN, l
+	}
+	if v := c.String("target-xid"); c.IsSet("target-xid") {
+		n++
+		x, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || x < 3 {
+			return t, bad("--target-xid %q: want a transaction id (a number of 3 or more)", v)
+		}
+		t.Kind, t.XID = restore.TargetXID, x
+	}
+	if c.IsSet("target-name") {
+		n++
+		t.Kind, t.Name = restore.TargetName, c.String("target-name")
+	}
+	if c.Bool("target-immediate") {
+		n++
+		t.Kind = restore.TargetImmediate
+	}
+	if n > 1 {
+		return t, bad("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate")
+	}
+	if c.IsSet("target-action") && n == 0 {
+		return t, bad("--target-action needs a target")
+	}
+	return t, t.Check()
+}
+
+func parseTablespaceMapping(vals []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, v := range vals {
+		old, nw, ok := strings.Cut(v, "=")
+		if !ok || !filepath.IsAbs(old) || !filepath.IsAbs(nw) {
+			return nil, usageErr("--tablespace-mapping %q: want OLDDIR=NEWDIR, both absolute", v)
+		}
+		m[filepath.Clean(old)] = filepath.Clean(nw)
+	}
+	return m, nil
+}
+
+// restoreCommandLine is the restore_command for the restored server: this
+// walship binary with the same archive settings, given as flags because
+// the server does not share this shell's environment. No secret goes in:
+// S3 credentials come from the server's environment or credential files.
+func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", &exitError{code: exitLocal, err: fmt.Errorf("find the walship binary: %w", err)}
+	}
+	args := []string{exe, "fetch"}
+	cfgPath := c.String("config")
+	if cfgPath == "" {
+		cfgPath = e.getenv(config.EnvConfig)
+	}
+	if cfgPath != "" {
+		abs, err := filepath.Abs(cfgPath)
+		if err != nil {
+			return "", usageErr("--config: %v", err)
+		}
+		args = append(args, "--config", abs)
+	}
+	archive := e.cfg.Archive
+	if u, err := config.ParseArchive(archive); err == nil && u.Scheme == "file" {
+		archive = u.Path // absolute already
+	}
+	args = append(args, "--archive", archive)
+	if s := e.cfg.S3; strings.HasPrefix(archive, "s3://") {
+		if s.Endpoint != "" {
+			args = append(args, "--s3-endpoint", s.Endpoint)
+		}
+		if s.Region != "" {
+			args = append(args, "--s3-region", s.Region)
+		}
+		if s.PathStyle {
+			args = append(args, "--s3-path-style")
+		}
+	}
+	for i, a := range args {
+		args[i] = shellQuote(a)
+	}
+	return strings.Join(args, " ") + " %f %p", nil
+}
+
+// shellQuote quotes s for /bin/sh, which runs restore_command.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=@,+", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,414 @@
+package restore
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backup"
+	"github.com/walship/walship/segment"
+)
+
+// Progress is backup.Progress: a bar on a terminal, log lines elsewhere.
+type Progress = backup.Progress
+
+// Options for Restore.
+type Options struct {
+	PGData  string
+	Standby bool
+	Target  Target
+	// RestoreCommand is the full restore_command, with %f and %p.
+	RestoreCommand string
+	// TablespaceMap moves tablespaces: original location -> new directory.
+	TablespaceMap map[string]string
+	// ArchiveModeOff writes archive_mode = off, so that the restored
+	// server does not archive into the archive it came from.
+	ArchiveModeOff bool
+	Parallel       int
+	Progress       Progress
+	Log            *slog.Logger
+}
+
+// CheckTarget refuses a directory that exists and is not empty. It runs
+// before anything is downloaded.
+func CheckTarget(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", archive.ErrLocal, dir, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("%w: %s is not empty; restore only into an empty or new directory", ErrUsage, dir)
+	}
+	return nil
+}
+
+// Restore writes the plan's backup into o.PGData (and its tablespaces into
+// their directories), verifying every chunk, then the recovery settings, so
+// that starting PostgreSQL completes the recovery. On failure it removes
+// what it wrote.
+func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err error) {
+	if o.Parallel <= 0 {
+		o.Parallel = runtime.GOMAXPROCS(0) + 2
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	m := p.Backup
+	dirs := map[string]string{} // archive name -> destination
+	for _, ar := range m.Archives {
+		dest := o.PGData
+		if ar.Location != "" {
+			dest = ar.Location
+			if d, ok := o.TablespaceMap[ar.Location]; ok {
+				dest = d
+			}
+			if !filepath.IsAbs(dest) {
+				return fmt.Errorf("%w: tablespace directory %q must be absolute", ErrUsage, dest)
+			}
+		}
+		dirs[ar.Name] = dest
+	}
+	var created []string
+	defer func() {
+		if err != nil {
+			for _, d := range created {
+				_ = removeContents(d)
+			}
+		}
+	}()
+	for _, ar := range m.Archives {
+		d := dirs[ar.Name]
+		if err := CheckTarget(d); err != nil {
+			if ar.Location != "" {
+				return fmt.Errorf("%w (tablespace %d; move it with --tablespace-mapping %s=NEWDIR)", err, ar.TablespaceOID, ar.Location)
+			}
+			return err
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		created = append(created, d)
+	}
+	if o.Progress == nil {
+		o.Progress = noProgress{}
+	}
+	o.Progress.Phase("restoring files", m.Size)
+	for _, ar := range m.Archives {
+		if err := extractArchive(ctx, a.Storage(), ar, dirs[ar.Name], o); err != nil {
+			o.Progress.End()
+			return err
+		}
+	}
+	o.Progress.End()
+	if err := finishDataDir(ctx, a.Storage(), p, o, dirs); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if err := syncFS(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type noProgress struct{}
+
+func (noProgress) Phase(string, int64) {}
+func (noProgress) Add(int64)           {}
+func (noProgress) End()                {}
+
+// removeContents empties dir (which restore created or found empty).
+func removeContents(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chunkResult is a downloaded, verified chunk.
+type chunkResult struct {
+	data []byte
+	err  error
+}
+
+// extractArchive downloads an archive's chunks, up to o.Parallel at once,
+// verifies each against the manifest, and unpacks the tar stream into dir.
+func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archive, dir string, o Options) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make([]chan chunkResult, len(ar.Chunks))
+	for i := range results {
+		results[i] = make(chan chunkResult, 1)
+	}
+	slots := make(chan struct{}, o.Parallel)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i, c := range ar.Chunks {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				data, err := fetchChunk(ctx, store, c)
+				results[i] <- chunkResult{data, err}
+			}()
+		}
+	}()
+	r := &orderedReader{ctx: ctx, results: results, slots: slots, progress: o.Progress}
+	return untar(r, dir)
+}
+
+// fetchChunk reads one chunk and checks it: the seal's own SHA-256 and
+// CRC, and that it is the chunk the manifest names.
+func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk) ([]byte, error) {
+	rc, _, err := store.Get(ctx, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.Key, err)
+	}
+	defer rc.Close()
+	obj, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.Key, err)
+	}
+	raw, h, err := segment.Unseal(obj)
+	if err != nil {
+		return nil, fmt.Errorf("backup chunk %s: %w", c.Key, err)
+	}
+	if hex.EncodeToString(h.SHA256[:]) != c.SHA256 || int64(len(raw)) != c.Size {
+		return nil, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, segment.ErrChecksum)
+	}
+	return raw, nil
+}
+
+// orderedReader reads the chunks in order as they arrive.
+type orderedReader struct {
+	ctx      context.Context
+	results  []chan chunkResult
+	slots    chan struct{}
+	progress Progress
+	next     int
+	cur      []byte
+}
+
+func (r *orderedReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.next == len(r.results) {
+			return 0, io.EOF
+		}
+		select {
+		case res := <-r.results[r.next]:
+			if res.err != nil {
+				return 0, res.err
+			}
+			r.cur = res.data
+			r.progress.Add(int64(len(res.data)))
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+		r.next++
+		<-r.slots
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+// untar unpacks a base backup tar stream into dir: directories and regular
+// files only, every path inside dir.
+func untar(r io.Reader, dir string) error {
+	tr := tar.NewReader(r)
+	buf := make([]byte, 1<<20)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("backup tar stream: %w", err)
+		}
+		name := strings.TrimSuffix(h.Name, "/")
+		if !filepath.IsLocal(name) {
+			return fmt.Errorf("backup holds a path outside the data directory: %q: %w", h.Name, segment.ErrChecksum)
+		}
+		dst := filepath.Join(dir, name)
+		mode := os.FileMode(h.Mode) & os.ModePerm
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(dst, mode|0o700); err != nil {
+				return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+			}
+		case tar.TypeReg:
+			if err := writeFile(dst, mode|0o600, tr, buf); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("backup holds %q of tar type %q, which walship does not restore", h.Name, h.Typeflag)
+		}
+	}
+}
+
+func writeFile(dst string, mode os.FileMode, r io.Reader, buf []byte) error {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	if _, err := io.CopyBuffer(f, r, buf); err != nil {
+		f.Close()
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	return nil
+}
+
+// finishDataDir writes the server's backup_manifest, the moved tablespace
+// map, the recovery settings and the signal file.
+func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Options, dirs map[string]string) error {
+	m := p.Backup
+	sm, err := readSealed(ctx, store, m.ServerManifest.Key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.PGData, "backup_manifest"), sm, 0o600); err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	if err := rewriteTablespaceMap(o.PGData, m, dirs); err != nil {
+		return err
+	}
+	conf := recoverySettings(p, o)
+	f, err := os.OpenFile(filepath.Join(o.PGData, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	if _, err := f.WriteString(conf); err != nil {
+		f.Close()
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	signal := "recovery.signal"
+	if o.Standby {
+		signal = "standby.signal"
+	}
+	if err := os.WriteFile(filepath.Join(o.PGData, signal), nil, 0o600); err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	return nil
+}
+
+// rewriteTablespaceMap points tablespace_map at the directories the
+// tablespaces were restored into.
+func rewriteTablespaceMap(pgdata string, m *backup.Manifest, dirs map[string]string) error {
+	path := filepath.Join(pgdata, "tablespace_map")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	byOID := map[string]string{}
+	for _, ar := range m.Archives {
+		if ar.Location != "" {
+			byOID[strconv.FormatUint(uint64(ar.TablespaceOID), 10)] = dirs[ar.Name]
+		}
+	}
+	var out bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		oid, _, _ := strings.Cut(sc.Text(), " ")
+		if d, ok := byOID[oid]; ok {
+			fmt.Fprintf(&out, "%s %s\n", oid, d)
+			continue
+		}
+		out.WriteString(sc.Text() + "\n")
+	}
+	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	return nil
+}
+
+// recoverySettings are appended to postgresql.auto.conf.
+func recoverySettings(p *Plan, o Options) string {
+	var b strings.Builder
+	set := func(k, v string) { fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(v, "'", "''")) }
+	fmt.Fprintf(&b, "\n# Added by walship restore from backup %s.\n", p.Backup.ID)
+	set("restore_command", o.RestoreCommand)
+	if o.ArchiveModeOff {
+		set("archive_mode", "off")
+	}
+	t := o.Target
+	set("recovery_target_timeline", t.Timeline)
+	switch t.Kind {
+	case TargetTime:
+		set("recovery_target_time", t.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00"))
+	case TargetLSN:
+		set("recovery_target_lsn", t.LSN.String())
+	case TargetXID:
+		set("recovery_target_xid", strconv.FormatUint(t.XID, 10))
+	case TargetName:
+		set("recovery_target_name", t.Name)
+	case TargetImmediate:
+		set("recovery_target", "immediate")
+	}
+	if t.Kind != TargetEnd {
+		set("recovery_target_action", t.Action)
+	}
+	return b.String()
+}
+
+// syncFS flushes the file system holding dir: one call instead of an
+// fsync per file.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("%w: sync %s: %w", archive.ErrLocal, dir, err)
+	}
+	return nil
+}
