@@ -123,7 +123,7 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 	if err == nil {
 		err = ferr
 	}
-	elapsed := o.Now().Sub(began)
+	elapsed := o.Now().Sub(began) // monotonic
 	m := &Manifest{
 		Format: ManifestFormat, ID: id, Label: o.Label, PGVersion: sys.Major(), PGVersionNum: sys.VersionNum,
 		SystemIdentifier: sys.SystemIdentifier, SegmentSize: sys.SegmentSize, Timeline: s.startTLI,
@@ -208,10 +208,14 @@ func complete(ctx context.Context, m *Manifest, s *streamer, began time.Time, el
 		return fmt.Errorf("%w: global/pg_control missing or from another cluster", ErrIncomplete)
 	}
 	m.NextXID = xid
+	// Stop time is this machine's clock when the server reported the stop
+	// position: the server offers no sub-second clock on a replication
+	// connection. A server clock visibly ahead (the label's start after our
+	// stop) moves it later, keeping it an upper bound.
 	m.StartTime = labelStartTime(label, began)
-	m.StopTime = m.StartTime.Add(elapsed).Add(time.Second).Truncate(time.Second)
-	if m.StopTime.Before(began.Add(elapsed)) {
-		m.StopTime = began.Add(elapsed).Truncate(time.Second).Add(time.Second)
+	m.StopTime = began.Add(elapsed)
+	if m.StartTime.After(m.StopTime) {
+		m.StopTime = m.StartTime.Add(elapsed).Add(time.Second)
 	}
 	m.StartTime, m.StopTime = m.StartTime.UTC(), m.StopTime.UTC()
 	ss := m.SegmentSize

@@ -383,7 +383,7 @@ func recoverySettings(p *Plan, o Options) string {
 	set("recovery_target_timeline", t.Timeline)
 	switch t.Kind {
 	case TargetTime:
-		set("recovery_target_time", t.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00"))
+		set("recovery_target_time", t.Time.UTC().Format("2006-01-02 15:04:05.999999-07"))
 	case TargetLSN:
 		set("recovery_target_lsn", t.LSN.String())
 	case TargetXID:

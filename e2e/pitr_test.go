@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/internal/testenv"
+)
+
+// runWalship runs the walship binary as the PostgreSQL user and returns its
+// stdout, stderr and exit status.
+func runWalship(t *testing.T, w *testenv.Workdir, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := w.Command(env, walshipBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("walship %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// mustWalship runs walship and fails the test unless it exits 0.
+func mustWalship(t *testing.T, w *testenv.Workdir, env []string, args ...string) string {
+	t.Helper()
+	out, errs, code := runWalship(t, w, env, args...)
+	if code != 0 {
+		t.Fatalf("walship %s: exit %d\n%s", strings.Join(args, " "), code, errs)
+	}
+	return out
+}
+
+// pgEnv points libpq at a cluster.
+func pgEnv(c *testenv.Cluster, extra []string) []string {
+	return append([]string{"PGHOST=" + c.W.Dir, "PGPORT=" + strconv.Itoa(c.Port), "PGUSER=postgres", "PGDATABASE=postgres"}, extra...)
+}
+
+// batch is one committed batch of rows and where it ended.
+type batch struct {
+	n        int
+	xid      string
+	lsn      string // WAL position after its commit
+	timeThen string // server clock after its commit, before the next batch
+}
+
+// archivingPrimary starts a primary that archives into target, with a
+// tablespace holding one table.
+func archivingPrimary(t *testing.T, w *testenv.Workdir, target archiveTarget) (*testenv.Cluster, string) {
+	primary := testenv.InitDB(t, w, "primary")
+	primary.Env = target.env
+	primary.Configure(t, map[string]string{
+		"wal_level": "replica", "archive_mode": "on",
+		"archive_command": walshipBin + " push --archive " + target.url + " %p",
+	})
+	primary.Start(t)
+	ts := w.Mkdir(t, "ts1")
+	primary.SQL(t, "CREATE TABLESPACE ts1 LOCATION '"+ts+"'")
+	primary.SQL(t, "CREATE TABLE rows (batch int, i int)")
+	primary.SQL(t, "CREATE TABLE spaced (i int) TABLESPACE ts1; INSERT INTO spaced SELECT generate_series(1, 321)")
+	return primary, ts
+}
+
+// commitBatch inserts batch n (n*100 rows) in one transaction.
+func commitBatch(t *testing.T, c *testenv.Cluster, n int) batch {
+	xid := c.SQL(t, fmt.Sprintf("WITH ins AS (INSERT INTO rows SELECT %d, generate_series(1, %d)) SELECT txid_current()", n, n*100))
+	return batch{n: n, xid: xid,
+		lsn:      c.SQL(t, "SELECT pg_current_wal_lsn()"),
+		timeThen: c.SQL(t, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"),
+	}
+}
+
+// rowsUpTo is the row count after batches 1..n.
+func rowsUpTo(n int) string {
+	total := 0
+	for i := 1; i <= n; i++ {
+		total += i * 100
+	}
+	return strconv.Itoa(total)
+}
+
+// switchAndWait closes the current segment and waits until it is archived.
+func switchAndWait(t *testing.T, c *testenv.Cluster) {
+	seg := c.SQL(t, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+	c.SQL(t, "SELECT pg_switch_wal()")
+	c.WaitSQL(t, "SELECT coalesce(last_archived_wal >= '"+seg+"', false) FROM pg_stat_archiver", "t", 2*time.Minute)
+}
+
+// restoreAndCount restores into a new directory, starts it and returns the
+// row count once recovery has finished (promoted).
+func restoreAndCount(t *testing.T, w *testenv.Workdir, target archiveTarget, name string, args ...string) string {
+	t.Helper()
+	c := testenv.EmptyCluster(t, w, name)
+	ts := filepath.Join(w.Dir, name+"-ts1")
+	base := []string{"restore", "--archive", target.url, "--pgdata", c.Data, "--archive-mode", "off",
+		"--tablespace-mapping", filepath.Join(w.Dir, "ts1") + "=" + ts}
+	_, errs, code := runWalship(t, w, target.env, append(base, args...)...)
+	if code != 0 {
+		t.Fatalf("restore %v: exit %d\n%s", args, code, errs)
+	}
+	t.Logf("restore %v:\n%s", args, errs)
+	c.Env = target.env
+	c.Start(t)
+	c.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", 2*time.Minute)
+	if n := c.SQL(t, "SELECT count(*) FROM spaced"); n != "321" {
+		t.Fatalf("%s: tablespace table has %s rows, want 321", name, n)
+	}
+	count := c.SQL(t, "SELECT count(*) FROM rows")
+	c.Stop()
+	return count
+}
+
+func TestBackupAndPITRFilesystem(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	backupAndPITR(t, w, fsTarget(t, w))
+}
+
+func TestBackupAndPITRS3(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	backupAndPITR(t, w, s3Target(t))
+}
+
+func backupAndPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
+	primary, _ := archivingPrimary(t, w, target)
+	out := mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
+	id := strings.TrimSpace(out)
+	list := mustWalship(t, w, target.env, "backup", "list", "--archive", target.url)
+	if !strings.Contains(list, id) {
+		t.Fatalf("backup list does not show %s:\n%s", id, list)
+	}
+
+	var b []batch
+	for n := 1; n <= 4; n++ {
+		b = append(b, commitBatch(t, primary, n))
+		if n == 3 {
+			primary.SQL(t, "SELECT pg_create_restore_point('after-batch-3')")
+		}
+	}
+	switchAndWait(t, primary)
+
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"lsn", []string{"--target-lsn", b[0].lsn}, rowsUpTo(1)},
+		{"time", []string{"--target-time", b[1].timeThen}, rowsUpTo(2)},
+		{"xid", []string{"--target-xid", b[2].xid}, rowsUpTo(3)},
+		{"name", []string{"--target-name", "after-batch-3"}, rowsUpTo(3)},
+		{"immediate", []string{"--target-immediate"}, "0"},
+		{"end", nil, rowsUpTo(4)},
+	}
+	if strings.HasPrefix(target.url, "s3://") {
+		cases = cases[:2] // every kind runs on the filesystem archive
+	}
+	for _, tc := range cases {
+		if got := restoreAndCount(t, w, target, "r-"+tc.name, tc.args...); got != tc.want {
+			t.Errorf("restore to %s: %s rows, want %s", tc.name, got, tc.want)
+		}
+	}
+
+	// A standby restored from the archive keeps following it.
+	sb := testenv.EmptyCluster(t, w, "standby")
+	mustWalship(t, w, target.env, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby",
+		"--archive-mode", "off", "--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "sb-ts1"))
+	sb.Env = target.env
+	sb.Configure(t, map[string]string{"wal_retrieve_retry_interval": "200ms"})
+	sb.Start(t)
+	sb.WaitSQL(t, "SELECT count(*) FROM rows", rowsUpTo(4), 2*time.Minute)
+	commitBatch(t, primary, 5)
+	switchAndWait(t, primary)
+	sb.WaitSQL(t, "SELECT count(*) FROM rows", rowsUpTo(5), 2*time.Minute)
+	if r := sb.SQL(t, "SELECT pg_is_in_recovery()"); r != "t" {
+		t.Fatalf("standby left recovery")
+	}
+}
