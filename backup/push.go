@@ -26,18 +26,19 @@ type Source interface {
 
 // Progress hears about long work: a progress bar on a terminal, one log
 // line per phase elsewhere. Phase starts a phase with its expected byte
-// total (0 if unknown); Add counts bytes done; End closes the phase.
+// total (0 if unknown); Add counts bytes done; End closes the phase, with
+// the error that ended it, if any (the caller reports that error).
 type Progress interface {
 	Phase(name string, total int64)
 	Add(n int64)
-	End()
+	End(err error)
 }
 
 type noProgress struct{}
 
 func (noProgress) Phase(string, int64) {}
 func (noProgress) Add(int64)           {}
-func (noProgress) End()                {}
+func (noProgress) End(error)           {}
 
 // Options for Push.
 type Options struct {
@@ -119,10 +120,10 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 		s.fail(err)
 	}
 	ferr := s.finish()
-	o.Progress.End()
 	if err == nil {
 		err = ferr
 	}
+	o.Progress.End(err)
 	elapsed := o.Now().Sub(began) // monotonic
 	m := &Manifest{
 		Format: ManifestFormat, ID: id, Label: o.Label, PGVersion: sys.Major(), PGVersionNum: sys.VersionNum,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -184,4 +185,116 @@ func backupAndPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	if r := sb.SQL(t, "SELECT pg_is_in_recovery()"); r != "t" {
 		t.Fatalf("standby left recovery")
 	}
+}
+
+// TestTimelineRestore promotes a standby that archives into the same
+// archive, writes on timeline 2, and restores along the history; then
+// checks restore's refusals on the same archive.
+func TestTimelineRestore(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	archiveDir := strings.TrimPrefix(target.url, "file://")
+	primary, _ := archivingPrimary(t, w, target)
+	id := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, nil), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
+	commitBatch(t, primary, 1)
+	switchAndWait(t, primary)
+
+	// The standby keeps the backup's archive_command: once promoted it
+	// archives timeline 2 and its history file into the same archive.
+	sb := testenv.EmptyCluster(t, w, "standby")
+	mustWalship(t, w, nil, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby",
+		"--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "sb-ts1"))
+	sb.Configure(t, map[string]string{"wal_retrieve_retry_interval": "200ms"})
+	sb.Start(t)
+	commitBatch(t, primary, 2)
+	switchAndWait(t, primary)
+	sb.WaitSQL(t, "SELECT count(*) FROM rows", rowsUpTo(2), 2*time.Minute)
+	primary.Stop()
+	sb.SQL(t, "SELECT pg_promote()")
+	sb.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", time.Minute)
+	b3 := commitBatch(t, sb, 3)
+	commitBatch(t, sb, 4)
+	switchAndWait(t, sb)
+	if _, err := os.Stat(filepath.Join(archiveDir, "history", "00000002.history")); err != nil {
+		t.Fatalf("timeline 2's history file is not archived: %v", err)
+	}
+
+	if got := restoreAndCount(t, w, target, "r-tl2", "--target-lsn", b3.lsn); got != rowsUpTo(3) {
+		t.Errorf("restore to an LSN on timeline 2: %s rows, want %s", got, rowsUpTo(3))
+	}
+	if got := restoreAndCount(t, w, target, "r-tl1", "--target-timeline", "1"); got != rowsUpTo(2) {
+		t.Errorf("restore along timeline 1: %s rows, want %s", got, rowsUpTo(2))
+	}
+
+	refuse := func(t *testing.T, want int, dir string, args ...string) string {
+		t.Helper()
+		_, errs, code := runWalship(t, w, nil, append([]string{"restore", "--archive", target.url, "--pgdata", dir,
+			"--tablespace-mapping", filepath.Join(w.Dir, "ts1") + "=" + dir + "-ts"}, args...)...)
+		if code != want {
+			t.Fatalf("restore %v: exit %d, want %d\n%s", args, code, want, errs)
+		}
+		if n := strings.Count(errs, "level=ERROR"); n != 1 {
+			t.Errorf("want one error line, got:\n%s", errs)
+		}
+		return errs
+	}
+	gone := func(t *testing.T, dirs ...string) {
+		t.Helper()
+		for _, d := range dirs {
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s was left behind (%v)", d, err)
+			}
+		}
+	}
+	t.Run("non-empty directory", func(t *testing.T) {
+		dir := w.Mkdir(t, "busy")
+		keep := filepath.Join(dir, "keep")
+		if err := os.WriteFile(keep, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		refuse(t, 2, dir)
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Errorf("restore touched the non-empty directory: %v", ents)
+		}
+	})
+	t.Run("timeline without the target", func(t *testing.T) {
+		dir := filepath.Join(w.Dir, "no-tl")
+		msg := refuse(t, 6, dir, "--target-lsn", b3.lsn, "--target-timeline", "current")
+		if !strings.Contains(msg, "not in the archive") {
+			t.Errorf("message does not name the missing WAL: %s", msg)
+		}
+		gone(t, dir, dir+"-ts")
+	})
+	t.Run("target beyond the archive", func(t *testing.T) {
+		dir := filepath.Join(w.Dir, "far")
+		refuse(t, 6, dir, "--target-lsn", "FF/0")
+		gone(t, dir, dir+"-ts")
+	})
+	t.Run("target before every backup", func(t *testing.T) {
+		dir := filepath.Join(w.Dir, "early")
+		msg := refuse(t, 6, dir, "--target-time", "2001-01-01 00:00:00+00")
+		if !strings.Contains(msg, "before every backup") {
+			t.Errorf("message: %s", msg)
+		}
+		gone(t, dir, dir+"-ts")
+	})
+	t.Run("corrupted chunk", func(t *testing.T) {
+		chunk := filepath.Join(archiveDir, "backups", id, "base.tar.00000")
+		orig, err := os.ReadFile(chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := bytes.Clone(orig)
+		bad[len(bad)/2] ^= 0x40
+		if err := os.WriteFile(chunk, bad, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(chunk, orig, 0o640)
+		dir := filepath.Join(w.Dir, "corrupt")
+		msg := refuse(t, 4, dir, "--target-lsn", b3.lsn)
+		if !strings.Contains(msg, "base.tar.00000") {
+			t.Errorf("message does not name the chunk: %s", msg)
+		}
+		gone(t, dir, dir+"-ts")
+	})
 }

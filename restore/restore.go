@@ -87,11 +87,16 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 		}
 		dirs[ar.Name] = dest
 	}
-	var created []string
+	var created []string      // directories restore writes into
+	made := map[string]bool{} // ... of which it created these
 	defer func() {
 		if err != nil {
 			for _, d := range created {
-				_ = removeContents(d)
+				if made[d] {
+					_ = os.RemoveAll(d)
+				} else {
+					_ = removeContents(d)
+				}
 			}
 		}
 	}()
@@ -102,6 +107,9 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 				return fmt.Errorf("%w (tablespace %d; move it with --tablespace-mapping %s=NEWDIR)", err, ar.TablespaceOID, ar.Location)
 			}
 			return err
+		}
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			made[d] = true
 		}
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
@@ -117,11 +125,11 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	o.Progress.Phase("restoring files", m.Size)
 	for _, ar := range m.Archives {
 		if err := extractArchive(ctx, a.Storage(), ar, dirs[ar.Name], o); err != nil {
-			o.Progress.End()
+			o.Progress.End(err)
 			return err
 		}
 	}
-	o.Progress.End()
+	o.Progress.End(nil)
 	if err := finishDataDir(ctx, a.Storage(), p, o, dirs); err != nil {
 		return err
 	}
@@ -137,7 +145,7 @@ type noProgress struct{}
 
 func (noProgress) Phase(string, int64) {}
 func (noProgress) Add(int64)           {}
-func (noProgress) End()                {}
+func (noProgress) End(error)           {}
 
 // removeContents empties dir (which restore created or found empty).
 func removeContents(dir string) error {

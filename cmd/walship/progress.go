@@ -30,7 +30,7 @@ func newProgress(w io.Writer, log *slog.Logger) *progress {
 }
 
 func (p *progress) Phase(name string, total int64) {
-	p.End()
+	p.End(nil)
 	p.phase, p.total, p.done, p.began = name, total, 0, time.Now()
 	if p.tty {
 		max := total
@@ -57,14 +57,19 @@ func (p *progress) Add(n int64) {
 	}
 }
 
-func (p *progress) End() {
+func (p *progress) End(err error) {
 	if p.phase == "" {
 		return
 	}
 	if p.bar != nil {
-		_ = p.bar.Finish()
+		if err == nil {
+			_ = p.bar.Finish()
+		} else {
+			_ = p.bar.Exit()
+			_, _ = io.WriteString(p.w, "\n")
+		}
 		p.bar = nil
-	} else {
+	} else if err == nil {
 		secs := time.Since(p.began).Seconds()
 		p.log.Info(p.phase+" done", "bytes", p.done, "seconds", secs, "mb_per_s", float64(p.done)/1e6/max(secs, 1e-9))
 	}
