@@ -228,9 +228,13 @@ func (s *streamer) release(j *job) {
 // failure it only releases what it is given.
 func (s *streamer) sealer() {
 	defer s.sealWG.Done()
+	sl, err := segment.NewSealer(s.comp)
+	if err != nil {
+		s.fail(err)
+	}
 	for j := range s.sealQ {
 		if s.err() == nil {
-			if err := s.upload(j); err != nil {
+			if err := s.upload(sl, j); err != nil {
 				s.fail(err)
 			}
 		}
@@ -238,8 +242,10 @@ func (s *streamer) sealer() {
 	}
 }
 
-func (s *streamer) upload(j *job) error {
-	sealed, err := segment.Seal(j.data, s.comp)
+// upload seals and stores one chunk. Parallelism is across chunks, one
+// Sealer per worker, so encoders and buffers are reused.
+func (s *streamer) upload(sl *segment.Sealer, j *job) error {
+	sealed, err := sl.Seal(j.data)
 	if err != nil {
 		return err
 	}

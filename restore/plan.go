@@ -145,10 +145,10 @@ func Choose(inv *Inventory, t Target, backupID string) (*Plan, error) {
 		return nil, fmt.Errorf("%w: the archive holds no complete backup", ErrUnreachable)
 	}
 	var reasons []string
-	before := 0
+	early, other := 0, 0
 	for i := len(cands) - 1; i >= 0; i-- {
 		b := cands[i]
-		p, early, why := inv.try(b, t)
+		p, kind, why := inv.try(b, t)
 		if p != nil {
 			p.Candidate = len(cands) - i
 			if backupID == "latest" && i != len(cands)-1 {
@@ -156,31 +156,43 @@ func Choose(inv *Inventory, t Target, backupID string) (*Plan, error) {
 			}
 			return p, nil
 		}
-		if early {
-			before++
+		switch kind {
+		case tooLate:
+			early++
+		case elsewhere:
+		default:
+			other++
 		}
 		reasons = append(reasons, b.ID+": "+why)
 	}
-	if before == len(cands) {
+	if early > 0 && other == 0 {
 		return nil, fmt.Errorf("%w: %s is before every backup (the oldest, %s, is consistent only from %s, LSN %s)",
 			ErrUnreachable, t, cands[0].ID, cands[0].StopTime.Format(time.RFC3339), cands[0].StopLSN)
 	}
 	return nil, fmt.Errorf("%w: no backup can reach %s: %s", ErrUnreachable, t, strings.Join(reasons, "; "))
 }
 
-// try checks one backup. early reports that the target lies before the
-// backup's consistent point.
-func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, early bool, why string) {
+// Why a backup cannot serve a target.
+type refusal int
+
+const (
+	cannot    refusal = iota // the WAL is missing, or the timeline unknown
+	tooLate                  // the backup is consistent only after the target
+	elsewhere                // the backup is on a timeline the target's path does not pass
+)
+
+// try checks one backup.
+func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, kind refusal, why string) {
 	tli, err := inv.targetTimeline(b, t.Timeline)
 	if err != nil {
-		return nil, false, err.Error()
+		return nil, cannot, err.Error()
 	}
 	spans, err := inv.path(tli)
 	if err != nil {
-		return nil, false, err.Error()
+		return nil, cannot, err.Error()
 	}
 	if !onPath(b, spans) {
-		return nil, false, fmt.Sprintf("its timeline %d at %s is not in the history of timeline %d", b.StopTimeline, b.StopLSN, tli)
+		return nil, elsewhere, fmt.Sprintf("its timeline %d at %s is not in the history of timeline %d", b.StopTimeline, b.StopLSN, tli)
 	}
 	ss := inv.SegSize
 	start := b.StartLSN.SegNo(ss)
@@ -193,24 +205,24 @@ func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, early bool, wh
 	switch t.Kind {
 	case TargetLSN:
 		if b.StopLSN > t.LSN {
-			return nil, true, fmt.Sprintf("it is consistent only from LSN %s, after the target", b.StopLSN)
+			return nil, tooLate, fmt.Sprintf("it is consistent only from LSN %s, after the target", b.StopLSN)
 		}
 		need = max(stop, t.LSN.SegNo(ss))
 		p.Why = fmt.Sprintf("newest backup consistent before LSN %s", t.LSN)
 	case TargetTime:
 		if b.StopTime.After(t.Time) {
-			return nil, true, fmt.Sprintf("it is consistent only from %s, after the target", b.StopTime.Format(time.RFC3339))
+			return nil, tooLate, fmt.Sprintf("it is consistent only from %s, after the target", b.StopTime.Format(time.RFC3339))
 		}
 		n, ok := inv.firstArchivedAfter(spans, start, t.Time)
 		if !ok {
-			return nil, false, fmt.Sprintf("no WAL archived after %s on the way from %s: recovery could not find the first commit after the target (archive not caught up, or a gap)",
+			return nil, cannot, fmt.Sprintf("no WAL archived after %s on the way from %s: recovery could not find the first commit after the target (archive not caught up, or a gap)",
 				t.Time.UTC().Format(time.RFC3339), segment.Name{TLI: b.Timeline, SegNo: start}.String(ss))
 		}
 		need = max(stop, n)
 		p.Why = fmt.Sprintf("newest backup consistent before %s", t.Time.UTC().Format(time.RFC3339))
 	case TargetXID:
 		if !xidAtOrAfter(t.XID, b.NextXID) {
-			return nil, true, fmt.Sprintf("xid %d was assigned before it started (next xid %d)", t.XID, b.NextXID)
+			return nil, tooLate, fmt.Sprintf("xid %d was assigned before it started (next xid %d)", t.XID, b.NextXID)
 		}
 		p.Why = fmt.Sprintf("newest backup that started before xid %d was assigned", t.XID)
 		p.Notes = append(p.Notes, "if that transaction committed before the backup became consistent, PostgreSQL stops with \"recovery stop point before consistent recovery point\"; then pass --backup with an older backup")
@@ -228,7 +240,7 @@ func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, early bool, wh
 		p.Why = "newest backup; recovery replays all archived WAL"
 	}
 	if missing, ok := inv.firstMissing(spans, start, need); ok {
-		return nil, false, fmt.Sprintf("WAL segment %s is not in the archive (needed from %s to %s)", missing.String(ss),
+		return nil, cannot, fmt.Sprintf("WAL segment %s is not in the archive (needed from %s to %s)", missing.String(ss),
 			inv.at(spans, start).String(ss), inv.at(spans, need).String(ss))
 	}
 	if t.Kind == TargetXID || t.Kind == TargetName {
@@ -241,7 +253,7 @@ func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, early bool, wh
 		}
 	}
 	p.FirstWAL, p.LastWAL, p.Segments = inv.at(spans, start), inv.at(spans, need), int(need-start+1)
-	return p, false, ""
+	return p, cannot, ""
 }
 
 // xidAtOrAfter compares a target xid with a backup's next xid. A 32-bit

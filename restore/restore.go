@@ -67,7 +67,7 @@ func CheckTarget(dir string) error {
 // what it wrote.
 func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err error) {
 	if o.Parallel <= 0 {
-		o.Parallel = runtime.GOMAXPROCS(0) + 2
+		o.Parallel = runtime.GOMAXPROCS(0)
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -167,8 +167,10 @@ type chunkResult struct {
 	err  error
 }
 
-// extractArchive downloads an archive's chunks, up to o.Parallel at once,
-// verifies each against the manifest, and unpacks the tar stream into dir.
+// extractArchive downloads an archive's chunks, o.Parallel at once, each
+// worker with its own decoder and download buffer, verifies each against
+// the manifest and unpacks the tar stream into dir. Decompressed chunks
+// wait in a pool of o.Parallel+1 buffers, which bounds memory.
 func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archive, dir string, o Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -176,65 +178,116 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 	for i := range results {
 		results[i] = make(chan chunkResult, 1)
 	}
-	slots := make(chan struct{}, o.Parallel)
+	pool := make(chan []byte, o.Parallel+1)
+	for range o.Parallel + 1 {
+		pool <- nil
+	}
+	next := make(chan int)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i, c := range ar.Chunks {
+		defer close(next)
+		for i := range ar.Chunks {
 			select {
-			case slots <- struct{}{}:
+			case next <- i:
 			case <-ctx.Done():
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				data, err := fetchChunk(ctx, store, c)
-				results[i] <- chunkResult{data, err}
-			}()
 		}
 	}()
-	r := &orderedReader{ctx: ctx, results: results, slots: slots, progress: o.Progress}
+	for range o.Parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := segment.NewUnsealer(maxChunk(ar))
+			if err != nil {
+				cancel()
+				return
+			}
+			defer u.Close()
+			var obj []byte
+			for {
+				// Take a buffer before a chunk number: the lowest number
+				// handed out then always has a buffer, so the reader,
+				// which frees buffers in order, never waits forever.
+				var buf []byte
+				select {
+				case buf = <-pool:
+				case <-ctx.Done():
+					return
+				}
+				i, ok := <-next
+				if !ok {
+					return
+				}
+				var data []byte
+				data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
+				results[i] <- chunkResult{data, err}
+			}
+		}()
+	}
+	r := &orderedReader{ctx: ctx, results: results, pool: pool, progress: o.Progress}
 	return untar(r, dir)
 }
 
-// fetchChunk reads one chunk and checks it: the seal's own SHA-256 and
-// CRC, and that it is the chunk the manifest names.
-func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk) ([]byte, error) {
-	rc, _, err := store.Get(ctx, c.Key)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.Key, err)
+func maxChunk(ar backup.Archive) int64 {
+	var m int64 = 1
+	for _, c := range ar.Chunks {
+		m = max(m, c.Size)
 	}
-	defer rc.Close()
-	obj, err := io.ReadAll(rc)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.Key, err)
-	}
-	raw, h, err := segment.Unseal(obj)
-	if err != nil {
-		return nil, fmt.Errorf("backup chunk %s: %w", c.Key, err)
-	}
-	if hex.EncodeToString(h.SHA256[:]) != c.SHA256 || int64(len(raw)) != c.Size {
-		return nil, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, segment.ErrChecksum)
-	}
-	return raw, nil
+	return m
 }
 
-// orderedReader reads the chunks in order as they arrive.
+// fetchChunk reads one chunk into obj and decompresses it into buf,
+// checking the seal's own SHA-256 and CRC, and that it is the chunk the
+// manifest names. It returns the data and the (possibly grown) obj buffer.
+func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *segment.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
+	rc, info, err := store.Get(ctx, c.Key)
+	if err != nil {
+		return nil, obj, fmt.Errorf("read %s: %w", c.Key, err)
+	}
+	defer rc.Close()
+	if info.Size != c.StoredSize {
+		return nil, obj, fmt.Errorf("backup chunk %s has %d bytes, the manifest says %d: %w", c.Key, info.Size, c.StoredSize, segment.ErrChecksum)
+	}
+	if int64(cap(obj)) < info.Size {
+		obj = make([]byte, info.Size)
+	}
+	obj = obj[:info.Size]
+	if _, err := io.ReadFull(rc, obj); err != nil {
+		return nil, obj, fmt.Errorf("read %s: %w", c.Key, err)
+	}
+	raw, h, err := u.Unseal(obj, buf)
+	if err != nil {
+		return nil, obj, fmt.Errorf("backup chunk %s: %w", c.Key, err)
+	}
+	if hex.EncodeToString(h.SHA256[:]) != c.SHA256 || int64(len(raw)) != c.Size {
+		return nil, obj, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, segment.ErrChecksum)
+	}
+	return raw, obj, nil
+}
+
+// orderedReader reads the chunks in order as they arrive and returns each
+// buffer to the pool once read.
 type orderedReader struct {
 	ctx      context.Context
 	results  []chan chunkResult
-	slots    chan struct{}
+	pool     chan []byte
 	progress Progress
 	next     int
+	buf      []byte
 	cur      []byte
 }
 
 func (r *orderedReader) Read(p []byte) (int, error) {
 	for len(r.cur) == 0 {
+		if r.buf != nil {
+			r.pool <- r.buf[:0]
+			r.buf = nil
+		}
 		if r.next == len(r.results) {
 			return 0, io.EOF
 		}
@@ -243,13 +296,12 @@ func (r *orderedReader) Read(p []byte) (int, error) {
 			if res.err != nil {
 				return 0, res.err
 			}
-			r.cur = res.data
+			r.buf, r.cur = res.data, res.data
 			r.progress.Add(int64(len(res.data)))
 		case <-r.ctx.Done():
 			return 0, r.ctx.Err()
 		}
 		r.next++
-		<-r.slots
 	}
 	n := copy(p, r.cur)
 	r.cur = r.cur[n:]

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -42,6 +43,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case <-ctx.Done():
 		}
 	}()
+	if path := os.Getenv("WALSHIP_CPUPROFILE"); path != "" {
+		// For developers: a CPU profile of one command.
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	app := newApp(env)
 	err := app.RunContext(ctx, args)

@@ -88,6 +88,7 @@ func restoreCommand(env *appEnv) *cli.Command {
 			for _, n := range plan.Notes {
 				log.Warn(n)
 			}
+			softMemoryLimit()
 			err = restore.Restore(c.Context, a, plan, restore.Options{
 				PGData: pgdata, Standby: c.Bool("standby"), Target: t, RestoreCommand: cmdline,
 				TablespaceMap: tsMap, ArchiveModeOff: mode == "off",
