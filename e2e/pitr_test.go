@@ -298,3 +298,59 @@ func TestTimelineRestore(t *testing.T) {
 		gone(t, dir, dir+"-ts")
 	})
 }
+
+// TestBackupFromStandby takes the backup from a streaming standby: the
+// stop segment reaches the archive only after the primary switches, which
+// backup push waits for.
+func TestBackupFromStandby(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	primary, _ := archivingPrimary(t, w, target)
+	commitBatch(t, primary, 1)
+
+	sb := testenv.EmptyCluster(t, w, "streaming")
+	w.Run(t, nil, filepath.Join(primary.Bin, "pg_basebackup"), append(primary.ConnArgs(), "-D", sb.Data, "-R", "-X", "stream",
+		"--no-sync", "-c", "fast", "-T", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "streaming-ts1"))...)
+	sb.Start(t)
+	commitBatch(t, primary, 2)
+	sb.WaitSQL(t, "SELECT count(*) FROM rows", rowsUpTo(2), time.Minute)
+
+	cmd := w.Command(pgEnv(sb, nil), walshipBin, "backup", "push", "--archive", target.url, "--checkpoint", "fast", "--wal-timeout", "2m")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// Until the backup completes, keep the primary switching segments (a
+	// standby cannot), so the stop segment gets archived.
+	deadline := time.After(3 * time.Minute)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for waiting := true; waiting; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("backup push from the standby: %v\n%s", err, errb.String())
+			}
+			waiting = false
+		case <-tick.C:
+			primary.SQL(t, "SELECT pg_switch_wal()")
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			t.Fatalf("backup push from the standby did not finish:\n%s", errb.String())
+		}
+	}
+	id := strings.TrimSpace(out.String())
+	show := mustWalship(t, w, nil, "backup", "show", "--archive", target.url, id)
+	if !strings.Contains(show, `"from_standby": true`) {
+		t.Errorf("manifest does not say the backup came from a standby:\n%s", show)
+	}
+	b3 := commitBatch(t, primary, 3)
+	commitBatch(t, primary, 4)
+	switchAndWait(t, primary)
+	if got := restoreAndCount(t, w, target, "r-from-standby", "--backup", id, "--target-lsn", b3.lsn); got != rowsUpTo(3) {
+		t.Errorf("restore of the standby's backup: %s rows, want %s", got, rowsUpTo(3))
+	}
+}

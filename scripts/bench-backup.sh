@@ -4,7 +4,8 @@
 # compress-type=zst, process-max=1) and pg_basebackup -Ft -z (restore: tar
 # -xzf), on one pgbench cluster, tools alternated within each round. Also
 # measures the single-core zstd limit on the same bytes (a tar of the data
-# directory through zstd -T1 -3, and back through zstd -d).
+# directory through zstd -T1 -3, and back through zstd -d), and the stream
+# floor: pg_basebackup -Ft to stdout, uncompressed, into /dev/null.
 #
 #   scripts/bench-backup.sh          # SCALE=100 ROUNDS=3 by default
 #
@@ -88,6 +89,8 @@ PGENV=(env PGHOST="$WORK" PGPORT="$PORT" PGUSER=postgres)
 ws_backup() { measure walship backup "${PGENV[@]}" "$WORK/walship" backup push --archive "$WORK/arch" --checkpoint fast; }
 br_backup() { measure pgbackrest backup "${PGBR[@]}" backup --type=full; }
 bb_backup() { run rm -rf "$WORK/bb"; measure pg_basebackup backup "$PGBIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/bb" -Ft -z -X none -c fast --no-sync; }
+# The floor of any client: the server's own uncompressed tar stream, thrown away.
+floor_backup() { measure stream-floor backup "$PGBIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D - -Ft -X none -c fast; }
 ws_restore() { run rm -rf "$WORK/r"; measure walship restore "$WORK/walship" restore --archive "$WORK/arch" --pgdata "$WORK/r" --backup latest; run rm -rf "$WORK/r"; }
 br_restore() { run rm -rf "$WORK/r"; run mkdir -m 700 "$WORK/r"; measure pgbackrest restore "${PGBR[@]}" restore --pg1-path="$WORK/r"; run rm -rf "$WORK/r"; }
 bb_restore() { run rm -rf "$WORK/r"; run mkdir -m 700 "$WORK/r"; measure pg_basebackup restore sh -c "tar -xzf '$WORK/bb/base.tar.gz' -C '$WORK/r' && sync -f '$WORK/r'"; run rm -rf "$WORK/r"; }
@@ -101,9 +104,9 @@ zstd_limit() {
 for round in $(seq "$ROUNDS"); do
 	echo "bench: round $round" >&2
 	if [ $((round % 2)) = 1 ]; then
-		ws_backup; br_backup; bb_backup; zstd_limit; ws_restore; br_restore; bb_restore
+		ws_backup; br_backup; bb_backup; floor_backup; zstd_limit; ws_restore; br_restore; bb_restore
 	else
-		bb_backup; br_backup; ws_backup; zstd_limit; bb_restore; br_restore; ws_restore
+		floor_backup; bb_backup; br_backup; ws_backup; zstd_limit; bb_restore; br_restore; ws_restore
 	fi
 done
 
@@ -116,9 +119,10 @@ echo
 echo "| op | tool | median s | MB/s | peak RSS MiB |"
 echo "|---|---|---|---|---|"
 for op in backup restore; do
-	for tool in walship pgbackrest pg_basebackup zstd-T1; do
+	for tool in walship pgbackrest pg_basebackup stream-floor zstd-T1; do
 		med() { awk -F'\t' -v t="$tool" -v o="$op" -v c="$1" '$1==t && $2==o {print $c}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 		s=$(med 3); r=$(med 4)
+		[ -z "$s" ] && continue
 		awk -v o=$op -v t=$tool -v s=$s -v r=$r -v b=$DBBYTES 'BEGIN { printf "| %s | %s | %.2f | %.0f | %.1f |\n", o, t, s/1e6, b/1e6/(s/1e6), r/1024 }'
 	done
 done

@@ -103,6 +103,12 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
 	tmp, err := createTemp(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A Delete emptied and removed the directory in between.
+		if err = os.MkdirAll(dir, dirMode); err == nil {
+			tmp, err = createTemp(dir)
+		}
+	}
 	if err != nil {
 		return classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
@@ -271,6 +277,7 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(backends.Obje
 
 // Delete implements backends.Storage.
 func (s *Storage) Delete(ctx context.Context, keys ...string) error {
+	dirs := map[string]bool{}
 	for _, key := range keys {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -281,6 +288,16 @@ func (s *Storage) Delete(ctx context.Context, keys ...string) error {
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return classify(fmt.Errorf("fs delete %q: %w", key, err))
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	// Directories left empty go too (a deleted backup leaves none behind);
+	// rmdir fails harmlessly on one that is not empty. Never the root.
+	for d := range dirs {
+		for ; d != s.root && strings.HasPrefix(d, s.root+string(filepath.Separator)); d = filepath.Dir(d) {
+			if os.Remove(d) != nil {
+				break
+			}
 		}
 	}
 	return nil

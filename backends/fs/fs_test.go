@@ -79,3 +79,39 @@ func TestStaleTempIsInvisible(t *testing.T) {
 		t.Fatal("temporary file served")
 	}
 }
+
+func TestDeleteRemovesEmptiedDirectories(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, err := fs.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"backups/a/x.1", "backups/a/x.2", "backups/b/y", "top"} {
+		if err := s.PutIfAbsent(ctx, k, bytes.NewReader([]byte("v")), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Delete(ctx, "backups/a/x.1", "backups/a/x.2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "backups", "a")); !os.IsNotExist(err) {
+		t.Errorf("emptied directory backups/a remains (%v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "backups", "b", "y")); err != nil {
+		t.Errorf("unrelated object gone: %v", err)
+	}
+	if err := s.Delete(ctx, "backups/b/y", "top"); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(root); len(ents) != 0 {
+		t.Errorf("root should be empty, has %v", ents)
+	}
+	if _, err := os.Stat(root); err != nil {
+		t.Errorf("the root itself must stay: %v", err)
+	}
+	// A put into a directory a delete just removed still works.
+	if err := s.PutIfAbsent(ctx, "backups/a/x.3", bytes.NewReader([]byte("v")), 1); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -12,6 +12,9 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backup"
+	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/restore"
 	"github.com/walship/walship/config"
 	"github.com/walship/walship/segment"
 )
@@ -37,6 +40,15 @@ func TestExitCode(t *testing.T) {
 		{opFetch, wrap(archive.ErrLocal), exitLocal},
 		{opFetch, errors.New("connection refused"), exitArchive},
 		{opFetch, backends.Permanent(errors.New("AccessDenied")), exitArchive},
+		{opBackup, wrap(postgres.ErrServer), exitPostgres},
+		{opBackup, wrap(backup.ErrIncomplete), exitPostgres},
+		{opBackup, wrap(postgres.ErrPassword), exitUsage},
+		{opBackup, wrap(backup.ErrBadID), exitUsage},
+		{opBackup, wrap(backup.ErrNoBackup), exitAbsent},
+		{opBackup, wrap(segment.ErrChecksum), exitIntegrity},
+		{opRestore, wrap(restore.ErrUnreachable), exitUnreachable},
+		{opRestore, wrap(restore.ErrUsage), exitUsage},
+		{opRestore, wrap(archive.ErrLocal), exitLocal},
 	}
 	for _, c := range cases {
 		if got := exitCode(c.op, c.err); got != c.want {
@@ -83,6 +95,21 @@ func TestCLIUsageErrorsAreOneLine(t *testing.T) {
 		{[]string{"push", "x"}, map[string]string{config.EnvArchive: "s3://AKIAXXXX:supersecret@bucket/p"}, "must not contain credentials"},
 		{[]string{"fetch", "--archive", arch, "only-one"}, nil, "NAME and DEST"},
 		{[]string{"push", "--no-such-flag", "x"}, nil, "no-such-flag"},
+		{[]string{"backup", "push", "--archive", arch, "--pg", "host=x password=hunter2"}, nil, "contains a password"},
+		{[]string{"backup", "push", "--archive", arch, "--pg", "postgres://u:hunter2@x/db"}, nil, "contains a password"},
+		{[]string{"backup", "push", "--archive", arch, "--checkpoint", "slow"}, nil, "--checkpoint"},
+		{[]string{"backup", "show", "--archive", arch, "../../etc"}, nil, "not a backup id"},
+		{[]string{"backup", "show", "--archive", arch}, nil, "takes 1 argument"},
+		{[]string{"restore", "--archive", arch}, nil, "pgdata"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-time", "2026-11-26 10:00:00"}, nil, "zone"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-lsn", "nope"}, nil, "--target-lsn"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-xid", "abc"}, nil, "--target-xid"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-lsn", "0/1", "--target-xid", "5"}, nil, "at most one"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-action", "pause"}, nil, "needs a target"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-immediate", "--target-action", "explode"}, nil, "target action"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-timeline", "sideways"}, nil, "target timeline"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--tablespace-mapping", "a=b"}, nil, "OLDDIR=NEWDIR"},
+		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--archive-mode", "maybe"}, nil, "--archive-mode"},
 	}
 	for _, c := range cases {
 		code, out := runIn(t, dir, c.env, c.args...)
