@@ -120,7 +120,7 @@ echo "| op | tool | median s | MB/s | peak RSS MiB |"
 echo "|---|---|---|---|---|"
 for op in backup restore; do
 	for tool in walship pgbackrest pg_basebackup stream-floor zstd-T1; do
-		med() { awk -F'\t' -v t="$tool" -v o="$op" -v c="$1" '$1==t && $2==o {print $c}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+		med() { awk -F'\t' -v t="$tool" -v o="$op" -v c="$1" '$1==t && $2==o {print $c}' "$RES" | sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 		s=$(med 3); r=$(med 4)
 		[ -z "$s" ] && continue
 		awk -v o=$op -v t=$tool -v s=$s -v r=$r -v b=$DBBYTES 'BEGIN { printf "| %s | %s | %.2f | %.0f | %.1f |\n", o, t, s/1e6, b/1e6/(s/1e6), r/1024 }'
