@@ -42,6 +42,7 @@ type fakeServer struct {
 	start, stop segment.LSN
 	failAfter   int // send this many bytes of base.tar, then fail (0: never)
 	piece       int
+	archiveMode string
 }
 
 type file struct {
@@ -63,7 +64,7 @@ func newFakeServer(t *testing.T, corrupt bool) *fakeServer {
 		{"global/pg_control", ctl},
 	}
 	spaceFiles := []file{{"PG_15_202209061/5/16385", big[:70000]}}
-	s := &fakeServer{start: 0x2000028, stop: 0x2000100, piece: 777}
+	s := &fakeServer{start: 0x2000028, stop: 0x2000100, piece: 777, archiveMode: "on"}
 	s.base = mkTar(t, []string{"base", "base/1", "global", "pg_wal"}, baseFiles)
 	s.space = mkTar(t, []string{"PG_15_202209061", "PG_15_202209061/5"}, spaceFiles)
 	var entries []string
@@ -109,7 +110,7 @@ func mkTar(t *testing.T, dirs []string, files []file) []byte {
 }
 
 func (s *fakeServer) Identify(context.Context) (postgres.System, error) {
-	return postgres.System{SystemIdentifier: sysID, Timeline: 1, VersionNum: 150010, SegmentSize: segSize, BlockSize: 8192}, nil
+	return postgres.System{SystemIdentifier: sysID, Timeline: 1, VersionNum: 150010, SegmentSize: segSize, BlockSize: 8192, ArchiveMode: s.archiveMode}, nil
 }
 
 func (s *fakeServer) BaseBackup(ctx context.Context, o postgres.BackupOptions, h postgres.BackupHandler) (segment.LSN, uint32, error) {
@@ -306,6 +307,7 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 		}, 3, segment.ErrChecksum},
 		{"server fails mid-stream", func(_ *testing.T, s *fakeServer) { s.failAfter = 40000 }, 3, nil},
 		{"WAL never archived", func(*testing.T, *fakeServer) {}, 0, backup.ErrIncomplete},
+		{"archive_mode off", func(_ *testing.T, s *fakeServer) { s.archiveMode = "off" }, 3, postgres.ErrServer},
 		{"manifest tampered", func(_ *testing.T, s *fakeServer) {
 			s.manifest = bytes.Replace(s.manifest, []byte("10:00:00 GMT"), []byte("10:00:01 GMT"), 1)
 		}, 3, segment.ErrChecksum},

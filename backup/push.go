@@ -95,6 +95,9 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 	if err != nil {
 		return nil, err
 	}
+	if sys.ArchiveMode == "off" && !sys.InRecovery {
+		return nil, fmt.Errorf("%w: archive_mode is off on the server, so the WAL a backup needs would never reach the archive; set archive_mode = on and archive_command = 'walship push ... %%p'", postgres.ErrServer)
+	}
 	if _, err := a.ClaimIdentity(ctx, archive.Identity{
 		SystemIdentifier: sys.SystemIdentifier, PGVersion: sys.Major(), SegmentSize: sys.SegmentSize,
 	}); err != nil {

@@ -350,7 +350,8 @@ func TestBackupFromStandby(t *testing.T) {
 	b3 := commitBatch(t, primary, 3)
 	commitBatch(t, primary, 4)
 	switchAndWait(t, primary)
-	if got := restoreAndCount(t, w, target, "r-from-standby", "--backup", id, "--target-lsn", b3.lsn); got != rowsUpTo(3) {
+	if got := restoreAndCount(t, w, target, "r-from-standby", "--backup", id, "--target-lsn", b3.lsn,
+		"--tablespace-mapping", filepath.Join(w.Dir, "streaming-ts1")+"="+filepath.Join(w.Dir, "r-from-standby-ts1")); got != rowsUpTo(3) {
 		t.Errorf("restore of the standby's backup: %s rows, want %s", got, rowsUpTo(3))
 	}
 }

@@ -83,6 +83,7 @@ type System struct {
 	SegmentSize      uint64
 	BlockSize        int
 	InRecovery       bool
+	ArchiveMode      string // off, on or always
 }
 
 // Major is the major version as the archive records it ("15").
@@ -136,6 +137,9 @@ func (c *Conn) Identify(ctx context.Context) (System, error) {
 	rec, err := c.Show(ctx, "in_hot_standby")
 	if err == nil {
 		s.InRecovery = rec == "on"
+	}
+	if s.ArchiveMode, err = c.Show(ctx, "archive_mode"); err != nil {
+		return s, err
 	}
 	return s, nil
 }

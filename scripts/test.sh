@@ -54,4 +54,8 @@ for target in FuzzParseFile FuzzParseLSN FuzzNameRoundTrip FuzzParseHeader FuzzU
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" ./segment >/dev/null
 	echo "ok   fuzz $target ($FUZZTIME)"
 done
+for target in ./backup:FuzzParseServerManifest ./backup:FuzzNextXIDFromControl ./restore:FuzzUntar; do
+	go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$FUZZTIME" "${target%%:*}" >/dev/null
+	echo "ok   fuzz $target ($FUZZTIME)"
+done
 log "all tiers passed"

@@ -66,7 +66,11 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}
-			defer conn.Close(context.WithoutCancel(c.Context))
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context), 5*time.Second)
+				defer cancel()
+				_ = conn.Close(ctx)
+			}()
 			m, err := backup.Push(c.Context, a, conn, backup.Options{
 				Compression: comp, WALTimeout: c.Duration("wal-timeout"), FastCheckpoint: ckpt == "fast",
 				Label: c.String("label"), ChunkSize: c.Int("chunk-size-mb") << 20, MaxRateKB: c.Int("max-rate-kb"),
