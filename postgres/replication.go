@@ -251,7 +251,9 @@ func (c *Conn) BaseBackup(ctx context.Context, o BackupOptions, h BackupHandler)
 		msg, err := c.pc.ReceiveMessage(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return 0, 0, ctx.Err()
+				// The caller's reason (a failed upload, a signal), not
+				// the closed socket's.
+				return 0, 0, context.Cause(ctx)
 			}
 			return 0, 0, fmt.Errorf("%w: BASE_BACKUP: %w", ErrServer, err)
 		}
@@ -265,22 +267,7 @@ func (c *Conn) BaseBackup(ctx context.Context, o BackupOptions, h BackupHandler)
 			break
 		}
 	}
-	// After the copy: the stop position's result set, then possibly an
-	// empty CommandComplete for BASE_BACKUP itself.
-	var stopRow []string
-	for _, r := range s.results[min(2, len(s.results)):] {
-		if len(r) == 1 && stopRow == nil {
-			stopRow = r[0]
-		}
-	}
-	if !s.started || stopRow == nil {
-		return 0, 0, fmt.Errorf("BASE_BACKUP: no stop position in the reply")
-	}
-	lsn, tli, err := parsePos(stopRow)
-	if err != nil {
-		return 0, 0, fmt.Errorf("BASE_BACKUP stop position: %w", err)
-	}
-	return lsn, tli, nil
+	return s.stopPosition()
 }
 
 // streamState follows the reply: a result set with the start position, one
@@ -329,6 +316,25 @@ func (s *streamState) handle(msg pgproto3.BackendMessage) (bool, error) {
 	case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
 	}
 	return false, nil
+}
+
+// stopPosition reads the result set after the copy: the stop position,
+// possibly followed by an empty CommandComplete for BASE_BACKUP itself.
+func (s *streamState) stopPosition() (segment.LSN, uint32, error) {
+	var stopRow []string
+	for _, r := range s.results[min(2, len(s.results)):] {
+		if len(r) == 1 && stopRow == nil {
+			stopRow = r[0]
+		}
+	}
+	if !s.started || stopRow == nil {
+		return 0, 0, fmt.Errorf("%w: BASE_BACKUP: no stop position in the reply", ErrServer)
+	}
+	lsn, tli, err := parsePos(stopRow)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: BASE_BACKUP stop position: %w", ErrServer, err)
+	}
+	return lsn, tli, nil
 }
 
 func (s *streamState) start() error {

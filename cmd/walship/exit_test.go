@@ -13,9 +13,9 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/config"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
-	"github.com/walship/walship/config"
 	"github.com/walship/walship/segment"
 )
 
