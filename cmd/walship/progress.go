@@ -39,9 +39,10 @@ func (p *progress) Phase(name string, total int64) {
 		}
 		p.bar = progressbar.NewOptions64(max,
 			progressbar.OptionSetWriter(p.w), progressbar.OptionSetDescription(name),
-			progressbar.OptionShowBytes(true), progressbar.OptionShowTotalBytes(true),
+			progressbar.OptionShowBytes(true), progressbar.OptionShowCount(),
 			progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond),
-			progressbar.OptionFullWidth(), progressbar.OptionOnCompletion(func() { _, _ = io.WriteString(p.w, "\n") }))
+			progressbar.OptionSetWidth(30), progressbar.OptionShowElapsedTimeOnFinish(),
+			progressbar.OptionOnCompletion(func() { _, _ = io.WriteString(p.w, "\n") }))
 		return
 	}
 	p.log.Info(name+" started", "expected_bytes", total)
