@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/walship/walship/backends"
@@ -65,6 +66,7 @@ type Archive struct {
 	store backends.Storage
 	log   *slog.Logger
 	now   func() time.Time
+	id    atomic.Pointer[Identity] // once read, an identity never changes
 }
 
 // New wraps store. log receives at most one line per operation at info.
@@ -77,6 +79,9 @@ func (a *Archive) Storage() backends.Storage { return a.store }
 
 // Identity reads the identity record; ErrNoIdentity if there is none.
 func (a *Archive) Identity(ctx context.Context) (Identity, error) {
+	if id := a.id.Load(); id != nil {
+		return *id, nil
+	}
 	rc, _, err := a.store.Get(ctx, IdentityKey)
 	if err != nil {
 		if errors.Is(err, backends.ErrNotFound) {
@@ -99,6 +104,7 @@ func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 	if err := segment.ValidSegmentSize(id.SegmentSize); err != nil || id.SystemIdentifier == 0 {
 		return Identity{}, backends.Permanent(fmt.Errorf("archive identity %s is damaged", IdentityKey))
 	}
+	a.id.Store(&id)
 	return id, nil
 }
 

@@ -99,6 +99,13 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 	if err != nil {
 		return res, fmt.Errorf("store %s: %w", res.Key, err)
 	}
+	if f.Kind == segment.KindSegment {
+		// Failing here fails the push: PostgreSQL retries, the segment is
+		// then already archived, and the head gets its second chance.
+		if err := a.advanceHead(ctx, f, !res.AlreadyArchived); err != nil {
+			return res, err
+		}
+	}
 	res.Elapsed = time.Since(start)
 	a.log.Debug("push phases", "read", tRead, "checked", tCheck, "sealed", tSeal, "stored", res.Elapsed)
 	return res, nil

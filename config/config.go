@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -30,6 +31,21 @@ type Config struct {
 	LogFormat        string `yaml:"log_format"`
 	LogLevel         string `yaml:"log_level"`
 	S3               S3     `yaml:"s3"`
+	// Spool is the directory walship agent fills and fetch takes from.
+	Spool string `yaml:"spool"`
+	Agent Agent  `yaml:"agent"`
+}
+
+// Agent holds the restore agent's settings.
+type Agent struct {
+	Slot        string        `yaml:"slot"`
+	Standby     string        `yaml:"standby"` // connection string of the standby it feeds
+	Ahead       int           `yaml:"ahead"`   // segments kept ready beyond replay
+	Parallel    int           `yaml:"parallel"`
+	PollMin     time.Duration `yaml:"poll_min"`
+	PollMax     time.Duration `yaml:"poll_max"`
+	Heartbeat   time.Duration `yaml:"heartbeat"`
+	MetricsAddr string        `yaml:"metrics_addr"`
 }
 
 // S3 holds the S3 settings.
@@ -45,7 +61,8 @@ type S3 struct {
 
 // Default is the configuration before any file, environment or flag.
 func Default() Config {
-	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5}}
+	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5},
+		Agent: Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: 30 * time.Second}}
 }
 
 // Error is a bad setting; its message names the setting.
@@ -120,6 +137,7 @@ const (
 	EnvS3SSE            = "WALSHIP_S3_SSE"
 	EnvS3SSEKMSKeyID    = "WALSHIP_S3_SSE_KMS_KEY_ID"
 	EnvS3MaxAttempts    = "WALSHIP_S3_MAX_ATTEMPTS"
+	EnvSpool            = "WALSHIP_SPOOL"
 )
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -147,6 +165,7 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	str(EnvS3StorageClass, &c.S3.StorageClass)
 	str(EnvS3SSE, &c.S3.SSE)
 	str(EnvS3SSEKMSKeyID, &c.S3.SSEKMSKeyID)
+	str(EnvSpool, &c.Spool)
 	if err := num(EnvCompressionLevel, &c.CompressionLevel); err != nil {
 		return err
 	}
@@ -193,6 +212,22 @@ func (c Config) Validate() error {
 	}
 	if c.S3.MaxAttempts < 1 || c.S3.MaxAttempts > 20 {
 		return &Error{"s3.max_attempts", fmt.Sprintf("%d: want 1..20", c.S3.MaxAttempts)}
+	}
+	if c.Spool != "" && !filepath.IsAbs(c.Spool) {
+		return &Error{"spool", fmt.Sprintf("%q: want an absolute directory", c.Spool)}
+	}
+	a := c.Agent
+	switch {
+	case a.Ahead < 1 || a.Ahead > 4096:
+		return &Error{"agent.ahead", fmt.Sprintf("%d: want 1..4096 segments", a.Ahead)}
+	case a.Parallel < 1 || a.Parallel > 64:
+		return &Error{"agent.parallel", fmt.Sprintf("%d: want 1..64", a.Parallel)}
+	case a.PollMin < 10*time.Millisecond:
+		return &Error{"agent.poll_min", fmt.Sprintf("%s: want at least 10ms", a.PollMin)}
+	case a.PollMax < a.PollMin:
+		return &Error{"agent.poll_max", fmt.Sprintf("%s: want at least poll_min (%s)", a.PollMax, a.PollMin)}
+	case a.Heartbeat < time.Second:
+		return &Error{"agent.heartbeat", fmt.Sprintf("%s: want at least 1s", a.Heartbeat)}
 	}
 	if c.S3.Endpoint != "" {
 		u, err := url.Parse(c.S3.Endpoint)

@@ -37,6 +37,7 @@ type FetchResult struct {
 	Stored   int64
 	Attempts int
 	Elapsed  time.Duration
+	Modified time.Time // when the archive stored it
 }
 
 // Fetch restores the archived file name to dest. It returns nil only after
@@ -104,8 +105,9 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 		id, err := a.Identity(ctx)
 		idc <- idResult{id, err}
 	}()
-	rc, _, err := a.Storage().Get(ctx, key)
+	rc, info, err := a.Storage().Get(ctx, key)
 	idr := <-idc
+	res.Modified = info.Modified
 	if err != nil {
 		if errors.Is(err, backends.ErrNotFound) && idr.err != nil {
 			// Never say "absent" for a place that is not an archive: a

@@ -36,6 +36,9 @@ const (
 	// exitPostgres: PostgreSQL could not be reached or failed the base
 	// backup, or the backup's WAL did not reach the archive in time.
 	exitPostgres = 7
+	// exitProblems: status found problems (an expired slot, a follower
+	// that must be rebuilt).
+	exitProblems = 8
 	// recoveryAbort is added to fetch's failure statuses during a
 	// point-in-time recovery: PostgreSQL reads 1..125 as "end of archive"
 	// and would finish recovery early, but stops on a status above 125.
@@ -49,6 +52,8 @@ const (
 	opFetch
 	opBackup
 	opRestore
+	opAgent
+	opSlot
 )
 
 // exitError carries the status a command ends with.
@@ -73,8 +78,10 @@ func exitCode(o op, err error) int {
 		return exitUnreachable
 	case errors.Is(err, postgres.ErrServer), errors.Is(err, backup.ErrIncomplete):
 		return exitPostgres
-	case errors.Is(err, backup.ErrNoBackup):
+	case errors.Is(err, backup.ErrNoBackup), errors.Is(err, archive.ErrNoSlot):
 		return exitAbsent
+	case errors.Is(err, archive.ErrBadSlot), errors.Is(err, archive.ErrSlotExists):
+		return exitUsage
 	case errors.Is(err, archive.ErrLocal):
 		return exitLocal
 	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster),

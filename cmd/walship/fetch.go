@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -21,7 +22,7 @@ func fetchCommand(env *appEnv) *cli.Command {
 			"damaged or from another cluster, 5 cannot write DEST. During a point-in-time recovery\n" +
 			"(recovery.signal without standby.signal in the working directory) 128 is added to 2..5 so that\n" +
 			"PostgreSQL stops instead of ending recovery early.",
-		Flags: globalFlags(),
+		Flags: append(globalFlags(), &cli.StringFlag{Name: "spool", Usage: "take the file from walship agent's spool when it is there [$WALSHIP_SPOOL]"}),
 		Action: func(c *cli.Context) error {
 			if err := env.load(c); err != nil {
 				return env.fetchExit(err)
@@ -32,6 +33,24 @@ func fetchCommand(env *appEnv) *cli.Command {
 			name, dest := c.Args().Get(0), c.Args().Get(1)
 			if err := env.requireArchive(); err != nil {
 				return env.fetchExit(err)
+			}
+			spool := env.cfg.Spool
+			if c.IsSet("spool") {
+				spool = c.String("spool")
+			}
+			if spool != "" {
+				// The agent verified the file when it placed it: a rename
+				// hands it over. Anything wrong with the spool falls back
+				// to the archive.
+				start := time.Now()
+				took, err := restore.TakeFromSpool(spool, name, dest)
+				if took {
+					env.logger().Info("fetched from spool", "file", name, "ms", time.Since(start).Milliseconds())
+					return nil
+				}
+				if err != nil {
+					env.logger().Warn("spool unusable; fetching from the archive", "error", err)
+				}
 			}
 			store, err := openStorage(c.Context, env.cfg)
 			if err != nil {

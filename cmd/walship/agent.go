@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/restore"
+)
+
+func agentCommand(env *appEnv) *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "keep a standby's next WAL segments in a spool, ahead of replay (runs until SIGTERM)",
+		Description: "Polls the archive's head object for the timeline, downloads the segments the standby\n" +
+			"will need next, several at once and a bounded number ahead, verifies each and renames it\n" +
+			"into the spool, where walship fetch --spool takes it. Follows timeline switches, learns\n" +
+			"replay from --standby (or from the files fetch takes), removes what replay passed, and\n" +
+			"writes its slot's position and heartbeat into the archive.\n" +
+			"Exit statuses: 0 stopped by SIGTERM/SIGINT; 2 usage; 3 archive unreachable at start;\n" +
+			"5 spool not usable; 1 no such slot.",
+		Flags: append(globalFlags(),
+			&cli.StringFlag{Name: "spool", Usage: "spool directory (absolute; outside pg_wal) [$WALSHIP_SPOOL]"},
+			&cli.StringFlag{Name: "slot", Usage: "this follower's slot (walship slot create NAME first)"},
+			&cli.StringFlag{Name: "standby", Usage: "connection string of the standby, to read its replay position"},
+			&cli.IntFlag{Name: "ahead", Usage: "segments kept ready beyond replay (default 16)"},
+			&cli.IntFlag{Name: "parallel", Usage: "downloads at once (default 4)"},
+			&cli.DurationFlag{Name: "poll-min", Usage: "first wait for new WAL (default 500ms)"},
+			&cli.DurationFlag{Name: "poll-max", Usage: "longest wait while nothing arrives (default 30s)"},
+			&cli.DurationFlag{Name: "heartbeat", Usage: "how often the slot is written (default 30s)"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics here, e.g. 127.0.0.1:9187 (default off)"},
+		),
+		Action: func(c *cli.Context) error {
+			a, err := env.openArchive(c, 0)
+			if err != nil {
+				return err
+			}
+			cfg := env.cfg
+			ac := cfg.Agent
+			if c.IsSet("spool") {
+				cfg.Spool = c.String("spool")
+			}
+			for name, dst := range map[string]*string{"slot": &ac.Slot, "standby": &ac.Standby, "metrics-addr": &ac.MetricsAddr} {
+				if c.IsSet(name) {
+					*dst = c.String(name)
+				}
+			}
+			for name, dst := range map[string]*int{"ahead": &ac.Ahead, "parallel": &ac.Parallel} {
+				if c.IsSet(name) {
+					*dst = c.Int(name)
+				}
+			}
+			for name, dst := range map[string]*time.Duration{"poll-min": &ac.PollMin, "poll-max": &ac.PollMax, "heartbeat": &ac.Heartbeat} {
+				if c.IsSet(name) {
+					*dst = c.Duration(name)
+				}
+			}
+			cfg.Agent = ac
+			if err := cfg.Validate(); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			if cfg.Spool == "" || ac.Slot == "" {
+				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
+			}
+			log := env.logger()
+			o := restore.AgentOptions{
+				Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
+				PollMin: ac.PollMin, PollMax: ac.PollMax, Heartbeat: ac.Heartbeat, Log: log,
+			}
+			if ac.Standby != "" {
+				sb, err := postgres.NewStandby(ac.Standby)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer sb.Close(context.Background())
+				o.Position = func(ctx context.Context) (restore.Position, error) {
+					ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+					defer cancel()
+					r, err := sb.Replay(ctx)
+					return restore.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
+				}
+			}
+			agent := restore.NewAgent(a, o)
+			if ac.MetricsAddr != "" {
+				stop, err := serveMetrics(ac.MetricsAddr, agent.Stats())
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer stop()
+				log.Info("serving metrics", "addr", ac.MetricsAddr)
+			}
+			log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
+			if err := agent.Run(c.Context); err != nil {
+				return &exitError{code: exitCode(opAgent, err), err: fmt.Errorf("agent: %w", err)}
+			}
+			log.Info("agent stopped")
+			return nil
+		},
+	}
+}
+
+// serveMetrics exposes the agent's numbers for Prometheus.
+func serveMetrics(addr string, s *restore.AgentStats) (func(), error) {
+	reg := prometheus.NewRegistry()
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "walship", Subsystem: "agent", Name: name, Help: help}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "walship", Subsystem: "agent", Name: name, Help: help}, f))
+	}
+	gauge("timeline", "Timeline the agent follows.", func() float64 { return float64(s.Timeline.Load()) })
+	gauge("archive_head_segment", "Segment number of the newest segment in the archive on that timeline.", func() float64 { return float64(s.HeadSegment.Load()) })
+	gauge("replay_segment", "Segment number the standby's replay has reached.", func() float64 { return float64(s.ReplaySegment.Load()) })
+	gauge("lag_segments", "Archived segments the standby has not replayed.", func() float64 { return float64(s.LagSegments.Load()) })
+	gauge("lag_bytes", "Bytes of archived WAL the standby has not replayed.", func() float64 { return float64(s.LagBytes.Load()) })
+	gauge("lag_seconds", "Age of the oldest archived segment the standby has not replayed.", func() float64 { return float64(s.LagSeconds.Load()) / 1000 })
+	gauge("spool_files", "Segments waiting in the spool.", func() float64 { return float64(s.SpoolFiles.Load()) })
+	gauge("spool_bytes", "Bytes waiting in the spool.", func() float64 { return float64(s.SpoolBytes.Load()) })
+	counter("downloads_total", "Segments downloaded into the spool.", func() float64 { return float64(s.Downloads.Load()) })
+	counter("failures_total", "Failed downloads and archive reads.", func() float64 { return float64(s.Failures.Load()) })
+	gauge("last_poll_timestamp_seconds", "When the agent last polled the archive head.", func() float64 { return float64(s.LastPoll.Load()) / 1e9 })
+	gauge("segment_gone", "1 when a segment the standby needs is gone from the archive and it must be rebuilt.", func() float64 {
+		if s.Gone.Load() {
+			return 1
+		}
+		return 0
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener is ours; Serve only fails when it closes
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}
