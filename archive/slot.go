@@ -126,6 +126,9 @@ type SlotUpdate struct {
 	Position string
 	Replayed string
 	Problem  *string
+	// Reset sets Position even backwards and clears Replayed: a follower
+	// rebuilt from a backup starts over from the backup's first segment.
+	Reset bool
 }
 
 // UpdateSlot applies u to an existing slot and renews its heartbeat. A
@@ -143,7 +146,9 @@ func (a *Archive) UpdateSlot(ctx context.Context, name string, u SlotUpdate) (Sl
 			return s, fmt.Errorf("%w: position %q is not a WAL segment name", ErrBadSlot, p)
 		}
 	}
-	if u.Position != "" && (s.Position == "" || SegmentAfter(u.Position, s.Position)) {
+	if u.Reset {
+		s.Position, s.Replayed, s.Problem = u.Position, "", ""
+	} else if u.Position != "" && (s.Position == "" || SegmentAfter(u.Position, s.Position)) {
 		s.Position = u.Position
 	}
 	if u.Replayed != "" {

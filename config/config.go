@@ -226,8 +226,8 @@ func (c Config) Validate() error {
 		return &Error{"agent.poll_min", fmt.Sprintf("%s: want at least 10ms", a.PollMin)}
 	case a.PollMax < a.PollMin:
 		return &Error{"agent.poll_max", fmt.Sprintf("%s: want at least poll_min (%s)", a.PollMax, a.PollMin)}
-	case a.Heartbeat < time.Second:
-		return &Error{"agent.heartbeat", fmt.Sprintf("%s: want at least 1s", a.Heartbeat)}
+	case a.Heartbeat < 100*time.Millisecond:
+		return &Error{"agent.heartbeat", fmt.Sprintf("%s: want at least 100ms", a.Heartbeat)}
 	}
 	if c.S3.Endpoint != "" {
 		u, err := url.Parse(c.S3.Endpoint)

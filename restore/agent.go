@@ -27,6 +27,9 @@ type Position struct {
 	Redo     segment.LSN
 }
 
+// Duration is a time.Duration written as text in JSON.
+type Duration = archive.Duration
+
 // Clock is time for the agent; tests inject a fake one.
 type Clock interface {
 	Now() time.Time
@@ -90,15 +93,27 @@ type Agent struct {
 	known   bool // replay is known (from Position or from a taken file)
 
 	inflight  map[uint64]bool
+	probe     bool      // no head object: try the next segment once
+	polled    time.Time // last successful poll
+	noHistory uint32    // the history file of this timeline was absent at the last poll
+	retryAt   time.Time // after a failed download, not before
+	backoff   time.Duration
 	problem   string
 	lastBeat  time.Time
 	lastState agentState
 	posErr    string
 }
 
+// agentState is saved in the spool: where to resume, and what the last
+// poll saw, which fetch uses to answer a standby's "is the next segment
+// there yet?" without asking the archive.
 type agentState struct {
-	Timeline uint32 `json:"timeline"`
-	Next     string `json:"next"`
+	Timeline  uint32    `json:"timeline"`
+	Next      string    `json:"next"`
+	Head      string    `json:"head,omitempty"`       // newest segment archived on Timeline
+	NoHistory uint32    `json:"no_history,omitempty"` // this timeline's history file was absent
+	Polled    time.Time `json:"polled"`               // when Head and NoHistory were true
+	Fresh     Duration  `json:"fresh"`                // how long they may be trusted
 }
 
 type download struct {
@@ -168,27 +183,38 @@ func (g *Agent) Run(ctx context.Context) error {
 		g.saveState()
 	}()
 	wait := g.o.PollMin
+	var pollDue time.Time // zero: poll at once
 	for {
 		g.refreshPosition(ctx)
 		g.tidySpool()
-		g.dispatch(ctx, &wg, results)
-		g.beat(ctx, false)
-		g.saveState()
-		var timer <-chan time.Time
-		switch {
-		case len(g.inflight) > 0:
-			// a download will wake us
-		case g.headOK && g.next <= g.head && g.ahead() >= g.o.Ahead:
-			timer = g.o.Clock.After(g.o.PollMin) // spool full: watch replay take files
-		default:
+		now := g.o.Clock.Now()
+		if (!g.headOK || g.next > g.head) && len(g.inflight) == 0 && !now.Before(pollDue) {
 			if g.poll(ctx) {
 				wait = g.o.PollMin
-				continue
+			} else {
+				wait = min(wait*2, g.o.PollMax)
 			}
-			timer = g.o.Clock.After(wait)
-			wait = min(wait*2, g.o.PollMax)
+			pollDue = now.Add(wait)
 		}
+		if !now.Before(g.retryAt) {
+			g.dispatch(ctx, &wg, results)
+		}
+		g.beat(ctx, false)
+		g.saveState()
 		g.updateStats()
+		var timer <-chan time.Time
+		if len(g.inflight) == 0 {
+			due := pollDue
+			if g.headOK && g.next <= g.head {
+				// Waiting for replay to take files (spool full) or for a
+				// retry: look again soon.
+				due = now.Add(g.o.PollMin)
+				if g.retryAt.After(due) {
+					due = g.retryAt
+				}
+			}
+			timer = g.o.Clock.After(max(due.Sub(now), time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -211,7 +237,14 @@ func (g *Agent) start(ctx context.Context) error {
 			g.o.Log.Warn("standby not reachable yet; starting from the saved state", "error", err)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(g.o.Spool, agentStateFile)); err == nil {
+	s, err := g.a.GetSlot(ctx, g.o.Slot)
+	if err != nil {
+		return err
+	}
+	// A slot with a position and no replay yet was just set by
+	// walship restore --slot: the standby starts from its backup.
+	fresh := s.Replayed == "" && s.Position != ""
+	if b, err := os.ReadFile(filepath.Join(g.o.Spool, agentStateFile)); err == nil && !fresh {
 		var st agentState
 		if json.Unmarshal(b, &st) == nil {
 			if n, err := segment.ParseName(st.Next, g.segSize); err == nil {
@@ -220,10 +253,6 @@ func (g *Agent) start(ctx context.Context) error {
 				return nil
 			}
 		}
-	}
-	s, err := g.a.GetSlot(ctx, g.o.Slot)
-	if err != nil {
-		return err
 	}
 	for _, p := range []string{s.Replayed, s.Position} {
 		if n, err := segment.ParseName(p, g.segSize); err == nil {
@@ -315,9 +344,13 @@ func (g *Agent) ahead() int { return len(g.placed) + len(g.inflight) }
 
 // dispatch starts downloads, in order, within the bounds.
 func (g *Agent) dispatch(ctx context.Context, wg *sync.WaitGroup, results chan<- download) {
-	// Without a head object, probe the next segment alone.
+	// Without a head object, probe the next segment alone, once per poll.
 	last := g.head
 	if !g.headOK {
+		if !g.probe {
+			return
+		}
+		g.probe = false
 		last = g.next
 	}
 	for len(g.inflight) < g.o.Parallel && g.next <= last && g.ahead() < g.o.Ahead {
@@ -347,6 +380,8 @@ func (g *Agent) finished(ctx context.Context, r download) {
 	name := g.name(r.n)
 	switch {
 	case r.err == nil:
+		g.o.Log.Debug("prefetched", "segment", name, "ms", r.res.Elapsed.Milliseconds())
+		g.backoff = 0
 		g.placed[r.n] = true
 		g.arrived[r.n] = r.res.Modified
 		g.stats.Downloads.Add(1)
@@ -365,6 +400,8 @@ func (g *Agent) finished(ctx context.Context, r download) {
 		g.o.Log.Warn("download failed; will retry", "segment", name, "error", r.err)
 	}
 	g.next = min(g.next, r.n)
+	g.backoff = min(max(2*g.backoff, g.o.PollMin), g.o.PollMax)
+	g.retryAt = g.o.Clock.Now().Add(g.backoff)
 }
 
 // gone reports a segment the archive will not produce: later segments were
@@ -374,10 +411,10 @@ func (g *Agent) gone(ctx context.Context, n uint64) {
 		return
 	}
 	g.stats.Gone.Store(true)
-	hint := "take a new backup (walship backup push) and rebuild the standby from it with walship restore --standby"
+	hint := "no backup in the archive can serve it either: take one (walship backup push), then rebuild the standby with walship restore --standby --backup <its id> --pgdata <empty directory> --slot " + g.o.Slot
 	if inv, err := LoadInventory(ctx, g.a); err == nil {
 		if p, err := Choose(inv, Target{}, ""); err == nil {
-			hint = "rebuild it: walship restore --standby --backup " + p.Backup.ID + " --pgdata <empty directory>"
+			hint = "rebuild it: walship restore --standby --backup " + p.Backup.ID + " --pgdata <empty directory> --slot " + g.o.Slot
 		}
 	}
 	msg := fmt.Sprintf("segment %s is gone from the archive (timeline %d's head is %s): this standby cannot catch up from the archive; %s",
@@ -400,10 +437,12 @@ func (g *Agent) setProblem(ctx context.Context, msg string) {
 func (g *Agent) poll(ctx context.Context) bool {
 	g.stats.LastPoll.Store(g.o.Clock.Now().UnixNano())
 	h, err := g.a.ReadHead(ctx, g.tli)
+	g.o.Log.Debug("polled head", "timeline", g.tli, "head", h.Segment, "next", g.name(g.next), "error", err)
 	switch {
 	case err == nil:
 		n, _ := segment.ParseName(h.Segment, g.segSize)
 		g.head, g.headOK, g.pushed = n.SegNo, true, h.Pushed
+		g.polled, g.noHistory = g.o.Clock.Now(), 0
 		if g.next <= g.head {
 			return true
 		}
@@ -416,7 +455,11 @@ func (g *Agent) poll(ctx context.Context) bool {
 	}
 	next := segment.File{Kind: segment.KindHistory, TLI: g.tli + 1}
 	if _, err := g.a.Storage().Stat(ctx, archive.Key(next)); err != nil {
-		return !g.headOK // without a head, probe the next segment each poll
+		g.probe = !g.headOK // without a head, try the next segment each poll
+		if errors.Is(err, backends.ErrNotFound) && g.headOK {
+			g.noHistory = next.TLI
+		}
+		return false
 	}
 	data, err := readSealed(ctx, g.a.Storage(), archive.Key(next))
 	if err != nil {
@@ -470,7 +513,10 @@ func (g *Agent) slotUpdate() archive.SlotUpdate {
 }
 
 func (g *Agent) saveState() {
-	st := agentState{Timeline: g.tli, Next: g.name(g.next)}
+	st := agentState{Timeline: g.tli, Next: g.name(g.next), Polled: g.polled, Fresh: Duration(2 * g.o.PollMax), NoHistory: g.noHistory}
+	if g.headOK {
+		st.Head = g.name(g.head)
+	}
 	if st == g.lastState {
 		return
 	}

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/segment"
@@ -99,4 +101,35 @@ func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error
 		out = append(out, spoolFile{name: n, size: info.Size()})
 	}
 	return out, nil
+}
+
+// KnownAbsent answers, from the agent's last poll, whether name is surely
+// not in the archive yet: a segment after the head of the timeline the
+// agent follows, or the history file it just found absent. Only a fresh
+// poll counts. A standby asks for the next segment every few seconds while
+// it waits; this answer costs it no archive request.
+func KnownAbsent(spool, name string, now time.Time) bool {
+	b, err := os.ReadFile(filepath.Join(spool, agentStateFile))
+	if err != nil {
+		return false
+	}
+	var st agentState
+	if json.Unmarshal(b, &st) != nil || st.Head == "" || now.Sub(st.Polled) > time.Duration(st.Fresh) || now.Before(st.Polled) {
+		return false
+	}
+	f, err := segment.ParseFile(name)
+	if err != nil {
+		return false
+	}
+	switch f.Kind {
+	case segment.KindHistory:
+		return st.NoHistory != 0 && f.TLI == st.NoHistory
+	case segment.KindSegment:
+		// Only the timeline the agent follows, and only with no newer
+		// timeline known to exist: then nothing past the head is there.
+		// Names on one timeline sort as their positions.
+		h, err := segment.ParseFile(st.Head)
+		return err == nil && f.TLI == h.TLI && name > st.Head && st.NoHistory == h.TLI+1
+	}
+	return false
 }

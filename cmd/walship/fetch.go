@@ -51,6 +51,14 @@ func fetchCommand(env *appEnv) *cli.Command {
 				if err != nil {
 					env.logger().Warn("spool unusable; fetching from the archive", "error", err)
 				}
+				// A waiting standby asks for the next file every few
+				// seconds; the agent's last poll answers without a request.
+				// Never during a point-in-time recovery, where "absent"
+				// ends recovery.
+				if !inArchiveRecovery() && restore.KnownAbsent(spool, name, time.Now()) {
+					env.logger().Debug("not in archive (per the agent's last poll)", "file", name)
+					return &exitError{code: exitAbsent, err: fmt.Errorf("%s: not archived yet", name), logged: true}
+				}
 			}
 			store, err := openStorage(c.Context, env.cfg)
 			if err != nil {

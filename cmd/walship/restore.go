@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/archive"
 	"github.com/walship/walship/config"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
@@ -37,6 +38,7 @@ func restoreCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "backup", Usage: "backup id, or latest (default: newest that reaches the target)"},
 			&cli.StringSliceFlag{Name: "tablespace-mapping", Usage: "OLDDIR=NEWDIR: restore a tablespace elsewhere (repeatable)"},
 			&cli.StringFlag{Name: "archive-mode", Value: "preserve", Usage: "preserve the backup's archive settings, or off"},
+			&cli.StringFlag{Name: "slot", Usage: "reset this slot to the backup's first segment (for a standby fed by walship agent --slot)"},
 		),
 		Action: func(c *cli.Context) error {
 			if err := env.load(c); err != nil {
@@ -73,6 +75,11 @@ func restoreCommand(env *appEnv) *cli.Command {
 				return err
 			}
 			log := env.logger()
+			if slot := c.String("slot"); slot != "" {
+				if _, err := a.GetSlot(c.Context, slot); err != nil {
+					return &exitError{code: exitCode(opSlot, err), err: err}
+				}
+			}
 			inv, err := restore.LoadInventory(c.Context, a)
 			if err != nil {
 				return &exitError{code: exitCode(opRestore, err), err: err}
@@ -96,6 +103,13 @@ func restoreCommand(env *appEnv) *cli.Command {
 			})
 			if err != nil {
 				return &exitError{code: exitCode(opRestore, err), err: fmt.Errorf("restore: %w", err)}
+			}
+			if slot := c.String("slot"); slot != "" {
+				first := plan.FirstWAL.String(inv.SegSize)
+				if _, err := a.UpdateSlot(c.Context, slot, archive.SlotUpdate{Position: first, Reset: true}); err != nil {
+					return &exitError{code: exitCode(opSlot, err), err: fmt.Errorf("restore done, but the slot was not set: %w", err)}
+				}
+				log.Info("slot set to the backup's first segment", "slot", slot, "position", first)
 			}
 			log.Info("restore complete; start PostgreSQL on it to recover", "pgdata", pgdata, "backup", b.ID,
 				"signal", map[bool]string{true: "standby.signal", false: "recovery.signal"}[c.Bool("standby")])
