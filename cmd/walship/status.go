@@ -25,8 +25,8 @@ type statusReport struct {
 
 func statusCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
-		Name:  "status",
-		Usage: "the archive at a glance: identity, timeline heads, backups, slots and their problems",
+		Name:        "status",
+		Usage:       "the archive at a glance: identity, timeline heads, backups, slots and their problems",
 		Description: "Exit statuses: 0 no problems; 8 a slot reports a problem or has expired; 3 archive unreachable.",
 		Flags:       append(globalFlags(), &cli.BoolFlag{Name: "json", Usage: "JSON"}),
 		Action: func(c *cli.Context) error {
