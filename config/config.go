@@ -62,7 +62,7 @@ type S3 struct {
 // Default is the configuration before any file, environment or flag.
 func Default() Config {
 	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5},
-		Agent: Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: 30 * time.Second}}
+		Agent: Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute}}
 }
 
 // Error is a bad setting; its message names the setting.

@@ -53,7 +53,7 @@ type AgentOptions struct {
 	Parallel  int           // downloads at once; default 4
 	PollMin   time.Duration // first wait for new WAL; default 500ms
 	PollMax   time.Duration // the wait doubles up to this while nothing arrives; default 30s
-	Heartbeat time.Duration // how often the slot is written; default 30s
+	Heartbeat time.Duration // how often the slot is written; default 1m
 	Log       *slog.Logger
 	Clock     Clock
 }
@@ -137,7 +137,7 @@ func NewAgent(a *archive.Archive, o AgentOptions) *Agent {
 		o.PollMax = max(30*time.Second, o.PollMin)
 	}
 	if o.Heartbeat <= 0 {
-		o.Heartbeat = 30 * time.Second
+		o.Heartbeat = time.Minute
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)

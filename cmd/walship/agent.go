@@ -35,7 +35,7 @@ func agentCommand(env *appEnv) *cli.Command {
 			&cli.IntFlag{Name: "parallel", Usage: "downloads at once (default 4)"},
 			&cli.DurationFlag{Name: "poll-min", Usage: "first wait for new WAL (default 500ms)"},
 			&cli.DurationFlag{Name: "poll-max", Usage: "longest wait while nothing arrives (default 30s)"},
-			&cli.DurationFlag{Name: "heartbeat", Usage: "how often the slot is written (default 30s)"},
+			&cli.DurationFlag{Name: "heartbeat", Usage: "how often the slot is written (default 1m)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics here, e.g. 127.0.0.1:9187 (default off)"},
 		),
 		Action: func(c *cli.Context) error {

@@ -38,6 +38,7 @@ func restoreCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "backup", Usage: "backup id, or latest (default: newest that reaches the target)"},
 			&cli.StringSliceFlag{Name: "tablespace-mapping", Usage: "OLDDIR=NEWDIR: restore a tablespace elsewhere (repeatable)"},
 			&cli.StringFlag{Name: "archive-mode", Value: "preserve", Usage: "preserve the backup's archive settings, or off"},
+			&cli.StringFlag{Name: "spool", Usage: "write restore_command with fetch --spool DIR (for a standby fed by walship agent) [$WALSHIP_SPOOL]"},
 			&cli.StringFlag{Name: "slot", Usage: "reset this slot to the backup's first segment (for a standby fed by walship agent --slot)"},
 		),
 		Action: func(c *cli.Context) error {
@@ -204,6 +205,16 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 		archive = u.Path // absolute already
 	}
 	args = append(args, "--archive", archive)
+	spool := e.cfg.Spool
+	if c.IsSet("spool") {
+		spool = c.String("spool")
+	}
+	if spool != "" {
+		if !filepath.IsAbs(spool) {
+			return "", usageErr("--spool %q: want an absolute directory", spool)
+		}
+		args = append(args, "--spool", spool)
+	}
 	if s := e.cfg.S3; strings.HasPrefix(archive, "s3://") {
 		if s.Endpoint != "" {
 			args = append(args, "--s3-endpoint", s.Endpoint)

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Archive requests of an idle follower, counted by the S3 server (versitygw's
+# access log): a caught-up archive-only standby whose primary writes nothing,
+#   with walship agent (poll backing off to --poll-max, slot heartbeat every
+#   --heartbeat) and restore_command = walship fetch --spool,
+#   and without it (restore_command = walship fetch straight to the archive).
+# Each is counted over WINDOW seconds after a settling minute, then scaled to
+# an hour.
+#
+#   scripts/bench-idle.sh        # WINDOW=180 POLL_MAX=30s HEARTBEAT=60s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WINDOW=${WINDOW:-180}
+POLL_MAX=${POLL_MAX:-30s}
+HEARTBEAT=${HEARTBEAT:-60s}
+PGBIN=/usr/lib/postgresql/15/bin
+VGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
+[ -x "$VGW" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+
+WORK=$(mktemp -d /tmp/walship-bench-idle-XXXXXX)
+chmod 755 "$WORK"
+AS=()
+if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; AS=(runuser -u postgres --); fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port); SPORT=$(free_port); S3PORT=$(free_port)
+run() { "${AS[@]}" "$@"; }
+cleanup() {
+	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null 2>&1 || true
+	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
+	[ -n "${AGENT:-}" ] && kill "$AGENT" 2>/dev/null || true
+	[ -n "${S3PID:-}" ] && kill "$S3PID" 2>/dev/null || true
+	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
+W="$WORK/walship"
+go build -o "$W" ./cmd/walship
+
+mkdir -p "$WORK/s3/data/idle" "$WORK/s3/meta"
+SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+ROOT_ACCESS_KEY_ID=idlebench ROOT_SECRET_ACCESS_KEY=$SECRET "$VGW" --port "127.0.0.1:$S3PORT" --access-log "$WORK/access.log" \
+	posix --sidecar "$WORK/s3/meta" "$WORK/s3/data" >"$WORK/vgw.log" 2>&1 &
+S3PID=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.1; done
+S3ENV=(AWS_ACCESS_KEY_ID=idlebench AWS_SECRET_ACCESS_KEY=$SECRET AWS_EC2_METADATA_DISABLED=true
+	WALSHIP_S3_ENDPOINT=http://127.0.0.1:$S3PORT WALSHIP_S3_PATH_STYLE=true)
+ARCH=s3://idle/cluster
+ws() { run env "${S3ENV[@]}" "$W" "$@"; }
+
+run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
+cat >>"$WORK/pg/postgresql.auto.conf" <<CONF
+port = $PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+wal_level = replica
+archive_mode = on
+archive_command = '$W push --archive $ARCH %p'
+CONF
+run env "${S3ENV[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
+ws backup push --archive "$ARCH" --checkpoint fast --pg "host=$WORK port=$PORT user=postgres" >/dev/null 2>&1
+psql_ "$PORT" "CREATE TABLE t AS SELECT 1 AS i" >/dev/null
+LAST=$(psql_ "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
+END=$(psql_ "$PORT" "SELECT pg_switch_wal()")
+until [ "$(psql_ "$PORT" "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ]; do sleep 0.2; done
+ws slot create --archive "$ARCH" idle 2>/dev/null
+
+count() { # label: settle, then count requests over WINDOW seconds
+	sleep 60
+	local before after
+	before=$(wc -l <"$WORK/access.log")
+	sleep "$WINDOW"
+	after=$(wc -l <"$WORK/access.log")
+	local n=$((after - before))
+	echo "$1	$n	$(awk -v n=$n -v w="$WINDOW" 'BEGIN { printf "%.0f", n * 3600 / w }')" >>"$WORK/results.tsv"
+	tail -n "$n" "$WORK/access.log" | awk '{for (i=1;i<=NF;i++) if ($i ~ /^(GET|PUT|HEAD|POST|DELETE)$/) print $i}' | sort | uniq -c | tr '\n' ' ' >"$WORK/ops-$1"
+}
+standby() { # extra restore_command flags
+	run rm -rf "$WORK/sb" "$WORK/spool"
+	ws restore --archive "$ARCH" --pgdata "$WORK/sb" --standby --archive-mode off --slot idle >/dev/null 2>&1
+	cat >>"$WORK/sb/postgresql.auto.conf" <<CONF
+port = $SPORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+CONF
+	run env "${S3ENV[@]}" WALSHIP_SPOOL="$1" "$PGBIN/pg_ctl" -D "$WORK/sb" -l "$WORK/sb.log" -w start >/dev/null
+	until [ "$(psql_ "$SPORT" "SELECT pg_last_wal_replay_lsn() >= '$END'::pg_lsn" 2>/dev/null)" = t ]; do sleep 0.2; done
+}
+: >"$WORK/results.tsv"
+echo "bench: idle standby with the agent (poll-max $POLL_MAX, heartbeat $HEARTBEAT), $WINDOW s" >&2
+ws agent --archive "$ARCH" --spool "$WORK/spool" --slot idle --poll-max "$POLL_MAX" --heartbeat "$HEARTBEAT" 2>"$WORK/agent.log" &
+AGENT=$!
+standby "$WORK/spool"
+count agent
+kill -TERM $AGENT; wait $AGENT 2>/dev/null || true; AGENT=
+run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null
+echo "bench: idle standby without the agent, $WINDOW s" >&2
+standby ""
+count direct
+
+echo "walship $(git rev-parse --short HEAD); window $WINDOW s after a 60 s settle; standby wal_retrieve_retry_interval at its default (5 s)"
+echo
+echo "| idle follower | requests in window | per hour | by method |"
+echo "|---|---|---|---|"
+while IFS=$'\t' read -r label n perh; do
+	echo "| $label | $n | $perh | $(cat "$WORK/ops-$label") |"
+done <"$WORK/results.tsv"
