@@ -26,7 +26,7 @@ run() { "${AS[@]}" "$@"; }
 cleanup() {
 	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null 2>&1 || true
 	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
-	[ -n "${AGENT:-}" ] && kill "$AGENT" 2>/dev/null || true
+	pkill -f "$WORK/walship agent" 2>/dev/null || true
 	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -112,7 +112,7 @@ CONF
 timed_start() { # tool
 	local t0 t1
 	t0=$(date +%s%N)
-	run "$PGBIN/pg_ctl" -D "$WORK/sb" -l "$WORK/sb-$1.log" -w start >/dev/null
+	run "$PGBIN/pg_ctl" -D "$WORK/sb" -l "$WORK/sb-$1.log" -w -t 900 start >/dev/null
 	until [ "$(psql_ "$SPORT" "SELECT pg_last_wal_replay_lsn() >= '$END'::pg_lsn" 2>/dev/null)" = t ]; do sleep 0.1; done
 	t1=$(date +%s%N)
 	printf '%s\t%s\n' "$1" $(((t1 - t0) / 1000000)) >>"$RES"
@@ -128,11 +128,11 @@ one() {
 			--standby "host=$WORK port=$SPORT user=postgres dbname=postgres" 2>"$WORK/agent.log" &
 		AGENT=$!
 		timed_start walship
-		kill -TERM $AGENT; wait $AGENT 2>/dev/null || true; AGENT=
+		pkill -TERM -f "$W agent" || true; wait $AGENT 2>/dev/null || true; AGENT=
 		;;
 	pgbackrest)
 		prepare
-		echo "restore_command = '$PGBR archive-get %f \"%p\"'" >>"$WORK/sb/postgresql.auto.conf"
+		echo "restore_command = '$PGBR --pg1-path=$WORK/sb archive-get %f \"%p\"'" >>"$WORK/sb/postgresql.auto.conf"
 		timed_start pgbackrest
 		;;
 	local)

@@ -27,7 +27,7 @@ run() { "${AS[@]}" "$@"; }
 cleanup() {
 	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null 2>&1 || true
 	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
-	[ -n "${AGENT:-}" ] && kill "$AGENT" 2>/dev/null || true
+	pkill -f "$WORK/walship agent" 2>/dev/null || true
 	[ -n "${S3PID:-}" ] && kill "$S3PID" 2>/dev/null || true
 	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
@@ -91,7 +91,7 @@ ws agent --archive "$ARCH" --spool "$WORK/spool" --slot idle --poll-max "$POLL_M
 AGENT=$!
 standby "$WORK/spool"
 count agent
-kill -TERM $AGENT; wait $AGENT 2>/dev/null || true; AGENT=
+pkill -TERM -f "$W agent" || true; wait $AGENT 2>/dev/null || true; AGENT=
 run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null
 echo "bench: idle standby without the agent, $WINDOW s" >&2
 standby ""
