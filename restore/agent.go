@@ -19,6 +19,9 @@ import (
 
 const agentStateFile = ".walship-agent.json"
 
+// spoolCheck is how often a full spool is looked at for files replay took.
+const spoolCheck = 20 * time.Millisecond
+
 // Position is how far the standby has come: what it replayed, and the redo
 // point of its last restartpoint (the oldest WAL a restart needs).
 type Position struct {
@@ -100,6 +103,7 @@ type Agent struct {
 	backoff   time.Duration
 	problem   string
 	lastBeat  time.Time
+	lastPos   time.Time
 	lastState agentState
 	posErr    string
 }
@@ -206,9 +210,9 @@ func (g *Agent) Run(ctx context.Context) error {
 		if len(g.inflight) == 0 {
 			due := pollDue
 			if g.headOK && g.next <= g.head {
-				// Waiting for replay to take files (spool full) or for a
-				// retry: look again soon.
-				due = now.Add(g.o.PollMin)
+				// Waiting for replay to take files (spool full; a local
+				// look, cheap) or for a retry: look again soon.
+				due = now.Add(spoolCheck)
 				if g.retryAt.After(due) {
 					due = g.retryAt
 				}
@@ -283,9 +287,11 @@ func (g *Agent) name(n uint64) string { return segment.Name{TLI: g.tli, SegNo: n
 
 // refreshPosition asks the standby how far it is.
 func (g *Agent) refreshPosition(ctx context.Context) {
-	if g.o.Position == nil {
+	now := g.o.Clock.Now()
+	if g.o.Position == nil || now.Sub(g.lastPos) < 250*time.Millisecond {
 		return
 	}
+	g.lastPos = now
 	p, err := g.o.Position(ctx)
 	if err != nil {
 		if msg := err.Error(); msg != g.posErr {
@@ -368,7 +374,7 @@ func (g *Agent) dispatch(ctx context.Context, wg *sync.WaitGroup, results chan<-
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := Fetch(ctx, g.a, name, filepath.Join(g.o.Spool, name), FetchOptions{Attempts: 2})
+			res, err := Fetch(ctx, g.a, name, filepath.Join(g.o.Spool, name), FetchOptions{Attempts: 2, Sync: true})
 			results <- download{n: n, res: res, err: err} // buffered for every download in flight
 		}()
 	}
@@ -490,13 +496,21 @@ func (g *Agent) beat(ctx context.Context, now bool) {
 		return
 	}
 	u := g.slotUpdate()
-	if _, err := g.a.UpdateSlot(ctx, g.o.Slot, u); err != nil {
+	s, err := g.a.UpdateSlot(ctx, g.o.Slot, u)
+	if err != nil {
 		if ctx.Err() == nil {
 			g.o.Log.Warn("cannot write the slot", "slot", g.o.Slot, "error", err)
 		}
 		return
 	}
 	g.lastBeat = t
+	// Without --standby, `walship slot advance NAME %r` (archive_cleanup_command)
+	// tells how far the standby is: nothing before its restartpoint is needed.
+	if g.o.Position == nil {
+		if n, err := segment.ParseName(s.Position, g.segSize); err == nil && n.TLI == g.tli && (!g.known || n.SegNo > g.replay) {
+			g.replay, g.known = n.SegNo, true
+		}
+	}
 }
 
 // slotUpdate is what the agent writes into its slot.

@@ -28,6 +28,10 @@ type FetchOptions struct {
 	Attempts int
 	// MaxBackoff caps the jittered exponential wait between attempts.
 	MaxBackoff time.Duration
+	// Sync flushes the file to disk before it is renamed into place. The
+	// agent sets it: PostgreSQL fsyncs every file it restores, and a file
+	// already clean on disk makes that fsync, which stalls replay, cheap.
+	Sync bool
 }
 
 // FetchResult says what a fetch did.
@@ -66,7 +70,7 @@ func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts Fetc
 	backoff := retry.NewExponentialJitterBackoff(opts.MaxBackoff)
 	for attempt := 1; ; attempt++ {
 		res.Attempts = attempt
-		err = fetchOnce(ctx, a, f, dest, &res)
+		err = fetchOnce(ctx, a, f, dest, opts.Sync, &res)
 		if err == nil || !retryable(err) || attempt >= opts.Attempts {
 			break
 		}
@@ -92,7 +96,7 @@ func retryable(err error) bool {
 		!errors.Is(err, segment.ErrBadHeader) && !errors.Is(err, segment.ErrNotSealed)
 }
 
-func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, res *FetchResult) error {
+func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *FetchResult) error {
 	key := archive.Key(f)
 	// The identity is needed to check a segment's cluster, and to tell a
 	// real "absent" from an empty or wrong archive path; read it alongside.
@@ -164,6 +168,11 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 				return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
 			}
 			return fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	if sync {
+		if err := tmp.Sync(); err != nil {
+			return fmt.Errorf("%w: fsync %s: %v", archive.ErrLocal, dest, err)
 		}
 	}
 	if err := tmp.Close(); err != nil {
