@@ -311,6 +311,11 @@ func (g *Agent) refreshPosition(ctx context.Context) {
 // no longer needs.
 func (g *Agent) tidySpool() {
 	files, err := scanSpool(g.o.Spool, g.segSize, false)
+	if errors.Is(err, os.ErrNotExist) {
+		// Someone removed the spool: start it again, empty.
+		g.placed = map[uint64]bool{}
+		err = os.MkdirAll(g.o.Spool, 0o700)
+	}
 	if err != nil {
 		g.o.Log.Warn("cannot read the spool", "error", err)
 		return

@@ -4,6 +4,8 @@
 #   walship:    restore_command = walship fetch --spool, fed by walship agent
 #   pgbackrest: restore_command = pgbackrest archive-get, archive-async=y
 #   local:      the same segments copied into pg_wal first, no restore_command
+#   cp:         restore_command = 'cp <local copy of the segments>/%f %p',
+#               the floor of any tool that works through restore_command
 # The primary archives every segment to both archives (walship push &&
 # pgbackrest archive-push). Time is from pg_ctl start until
 # pg_last_wal_replay_lsn() reaches the end; the order rotates each round.
@@ -141,14 +143,20 @@ one() {
 		run cp "$WORK"/rawwal/* "$WORK/sb/pg_wal/"
 		timed_start local
 		;;
+	cp)
+		# The floor of any restore_command tool: a plain cp from local disk.
+		prepare
+		echo "restore_command = 'cp $WORK/rawwal/%f %p'" >>"$WORK/sb/postgresql.auto.conf"
+		timed_start cp
+		;;
 	esac
 }
 for r in $(seq "$ROUNDS"); do
 	echo "bench: round $r" >&2
 	case $((r % 3)) in
-	1) one walship; one pgbackrest; one local ;;
-	2) one local; one walship; one pgbackrest ;;
-	0) one pgbackrest; one local; one walship ;;
+	1) one walship; one pgbackrest; one local; one cp ;;
+	2) one local; one cp; one walship; one pgbackrest ;;
+	0) one pgbackrest; one cp; one local; one walship ;;
 	esac
 done
 echo "machine: $(nproc) cores; $(pgbackrest version); walship $(git rev-parse --short HEAD)"
@@ -157,7 +165,7 @@ echo
 echo "| standby catches up through | median s | runs (s) | vs local replay |"
 echo "|---|---|---|---|"
 LOCAL=$(awk -F'\t' '$1=="local" {print $2}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
-for tool in local walship pgbackrest; do
+for tool in local cp walship pgbackrest; do
 	med=$(awk -F'\t' -v t=$tool '$1==t {print $2}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
 	runs=$(awk -F'\t' -v t=$tool '$1==t {printf "%.1f ", $2/1000}' "$RES")
 	awk -v t=$tool -v m=$med -v l=$LOCAL -v r="$runs" 'BEGIN { printf "| %s | %.1f | %s| %.2fx |\n", t, m/1000, r, m/l }'
