@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -31,6 +32,11 @@ func TestBadSettingsNameTheSetting(t *testing.T) {
 	dir := t.TempDir()
 	unknown := filepath.Join(dir, "u.yaml")
 	_ = os.WriteFile(unknown, []byte("archve: /x\n"), 0o600)
+	agent := func(name, body string) string {
+		p := filepath.Join(dir, name+".yaml")
+		_ = os.WriteFile(p, []byte(body), 0o600)
+		return p
+	}
 	cases := []struct {
 		file string
 		env  map[string]string
@@ -46,6 +52,12 @@ func TestBadSettingsNameTheSetting(t *testing.T) {
 		{"", map[string]string{EnvS3Endpoint: "ftp://x"}, "s3.endpoint"},
 		{"", map[string]string{EnvLogFormat: "xml"}, "log-format"},
 		{unknown, nil, "archve"},
+		{"", map[string]string{EnvSpool: "relative/spool"}, "spool"},
+		{agent("ahead", "agent:\n  ahead: 0\n"), nil, "agent.ahead"},
+		{agent("parallel", "agent:\n  parallel: 1000\n"), nil, "agent.parallel"},
+		{agent("pollmin", "agent:\n  poll_min: 1ms\n"), nil, "agent.poll_min"},
+		{agent("pollmax", "agent:\n  poll_min: 2s\n  poll_max: 1s\n"), nil, "agent.poll_max"},
+		{agent("hb", "agent:\n  heartbeat: 1ms\n"), nil, "agent.heartbeat"},
 		{filepath.Join(dir, "missing.yaml"), nil, "config"},
 	}
 	for _, c := range cases {
@@ -75,5 +87,18 @@ func TestParseArchive(t *testing.T) {
 		} else if strings.Contains(err.Error(), "secret") {
 			t.Errorf("error repeats the secret: %v", err)
 		}
+	}
+}
+
+func TestAgentSettingsFromYAML(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	_ = os.WriteFile(p, []byte("archive: /a\nspool: /var/spool/walship\nagent:\n  slot: dr1\n  ahead: 32\n  poll_max: 2m\n  metrics_addr: 127.0.0.1:9187\n"), 0o600)
+	c, err := Load(p, env(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Spool != "/var/spool/walship" || c.Agent.Slot != "dr1" || c.Agent.Ahead != 32 || c.Agent.PollMax != 2*time.Minute ||
+		c.Agent.Parallel != 4 || c.Agent.MetricsAddr != "127.0.0.1:9187" {
+		t.Fatalf("%+v", c)
 	}
 }
