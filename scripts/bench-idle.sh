@@ -72,7 +72,6 @@ count() { # label: settle, then count requests over WINDOW seconds
 	after=$(wc -l <"$WORK/access.log")
 	local n=$((after - before))
 	echo "$1	$n	$(awk -v n=$n -v w="$WINDOW" 'BEGIN { printf "%.0f", n * 3600 / w }')" >>"$WORK/results.tsv"
-	tail -n "$n" "$WORK/access.log" | awk '{for (i=1;i<=NF;i++) if ($i ~ /^(GET|PUT|HEAD|POST|DELETE)$/) print $i}' | sort | uniq -c | tr '\n' ' ' >"$WORK/ops-$1"
 }
 standby() { # extra restore_command flags
 	run rm -rf "$WORK/sb" "$WORK/spool"
@@ -99,8 +98,8 @@ count direct
 
 echo "walship $(git rev-parse --short HEAD); window $WINDOW s after a 60 s settle; standby wal_retrieve_retry_interval at its default (5 s)"
 echo
-echo "| idle follower | requests in window | per hour | by method |"
-echo "|---|---|---|---|"
+echo "| idle follower | requests in window | per hour |"
+echo "|---|---|---|"
 while IFS=$'\t' read -r label n perh; do
-	echo "| $label | $n | $perh | $(cat "$WORK/ops-$label") |"
+	echo "| $label | $n | $perh |"
 done <"$WORK/results.tsv"
