@@ -218,14 +218,18 @@ func (inv *Inventory) head(spans []span) (uint64, bool) {
 // can hold: without such a segment the archive cannot reach t yet. (The
 // commit may still lie further on; PostgreSQL then fails with "recovery
 // ended before configured recovery target was reached" instead of
-// promoting early.)
+// promoting early.) Times are compared with one second of slack, the
+// resolution of S3 modification times.
 func (inv *Inventory) firstArchivedAfter(spans []span, from uint64, t time.Time) (uint64, bool) {
 	for n := from; ; n++ {
 		at, ok := inv.archived(inv.at(spans, n))
 		if !ok {
 			return 0, false
 		}
-		if at.After(t) {
+		// Stores keep modification times to the second (S3's
+		// Last-Modified): a segment stamped in the target's second may
+		// have been archived after it.
+		if at.Add(time.Second).After(t) {
 			return n, true
 		}
 	}
