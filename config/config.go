@@ -32,8 +32,16 @@ type Config struct {
 	LogLevel         string `yaml:"log_level"`
 	S3               S3     `yaml:"s3"`
 	// Spool is the directory walship agent fills and fetch takes from.
-	Spool string `yaml:"spool"`
-	Agent Agent  `yaml:"agent"`
+	Spool     string    `yaml:"spool"`
+	Agent     Agent     `yaml:"agent"`
+	Retention Retention `yaml:"retention"`
+}
+
+// Retention holds the retention policy.
+type Retention struct {
+	KeepLast   int           `yaml:"keep_last"`
+	KeepWithin time.Duration `yaml:"keep_within"`
+	Grace      time.Duration `yaml:"grace"`
 }
 
 // Agent holds the restore agent's settings.
@@ -62,7 +70,8 @@ type S3 struct {
 // Default is the configuration before any file, environment or flag.
 func Default() Config {
 	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5},
-		Agent: Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute}}
+		Agent:     Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute},
+		Retention: Retention{Grace: 10 * time.Minute}}
 }
 
 // Error is a bad setting; its message names the setting.
@@ -228,6 +237,9 @@ func (c Config) Validate() error {
 		return &Error{"agent.poll_max", fmt.Sprintf("%s: want at least poll_min (%s)", a.PollMax, a.PollMin)}
 	case a.Heartbeat < 100*time.Millisecond:
 		return &Error{"agent.heartbeat", fmt.Sprintf("%s: want at least 100ms", a.Heartbeat)}
+	}
+	if r := c.Retention; r.KeepLast < 0 || r.KeepWithin < 0 || r.Grace < 0 {
+		return &Error{"retention", "keep_last, keep_within and grace must not be negative"}
 	}
 	if c.S3.Endpoint != "" {
 		u, err := url.Parse(c.S3.Endpoint)

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/retention"
+)
+
+func retentionCommand(env *appEnv) *cli.Command {
+	flags := func() []cli.Flag {
+		return append(globalFlags(),
+			&cli.IntFlag{Name: "keep-last", Usage: "keep the newest N complete backups"},
+			&cli.DurationFlag{Name: "keep-within", Usage: "keep every backup needed to restore to any moment this far back (e.g. 168h)"},
+			&cli.DurationFlag{Name: "grace", Usage: "never delete objects younger than this (default 10m)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the plan as JSON"},
+		)
+	}
+	return &cli.Command{
+		Name:  "retention",
+		Usage: "delete what no kept backup and no live slot needs",
+		Description: "The plan is a pure function of the archive's listing, the slots, the policy and the time;\n" +
+			"every object gets keep or delete and a reason. WAL is kept from the start of the oldest kept\n" +
+			"backup and from every live slot's position. A listing or read failure aborts before anything\n" +
+			"is deleted. Exit statuses: 2 usage or no policy; 3 archive unreachable.",
+		Subcommands: []*cli.Command{
+			{Name: "plan", Usage: "print what apply would do", Flags: flags(), Action: func(c *cli.Context) error { return env.retention(c, false) }},
+			{Name: "apply", Usage: "delete what the plan deletes", Flags: flags(), Action: func(c *cli.Context) error { return env.retention(c, true) }},
+		},
+	}
+}
+
+func (e *appEnv) retention(c *cli.Context, apply bool) error {
+	a, err := e.openArchive(c, 0)
+	if err != nil {
+		return err
+	}
+	r := e.cfg.Retention
+	if c.IsSet("keep-last") {
+		r.KeepLast = c.Int("keep-last")
+	}
+	if c.IsSet("keep-within") {
+		r.KeepWithin = c.Duration("keep-within")
+	}
+	if c.IsSet("grace") {
+		r.Grace = c.Duration("grace")
+	}
+	pol := retention.Policy{KeepLast: r.KeepLast, KeepWithin: r.KeepWithin, Grace: r.Grace}
+	if _, err := retention.Make(retention.Inventory{}, nil, pol, time.Now()); err != nil {
+		return &exitError{code: exitUsage, err: err}
+	}
+	inv, slots, err := retention.Load(c.Context, a)
+	if err != nil {
+		return &exitError{code: exitCode(opBackup, err), err: fmt.Errorf("retention: nothing deleted: %w", err)}
+	}
+	plan, err := retention.Make(inv, slots, pol, time.Now())
+	if err != nil {
+		return &exitError{code: exitUsage, err: err}
+	}
+	for _, n := range plan.Notes {
+		e.logger().Warn(n)
+	}
+	if c.Bool("json") {
+		if err := writeJSON(e.stdout, plan); err != nil {
+			return err
+		}
+	} else if !apply {
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		for _, it := range plan.Items {
+			act := "keep"
+			if it.Delete {
+				act = "DELETE"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", act, it.Key, it.Reason)
+		}
+		_ = tw.Flush()
+		fmt.Fprintf(e.stdout, "\nkept backups: %v\ndeleted backups: %v\ndelete %d objects (%s), keep %d (%s)\n",
+			plan.KeptBackups, plan.DeletedBackups, plan.DeleteCount, human(plan.DeleteBytes), plan.KeepCount, human(plan.KeepBytes))
+	}
+	if !apply {
+		return nil
+	}
+	if _, err := retention.Apply(c.Context, a, plan, e.logger()); err != nil {
+		return &exitError{code: exitArchive, err: fmt.Errorf("retention: %w", err)}
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+package retention
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backup"
+)
+
+// Load lists everything the planner needs. Any listing or read failure
+// fails it: a plan is never made from a partial inventory.
+func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, error) {
+	var inv Inventory
+	if _, err := a.Identity(ctx); err != nil {
+		return inv, nil, err
+	}
+	store := a.Storage()
+	for _, prefix := range []string{"wal/", "history/", backup.Prefix} {
+		err := store.List(ctx, prefix, func(o backends.ObjectInfo) error {
+			inv.Objects = append(inv.Objects, Object{Key: o.Key, Size: o.Size, Modified: o.Modified})
+			return nil
+		})
+		if err != nil {
+			return inv, nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+	}
+	l, err := backup.List(ctx, store)
+	if err != nil {
+		return inv, nil, err
+	}
+	inv.Backups = l.Backups
+	slots, err := a.ListSlots(ctx)
+	if err != nil {
+		return inv, nil, err
+	}
+	return inv, slots, nil
+}
+
+// Apply deletes what the plan deletes: first each deleted backup's
+// manifest (so that it stops being a backup before any of its data goes),
+// then the rest of the backups' objects, then WAL oldest first, then
+// history files. It stops at the first failure; what is left is still
+// consistent, and the next run finishes the job.
+func Apply(ctx context.Context, a *archive.Archive, p *Plan, log *slog.Logger) (int, error) {
+	var manifests, data, wal, hist []string
+	for _, it := range p.Items {
+		if !it.Delete {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(it.Key, backup.Prefix) && strings.HasSuffix(it.Key, "/manifest.json"):
+			manifests = append(manifests, it.Key)
+		case strings.HasPrefix(it.Key, backup.Prefix):
+			data = append(data, it.Key)
+		case strings.HasPrefix(it.Key, "wal/"):
+			wal = append(wal, it.Key)
+		default:
+			hist = append(hist, it.Key)
+		}
+	}
+	sort.Slice(wal, func(i, j int) bool { return archive.SegmentAfter(wal[j][13:], wal[i][13:]) })
+	done := 0
+	for _, group := range [][]string{manifests, data, wal, hist} {
+		for len(group) > 0 {
+			n := min(len(group), 1000)
+			if err := a.Storage().Delete(ctx, group[:n]...); err != nil {
+				return done, fmt.Errorf("delete: %w (after %d of %d objects)", err, done, p.DeleteCount)
+			}
+			done += n
+			group = group[n:]
+		}
+	}
+	log.Info("retention applied", "deleted_objects", done, "deleted_bytes", p.DeleteBytes, "kept_backups", len(p.KeptBackups),
+		"deleted_backups", len(p.DeletedBackups))
+	return done, nil
+}
