@@ -60,3 +60,43 @@ func (a *Archive) advanceHead(ctx context.Context, f segment.File, fresh bool) e
 	}
 	return nil
 }
+
+// Gap is a run of segments missing before a pushed one: recorded by push
+// (gaps/<TLI>/<first missing>.json) so that status and verify show it long
+// before anyone needs to restore across it.
+type Gap struct {
+	Timeline uint32    `json:"timeline"`
+	From     string    `json:"from"` // first missing segment
+	To       string    `json:"to"`   // last missing segment
+	Before   string    `json:"before"`
+	Detected time.Time `json:"detected"`
+}
+
+// GapKey is where a gap starting at segment from is recorded.
+func GapKey(tli uint32, from string) string { return fmt.Sprintf("gaps/%08X/%s.json", tli, from) }
+
+// noteGap warns and records that the segment before f is not in the
+// archive although the timeline has a head (so f is not its first): never
+// pushed, pushed out of order, or deleted. It is a warning, not an error:
+// a late push may still close it. When f is beyond the head, everything
+// between them is missing.
+func (a *Archive) noteGap(ctx context.Context, f segment.File, head Head, segSize uint64) {
+	n, err := f.SegNo(segSize)
+	if err != nil || n == 0 {
+		return
+	}
+	from := n - 1
+	if h, err := segment.ParseFile(head.Segment); err == nil && h.TLI == f.TLI {
+		if hn, err := h.SegNo(segSize); err == nil && hn+1 < from {
+			from = hn + 1
+		}
+	}
+	name := func(x uint64) string { return segment.Name{TLI: f.TLI, SegNo: x}.String(segSize) }
+	g := Gap{Timeline: f.TLI, From: name(from), To: name(n - 1), Before: f.String(), Detected: a.now().UTC()}
+	a.log.Warn("gap in the archive: segments before this one were never pushed (they may still arrive)",
+		"file", f.String(), "missing_from", g.From, "missing_to", g.To)
+	b, _ := json.Marshal(g)
+	if err := a.store.Put(ctx, GapKey(f.TLI, g.From), bytes.NewReader(b), int64(len(b))); err != nil {
+		a.log.Warn("could not record the gap", "error", err)
+	}
+}

@@ -39,6 +39,7 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 		return PushResult{}, err
 	}
 	res := PushResult{File: f, Key: Key(f)}
+	var segSize uint64
 	raw, err := readLocal(path, f)
 	if err != nil {
 		return res, err
@@ -52,6 +53,7 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", path, err)
 		}
+		segSize = uint64(h.SegSize)
 		// Check what the file says of itself first, so that a bad file
 		// cannot become an archive's identity.
 		if err := segment.CheckHeader(h, f, int64(len(raw)), 0); err != nil {
@@ -81,6 +83,28 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 	}
 
 	tCheck := time.Since(start)
+	// While the segment compresses: the head, and whether the segment
+	// before this one is in the archive (gap detection).
+	type headResult struct {
+		h       Head
+		err     error
+		prevErr error
+	}
+	headc := make(chan headResult, 1)
+	if f.Kind == segment.KindSegment {
+		go func() {
+			var r headResult
+			r.h, r.err = a.ReadHead(ctx, f.TLI)
+			r.prevErr = backends.ErrExists // unknown: no gap
+			if n, err := f.SegNo(segSize); err == nil && n > 0 && r.err == nil {
+				prev := segment.Name{TLI: f.TLI, SegNo: n - 1}
+				_, r.prevErr = a.store.Stat(ctx, SegmentKey(prev, segSize))
+			}
+			headc <- r
+		}()
+	} else {
+		headc <- headResult{err: backends.ErrNotFound}
+	}
 	sealed, err := segment.Seal(raw, comp)
 	if err != nil {
 		return res, err
@@ -100,6 +124,9 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 		return res, fmt.Errorf("store %s: %w", res.Key, err)
 	}
 	if f.Kind == segment.KindSegment {
+		if hr := <-headc; hr.err == nil && !res.AlreadyArchived && errors.Is(hr.prevErr, backends.ErrNotFound) {
+			a.noteGap(ctx, f, hr.h, segSize)
+		}
 		// Failing here fails the push: PostgreSQL retries, the segment is
 		// then already archived, and the head gets its second chance.
 		if err := a.advanceHead(ctx, f, !res.AlreadyArchived); err != nil {

@@ -2,11 +2,13 @@ package archive_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 )
 
@@ -109,5 +111,39 @@ func TestSegmentAfter(t *testing.T) {
 		if got := archive.SegmentAfter(c.x, c.y); got != c.want {
 			t.Errorf("SegmentAfter(%s, %s) = %v", c.x, c.y, got)
 		}
+	}
+}
+
+func TestPushRecordsGaps(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	a := archive.New(store, quiet())
+	dir := t.TempDir()
+	for _, n := range []string{"000000010000000000000003", "000000010000000000000006", "000000010000000000000007"} {
+		if _, err := a.Push(ctx, makeSegment(t, dir, n, sysID, nil), zstd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var keys []string
+	_ = store.List(ctx, "gaps/", func(o backends.ObjectInfo) error { keys = append(keys, o.Key); return nil })
+	if len(keys) != 1 || keys[0] != "gaps/00000001/000000010000000000000004.json" {
+		t.Fatalf("gap records %v, want one for 4..5", keys)
+	}
+	rc, _, _ := store.Get(ctx, keys[0])
+	var g archive.Gap
+	_ = json.NewDecoder(rc).Decode(&g)
+	rc.Close()
+	if g.From != "000000010000000000000004" || g.To != "000000010000000000000005" || g.Before != "000000010000000000000006" {
+		t.Fatalf("gap %+v", g)
+	}
+	// A middle segment deleted from the archive is found by the next push.
+	if err := store.Delete(ctx, "wal/00000001/000000010000000000000007"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Push(ctx, makeSegment(t, dir, "000000010000000000000008", sysID, nil), zstd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Stat(ctx, "gaps/00000001/000000010000000000000007.json"); err != nil {
+		t.Fatalf("deleted segment 7 not recorded as a gap: %v", err)
 	}
 }

@@ -16,9 +16,11 @@ import (
 // fails it: a plan is never made from a partial inventory.
 func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, error) {
 	var inv Inventory
-	if _, err := a.Identity(ctx); err != nil {
+	id, err := a.Identity(ctx)
+	if err != nil {
 		return inv, nil, err
 	}
+	inv.SegmentSize = id.SegmentSize
 	store := a.Storage()
 	for _, prefix := range []string{"wal/", "history/", backup.Prefix} {
 		err := store.List(ctx, prefix, func(o backends.ObjectInfo) error {

@@ -43,8 +43,9 @@ type Object struct {
 // Inventory is what the archive holds: every object under wal/, history/
 // and backups/, and the complete backups' manifests.
 type Inventory struct {
-	Objects []Object
-	Backups []*backup.Manifest
+	SegmentSize uint64
+	Objects     []Object
+	Backups     []*backup.Manifest
 }
 
 // Item is one object's fate.
@@ -85,6 +86,10 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 	if p.KeepLast == 0 && p.KeepWithin == 0 {
 		return nil, ErrNoPolicy
 	}
+	if err := segment.ValidSegmentSize(inv.SegmentSize); err != nil && (len(inv.Objects) > 0 || len(inv.Backups) > 0) {
+		return nil, fmt.Errorf("inventory: %w", err)
+	}
+	ss := inv.SegmentSize
 	plan := &Plan{Now: now, Policy: p, KeptBackups: []string{}, DeletedBackups: []string{}, Notes: []string{}}
 	backups := append([]*backup.Manifest(nil), inv.Backups...)
 	sort.SliceStable(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
@@ -96,7 +101,7 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 		byID[b.ID] = b
 		if why, ok := keptWhy[b.ID]; ok {
 			plan.KeptBackups = append(plan.KeptBackups, b.ID)
-			guards = append(guards, guard{TLI: b.Timeline, SegNo: b.StartLSN.SegNo(b.SegmentSize),
+			guards = append(guards, guard{TLI: b.Timeline, SegNo: b.StartLSN.SegNo(ss),
 				Reason: fmt.Sprintf("WAL of kept backup %s (%s)", b.ID, why)})
 		} else {
 			plan.DeletedBackups = append(plan.DeletedBackups, b.ID)
@@ -116,12 +121,12 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 				keepAllWAL = fmt.Sprintf("live slot %s has no position yet: it may need any WAL", s.Name)
 			}
 		default:
-			f, err := segment.ParseFile(s.Position)
+			n, err := segment.ParseName(s.Position, ss)
 			if err != nil {
 				keepAllWAL = fmt.Sprintf("live slot %s has an unreadable position %q", s.Name, s.Position)
 				continue
 			}
-			guards = append(guards, guard{TLI: f.TLI, SegNo: segNo(f), Reason: "needed by live slot " + s.Name + " (position " + s.Position + ")"})
+			guards = append(guards, guard{TLI: n.TLI, SegNo: n.SegNo, Reason: "needed by live slot " + s.Name + " (position " + s.Position + ")"})
 		}
 	}
 	if keepAllWAL != "" {
@@ -145,7 +150,7 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 			histories = append(histories, o)
 			continue
 		}
-		keep, reason := decide(o, guards, keepAllWAL, keptWhy, byID)
+		keep, reason := decide(o, ss, guards, keepAllWAL, keptWhy, byID)
 		add(o, keep, reason)
 	}
 	maxKept := maxKeptTimeline(plan.Items, guards, keepAllWAL != "")
@@ -205,10 +210,8 @@ func keptBackups(backups []*backup.Manifest, p Policy, now time.Time) map[string
 	return why
 }
 
-func segNo(f segment.File) uint64 { return uint64(f.Log)<<32 | uint64(f.Seg) }
-
 // decide keeps or deletes one object (before the grace period).
-func decide(o Object, guards []guard, keepAllWAL string, keptWhy map[string]string, byID map[string]*backup.Manifest) (bool, string) {
+func decide(o Object, ss uint64, guards []guard, keepAllWAL string, keptWhy map[string]string, byID map[string]*backup.Manifest) (bool, string) {
 	switch {
 	case strings.HasPrefix(o.Key, backup.Prefix):
 		id, _, _ := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
@@ -227,9 +230,9 @@ func decide(o Object, guards []guard, keepAllWAL string, keptWhy map[string]stri
 		if keepAllWAL != "" {
 			return true, keepAllWAL
 		}
-		n := segNo(f)
-		if f.Kind == segment.KindBackupLabel || f.Kind == segment.KindPartial {
-			n = segNo(segment.File{Log: f.Log, Seg: f.Seg})
+		n, err := f.SegNo(ss)
+		if err != nil {
+			return true, "not a WAL file name for this segment size: left alone"
 		}
 		for _, g := range guards {
 			if f.TLI >= g.TLI && n >= g.SegNo {

@@ -33,7 +33,7 @@ func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *backup.Ma
 // and has 0x10..0x18. Backups B1 and B2 on timeline 1, B3 on timeline 2.
 // An old incomplete backup is debris; a young one may be running.
 func inventory() Inventory {
-	var inv Inventory
+	inv := Inventory{SegmentSize: segSize}
 	add := func(key string, size int64, mod time.Time) {
 		inv.Objects = append(inv.Objects, Object{Key: key, Size: size, Modified: mod})
 	}
@@ -154,7 +154,7 @@ func checkInvariants(t *testing.T, inv Inventory, slots []archive.Slot, p *Plan)
 		if err != nil || !strings.HasPrefix(it.Key, "wal/") {
 			continue
 		}
-		n := uint64(f.Log)<<32 | uint64(f.Seg)
+		n, _ := f.SegNo(segSize)
 		for _, b := range inv.Backups {
 			if kept[b.ID] && f.TLI >= b.Timeline && n >= b.StartLSN.SegNo(segSize) {
 				t.Errorf("deletes %s, which kept backup %s needs", it.Key, b.ID)
@@ -164,8 +164,8 @@ func checkInvariants(t *testing.T, inv Inventory, slots []archive.Slot, p *Plan)
 			if s.Expired(now) || s.Position == "" {
 				continue
 			}
-			sf, _ := segment.ParseFile(s.Position)
-			if f.TLI >= sf.TLI && n >= uint64(sf.Log)<<32|uint64(sf.Seg) {
+			sn, _ := segment.ParseName(s.Position, segSize)
+			if f.TLI >= sn.TLI && n >= sn.SegNo {
 				t.Errorf("deletes %s, which live slot %s needs", it.Key, s.Name)
 			}
 		}
@@ -183,5 +183,26 @@ func TestNoPolicyRefused(t *testing.T) {
 	}
 	if _, err := Make(inventory(), nil, Policy{KeepLast: -1}, now); err == nil {
 		t.Fatal("a negative policy")
+	}
+}
+
+// Positions past the first 4 GiB of WAL: names carry a log number, and
+// the planner must compare segment numbers, not names' halves.
+func TestPlanAcrossLogBoundary(t *testing.T) {
+	inv := Inventory{SegmentSize: segSize}
+	for n := uint64(0x1F0); n <= 0x210; n++ {
+		inv.Objects = append(inv.Objects, Object{Key: "wal/00000001/" + name(1, n), Size: 1, Modified: now.Add(-time.Hour)})
+	}
+	inv.Backups = []*backup.Manifest{mkBackup("20261126T100000Z", 1, 0x1FE, now.Add(-time.Hour))}
+	p, err := Make(inv, []archive.Slot{slot("dr", name(1, 0x1FA), now)}, Policy{KeepLast: 1, Grace: DefaultGrace}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range p.Items {
+		f, _ := segment.ParseFile(it.Key[13:])
+		n, _ := f.SegNo(segSize)
+		if want := n < 0x1FA; it.Delete != want {
+			t.Errorf("%s (segment %#x): delete=%v, want %v (%s)", it.Key, n, it.Delete, want, it.Reason)
+		}
 	}
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/segment"
 )
 
 type statusReport struct {
@@ -19,6 +23,7 @@ type statusReport struct {
 	Backups   int              `json:"backups"`
 	Newest    *backup.Manifest `json:"newest_backup,omitempty"`
 	Slots     []slotRow        `json:"slots"`
+	Gaps      []archive.Gap    `json:"gaps"`
 	Problems  []string         `json:"problems"`
 	CheckedAt time.Time        `json:"checked_at"`
 }
@@ -27,7 +32,7 @@ func statusCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:        "status",
 		Usage:       "the archive at a glance: identity, timeline heads, backups, slots and their problems",
-		Description: "Exit statuses: 0 no problems; 8 a slot reports a problem or has expired; 3 archive unreachable.",
+		Description: "Exit statuses: 0 no problems; 8 a gap in the WAL, or a slot that expired or reports a problem;\n3 archive unreachable.",
 		Flags:       append(globalFlags(), &cli.BoolFlag{Name: "json", Usage: "JSON"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 0)
@@ -66,6 +71,13 @@ func statusCommand(env *appEnv) *cli.Command {
 			}
 			if r.Slots, err = slotRows(c, a); err != nil {
 				return &exitError{code: exitCode(opSlot, err), err: err}
+			}
+			if r.Gaps, err = openGaps(c, a); err != nil {
+				return &exitError{code: exitArchive, err: err}
+			}
+			for _, g := range r.Gaps {
+				r.Problems = append(r.Problems, fmt.Sprintf("gap on timeline %d: %s to %s were never archived (found when %s was pushed at %s)",
+					g.Timeline, g.From, g.To, g.Before, g.Detected.Format(time.RFC3339)))
 			}
 			for _, s := range r.Slots {
 				if s.Expired {
@@ -110,4 +122,41 @@ func statusCommand(env *appEnv) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// openGaps reads the gaps push recorded and keeps those whose first
+// segment is still missing (a late push closes a gap).
+func openGaps(c *cli.Context, a *archive.Archive) ([]archive.Gap, error) {
+	var keys []string
+	err := a.Storage().List(c.Context, "gaps/", func(o backends.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list gaps: %w", err)
+	}
+	gaps := []archive.Gap{}
+	for _, k := range keys {
+		rc, _, err := a.Storage().Get(c.Context, k)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", k, err)
+		}
+		var g archive.Gap
+		err = json.NewDecoder(io.LimitReader(rc, 4096)).Decode(&g)
+		rc.Close()
+		if err != nil {
+			continue
+		}
+		f, err := segment.ParseFile(g.From)
+		if err != nil {
+			continue
+		}
+		_, err = a.Storage().Stat(c.Context, archive.Key(f))
+		if errors.Is(err, backends.ErrNotFound) {
+			gaps = append(gaps, g)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	return gaps, nil
 }
