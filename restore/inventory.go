@@ -234,3 +234,29 @@ func (inv *Inventory) firstArchivedAfter(spans []span, from uint64, t time.Time)
 		}
 	}
 }
+
+// MissingWAL checks that the archived WAL covers backup b from its start
+// to the newest segment on the latest timeline reachable from it, through
+// the history chain. It returns the first missing segment, if any, and
+// the last segment checked.
+func (inv *Inventory) MissingWAL(b *backup.Manifest) (missing segment.Name, gap bool, last segment.Name, err error) {
+	tli, err := inv.targetTimeline(b, TimelineLatest)
+	if err != nil {
+		return missing, false, last, err
+	}
+	spans, err := inv.path(tli)
+	if err != nil {
+		return missing, false, last, err
+	}
+	start := b.StartLSN.SegNo(inv.SegSize)
+	stop := start
+	if b.StopLSN > b.StartLSN {
+		stop = uint64(b.StopLSN-1) / inv.SegSize
+	}
+	head, ok := inv.head(spans)
+	if !ok || head < stop {
+		head = stop
+	}
+	missing, gap = inv.firstMissing(spans, start, head)
+	return missing, gap, inv.at(spans, head), nil
+}

@@ -10,12 +10,14 @@ import (
 // is pure, domain packages reach storage only through the interface.
 func TestImportBoundaries(t *testing.T) {
 	rules := map[string][]string{
-		"./backends/...": {"walship/segment", "walship/archive", "walship/restore", "walship/config"},
-		"./segment/...":  {"walship/backends", "walship/archive", "walship/restore", "walship/config", "walship/backup", "walship/postgres"},
-		"./archive/...":  {"walship/backends/fs", "walship/backends/s3", "walship/restore", "walship/config"},
-		"./restore/...":  {"walship/backends/fs", "walship/backends/s3", "walship/config", "walship/postgres"},
-		"./backup/...":   {"walship/backends/fs", "walship/backends/s3", "walship/config", "walship/restore"},
-		"./postgres/...": {"walship/backends", "walship/archive", "walship/restore", "walship/backup", "walship/config"},
+		"./backends/...":  {"walship/segment", "walship/archive", "walship/restore", "walship/config"},
+		"./segment/...":   {"walship/backends", "walship/archive", "walship/restore", "walship/config", "walship/backup", "walship/postgres"},
+		"./archive/...":   {"walship/backends/fs", "walship/backends/s3", "walship/restore", "walship/config"},
+		"./restore/...":   {"walship/backends/fs", "walship/backends/s3", "walship/config", "walship/postgres"},
+		"./backup/...":    {"walship/backends/fs", "walship/backends/s3", "walship/config", "walship/restore"},
+		"./retention/...": {"walship/backends/fs", "walship/backends/s3", "walship/config", "walship/restore", "walship/postgres"},
+		"./verify/...":    {"walship/backends/fs", "walship/backends/s3", "walship/config", "walship/postgres"},
+		"./postgres/...":  {"walship/backends", "walship/archive", "walship/restore", "walship/backup", "walship/config"},
 	}
 	for pkgs, forbidden := range rules {
 		out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}: {{join .Imports " "}}`, "../../"+strings.TrimPrefix(pkgs, "./")).CombinedOutput()
