@@ -35,6 +35,30 @@ type Config struct {
 	Spool     string    `yaml:"spool"`
 	Agent     Agent     `yaml:"agent"`
 	Retention Retention `yaml:"retention"`
+	Schedule  Schedule  `yaml:"schedule"`
+}
+
+// Schedule holds walship schedule's jobs.
+type Schedule struct {
+	StopTimeout time.Duration `yaml:"stop_timeout"`
+	MetricsAddr string        `yaml:"metrics_addr"`
+	Jobs        []Job         `yaml:"jobs"`
+}
+
+// Job is one scheduled job: backup, retention, verify or drill.
+type Job struct {
+	Name string `yaml:"name"`
+	Cron string `yaml:"cron"`
+	Kind string `yaml:"kind"`
+	// backup
+	PG         string `yaml:"pg"`         // connection string (no password)
+	Checkpoint string `yaml:"checkpoint"` // fast or spread
+	// verify
+	Quick bool `yaml:"quick"`
+	// drill
+	PGBin   string        `yaml:"pg_bin"`  // directory of pg_ctl
+	Scratch string        `yaml:"scratch"` // where the scratch data directory goes
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // Retention holds the retention policy.
@@ -71,7 +95,8 @@ type S3 struct {
 func Default() Config {
 	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5},
 		Agent:     Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute},
-		Retention: Retention{Grace: 10 * time.Minute}}
+		Retention: Retention{Grace: 10 * time.Minute},
+		Schedule:  Schedule{StopTimeout: 10 * time.Minute}}
 }
 
 // Error is a bad setting; its message names the setting.
@@ -237,6 +262,21 @@ func (c Config) Validate() error {
 		return &Error{"agent.poll_max", fmt.Sprintf("%s: want at least poll_min (%s)", a.PollMax, a.PollMin)}
 	case a.Heartbeat < 100*time.Millisecond:
 		return &Error{"agent.heartbeat", fmt.Sprintf("%s: want at least 100ms", a.Heartbeat)}
+	}
+	for i, j := range c.Schedule.Jobs {
+		where := fmt.Sprintf("schedule.jobs[%d]", i)
+		switch {
+		case j.Name == "":
+			return &Error{where + ".name", "required"}
+		case j.Cron == "":
+			return &Error{where + ".cron", "required"}
+		case j.Kind != "backup" && j.Kind != "retention" && j.Kind != "verify" && j.Kind != "drill":
+			return &Error{where + ".kind", fmt.Sprintf("%q: want backup, retention, verify or drill", j.Kind)}
+		case j.Kind == "drill" && (j.PGBin == "" || !filepath.IsAbs(j.Scratch)):
+			return &Error{where, "a drill needs pg_bin and an absolute scratch directory"}
+		case j.Checkpoint != "" && j.Checkpoint != "fast" && j.Checkpoint != "spread":
+			return &Error{where + ".checkpoint", "want fast or spread"}
+		}
 	}
 	if r := c.Retention; r.KeepLast < 0 || r.KeepWithin < 0 || r.Grace < 0 {
 		return &Error{"retention", "keep_last, keep_within and grace must not be negative"}

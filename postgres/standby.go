@@ -84,3 +84,32 @@ func (s *Standby) Close(ctx context.Context) {
 		s.pc = nil
 	}
 }
+
+// Query runs one statement over an ordinary connection and returns the
+// first row as text.
+func Query(ctx context.Context, connString, sql string) ([]string, error) {
+	if hasPassword(connString) {
+		return nil, ErrPassword
+	}
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("connection string: %w", err)
+	}
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connect: %w", ErrServer, err)
+	}
+	defer pc.Close(context.WithoutCancel(ctx))
+	res, err := pc.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrServer, err)
+	}
+	if len(res) == 0 || len(res[0].Rows) == 0 {
+		return nil, fmt.Errorf("%w: no rows", ErrServer)
+	}
+	var out []string
+	for _, v := range res[0].Rows[0] {
+		out = append(out, string(v))
+	}
+	return out, nil
+}

@@ -116,7 +116,7 @@ func newApp(env *appEnv) *cli.App {
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			pushCommand(env), fetchCommand(env), backupCommand(env), restoreCommand(env),
-			agentCommand(env), slotCommand(env), statusCommand(env), retentionCommand(env), verifyCommand(env),
+			agentCommand(env), slotCommand(env), statusCommand(env), retentionCommand(env), verifyCommand(env), scheduleCommand(env),
 		},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return &exitError{code: exitUsage, err: err}

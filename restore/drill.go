@@ -1,0 +1,152 @@
+package restore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/walship/walship/archive"
+)
+
+// DrillOptions configure a restore drill.
+type DrillOptions struct {
+	PGBin          string        // directory holding pg_ctl
+	Scratch        string        // where the scratch data directory goes (created and removed)
+	RestoreCommand string        // as for Restore
+	Timeout        time.Duration // for the whole drill; default 1h
+	// Query asks the started server whether it is out of recovery and
+	// answering; it gets a libpq connection string.
+	Query func(ctx context.Context, conn string) (string, error)
+	Log   *slog.Logger
+}
+
+// DrillResult says how the drill went.
+type DrillResult struct {
+	Backup   string        `json:"backup"`
+	Restore  time.Duration `json:"restore"`  // download and unpack
+	Recovery time.Duration `json:"recovery"` // start until it answered a query, promoted
+	Total    time.Duration `json:"total"`
+	Answer   string        `json:"answer"`
+}
+
+// Drill proves the newest backup works: it restores it into a scratch
+// directory with recovery_target = immediate, starts PostgreSQL on a
+// scratch port (socket only, archive_mode off), waits until it has reached
+// consistency, promoted and answers a query, then stops it and removes
+// everything, whatever happened.
+func Drill(ctx context.Context, a *archive.Archive, o DrillOptions) (DrillResult, error) {
+	var res DrillResult
+	if o.Timeout <= 0 {
+		o.Timeout = time.Hour
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	start := time.Now()
+	inv, err := LoadInventory(ctx, a)
+	if err != nil {
+		return res, err
+	}
+	target := Target{Kind: TargetImmediate, Action: "promote", Timeline: TimelineCurrent}
+	plan, err := Choose(inv, target, "latest")
+	if err != nil {
+		return res, err
+	}
+	res.Backup = plan.Backup.ID
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	dir := filepath.Join(o.Scratch, "walship-drill-"+plan.Backup.ID+"-"+hex.EncodeToString(suffix))
+	tsMap := map[string]string{}
+	for _, ar := range plan.Backup.Archives {
+		if ar.Location != "" {
+			tsMap[ar.Location] = dir + "-ts-" + strconv.FormatUint(uint64(ar.TablespaceOID), 10)
+		}
+	}
+	defer func() {
+		_ = os.RemoveAll(dir)
+		_ = os.Remove(dir + ".log")
+		for _, d := range tsMap {
+			_ = os.RemoveAll(d)
+		}
+	}()
+	err = Restore(ctx, a, plan, Options{PGData: dir, Target: target, RestoreCommand: o.RestoreCommand,
+		TablespaceMap: tsMap, ArchiveModeOff: true, Log: o.Log})
+	if err != nil {
+		return res, err
+	}
+	res.Restore = time.Since(start)
+	port, err := freePort()
+	if err != nil {
+		return res, err
+	}
+	conf := fmt.Sprintf("\n# walship restore drill\nport = %d\nlisten_addresses = ''\nunix_socket_directories = '%s'\nhot_standby = on\n", port, o.Scratch)
+	f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	_, err = f.WriteString(conf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("%w: %w", archive.ErrLocal, err)
+	}
+	pgctl := filepath.Join(o.PGBin, "pg_ctl")
+	started := time.Now()
+	secs := strconv.Itoa(int(time.Until(deadline(ctx)).Seconds()))
+	if out, err := exec.CommandContext(ctx, pgctl, "-D", dir, "-l", dir+".log", "-w", "-t", secs, "start").CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(dir + ".log")
+		return res, fmt.Errorf("drill: PostgreSQL did not start: %v: %s %s", err, out, tail(string(log), 2000))
+	}
+	defer func() {
+		stop := exec.Command(pgctl, "-D", dir, "-m", "immediate", "-w", "stop")
+		_ = stop.Run()
+	}()
+	conn := fmt.Sprintf("host=%s port=%d dbname=postgres connect_timeout=5", o.Scratch, port)
+	for {
+		ans, err := o.Query(ctx, conn)
+		if err == nil {
+			res.Answer = ans
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return res, fmt.Errorf("drill: the restored server never answered: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	res.Recovery = time.Since(started)
+	res.Total = time.Since(start)
+	return res, nil
+}
+
+func deadline(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
