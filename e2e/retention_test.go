@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/internal/testenv"
+)
+
+func archivedSegments(t *testing.T, dir string) []string {
+	ents, err := os.ReadDir(filepath.Join(dir, "wal", "00000001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if len(e.Name()) == 24 {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestRetentionVerifyGapsDrill: two backups and a slot behind the older
+// one's start; retention keeps what the slot needs until it expires; verify
+// passes after every apply; a deleted middle segment is reported as a gap
+// by push, status and verify; a restore drill runs against the archive.
+func TestRetentionVerifyGapsDrill(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	dir := strings.TrimPrefix(target.url, "file://")
+	primary, _ := archivingPrimary(t, w, target)
+	commitBatch(t, primary, 1)
+	switchAndWait(t, primary)
+	first := archivedSegments(t, dir)[0]
+	mustWalship(t, w, nil, "slot", "create", "--archive", target.url, "--ttl", "4s", "laggard")
+	mustWalship(t, w, nil, "slot", "advance", "--archive", target.url, "laggard", first)
+	b1 := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, nil), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
+	commitBatch(t, primary, 2)
+	switchAndWait(t, primary)
+	b2 := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, nil), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
+	if b1 == b2 {
+		t.Fatalf("two backups in the same second")
+	}
+	commitBatch(t, primary, 3)
+	switchAndWait(t, primary)
+	before := archivedSegments(t, dir)
+
+	verifyOK := func(when string) {
+		t.Helper()
+		out, errs, code := runWalship(t, w, nil, "verify", "--archive", target.url)
+		if code != 0 {
+			t.Fatalf("verify %s: exit %d\n%s\n%s", when, code, out, errs)
+		}
+	}
+	verifyOK("before retention")
+	mustWalship(t, w, nil, "retention", "apply", "--archive", target.url, "--keep-last", "1", "--grace", "0s")
+	if _, err := os.Stat(filepath.Join(dir, "backups", b1)); !os.IsNotExist(err) {
+		t.Errorf("keep-last 1 kept the older backup %s", b1)
+	}
+	if after := archivedSegments(t, dir); len(after) != len(before) || after[0] != first {
+		t.Fatalf("retention deleted WAL the live slot needs: before %v after %v", before, after)
+	}
+	verifyOK("after the first apply")
+
+	// The slot expires: the same policy now deletes the WAL before the
+	// kept backup.
+	testenv.WaitFor(t, "the slot to expire", time.Minute, func() bool {
+		out, _, _ := runWalship(t, w, nil, "slot", "list", "--archive", target.url, "--json")
+		var rows []struct{ Expired bool }
+		return json.Unmarshal([]byte(out), &rows) == nil && len(rows) == 1 && rows[0].Expired
+	})
+	plan := mustWalship(t, w, nil, "retention", "plan", "--archive", target.url, "--keep-last", "1", "--grace", "0s")
+	if !strings.Contains(plan, "DELETE") || !strings.Contains(plan, first) {
+		t.Fatalf("plan after the slot expired does not delete %s:\n%s", first, plan)
+	}
+	mustWalship(t, w, nil, "retention", "apply", "--archive", target.url, "--keep-last", "1", "--grace", "0s")
+	after := archivedSegments(t, dir)
+	if after[0] == first || len(after) >= len(before) {
+		t.Fatalf("expired slot still protects WAL: %v", after)
+	}
+	verifyOK("after the slot expired")
+	mustWalship(t, w, nil, "slot", "drop", "--archive", target.url, "laggard")
+
+	// A middle segment disappears before its successor is pushed.
+	commitBatch(t, primary, 4)
+	switchAndWait(t, primary)
+	gone := archivedSegments(t, dir)
+	victim := gone[len(gone)-1]
+	if err := os.Remove(filepath.Join(dir, "wal", "00000001", victim)); err != nil {
+		t.Fatal(err)
+	}
+	commitBatch(t, primary, 5)
+	switchAndWait(t, primary)
+	if !strings.Contains(primary.Log(), "gap in the archive") || !strings.Contains(primary.Log(), victim) {
+		t.Errorf("push did not warn about the gap at %s", victim)
+	}
+	out, _, code := runWalship(t, w, nil, "status", "--archive", target.url)
+	if code != 8 || !strings.Contains(out, victim) {
+		t.Errorf("status: exit %d, want 8 naming %s:\n%s", code, victim, out)
+	}
+	out, _, code = runWalship(t, w, nil, "verify", "--archive", target.url, "--quick")
+	if code != 8 || !strings.Contains(out, victim) {
+		t.Errorf("verify: exit %d, want 8 naming %s:\n%s", code, victim, out)
+	}
+
+	// A restore drill of the newest backup, from the schedule's config.
+	cfg := filepath.Join(w.Dir, "walship.yaml")
+	scratch := w.Mkdir(t, "scratch")
+	yaml := fmt.Sprintf("archive: %s\nschedule:\n  jobs:\n    - name: drill\n      cron: \"@weekly\"\n      kind: drill\n      pg_bin: %s\n      scratch: %s\n      timeout: 5m\n",
+		target.url, primary.Bin, scratch)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, code := runWalship(t, w, []string{"PGUSER=postgres"}, "schedule", "run", "--config", cfg, "drill")
+	if code != 0 || !strings.Contains(errs, "restore drill passed") {
+		t.Fatalf("drill: exit %d\n%s", code, errs)
+	}
+	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
+		t.Errorf("the drill left %d entries in its scratch directory", len(ents))
+	}
+}
