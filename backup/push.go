@@ -106,8 +106,25 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 	store := a.Storage()
 	began := o.Now()
 	id := began.UTC().Format(idLayout)
-	if err := checkFreeID(ctx, store, id); err != nil {
-		return nil, err
+	// Ids are start times to the second: a backup started in the same
+	// second as another waits for the next one.
+	for try := 0; ; try++ {
+		err := checkFreeID(ctx, store, id)
+		if err == nil {
+			break
+		}
+		if try == 2 || !errors.Is(err, errIDTaken) {
+			return nil, err
+		}
+		t := time.NewTimer(time.Until(began.Truncate(time.Second).Add(time.Second)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		began = o.Now()
+		id = began.UTC().Format(idLayout)
 	}
 	if o.Label == "" {
 		o.Label = "walship " + id
@@ -157,6 +174,8 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 	return m, nil
 }
 
+var errIDTaken = errors.New("a backup with this id already exists or is running")
+
 func checkFreeID(ctx context.Context, store backends.Storage, id string) error {
 	taken := false
 	err := store.List(ctx, Prefix+id+"/", func(backends.ObjectInfo) error { taken = true; return nil })
@@ -164,7 +183,7 @@ func checkFreeID(ctx context.Context, store backends.Storage, id string) error {
 		return fmt.Errorf("list backups: %w", err)
 	}
 	if taken {
-		return fmt.Errorf("a backup with id %s already exists or is running; start the next one a second later", id)
+		return fmt.Errorf("%w: %s", errIDTaken, id)
 	}
 	return nil
 }

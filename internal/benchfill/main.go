@@ -1,0 +1,114 @@
+// Command benchfill writes a synthetic archive for scripts/bench-archive.sh:
+// an identity (1 MiB segments), N sealed segments on timeline 1, their
+// head, and two small base backups (at 1% and 50% of the WAL). Only for
+// benchmarks: the segments are synthetic, the backups hold one chunk.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"log/slog"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/fs"
+	"github.com/walship/walship/backends/s3"
+	"github.com/walship/walship/backup"
+	"github.com/walship/walship/segment"
+)
+
+const segSize = 1 << 20
+
+func main() {
+	dir := flag.String("fs", "", "filesystem archive root")
+	bucket := flag.String("s3-bucket", "", "S3 bucket (endpoint from WALSHIP_S3_ENDPOINT)")
+	n := flag.Int("segments", 10000, "segments to write")
+	flag.Parse()
+	ctx := context.Background()
+	var store backends.Storage
+	var err error
+	if *dir != "" {
+		store, err = fs.New(*dir)
+	} else {
+		st, e := s3.New(ctx, s3.Config{Bucket: *bucket, Endpoint: os.Getenv("WALSHIP_S3_ENDPOINT"), PathStyle: true})
+		if e == nil {
+			e = st.CreateBucket(ctx)
+		}
+		store, err = st, e
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	const sys = 7400000000000000001
+	a := archive.New(store, slog.New(slog.DiscardHandler))
+	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: sys, PGVersion: "15", SegmentSize: segSize}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	put := func(key string, b []byte) {
+		if err := store.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw := make([]byte, segSize)
+			for i := range jobs {
+				no := uint64(i + 1)
+				le := binary.LittleEndian
+				le.PutUint16(raw[0:], 0xD110)
+				le.PutUint16(raw[2:], 2)
+				le.PutUint32(raw[4:], 1)
+				le.PutUint64(raw[8:], no*segSize)
+				le.PutUint64(raw[24:], sys)
+				le.PutUint32(raw[32:], segSize)
+				le.PutUint32(raw[36:], 8192)
+				le.PutUint64(raw[4096:], no)
+				sealed, err := segment.Seal(raw, segment.Compression{Codec: segment.CodecZstd})
+				if err != nil {
+					panic(err)
+				}
+				put(archive.SegmentKey(segment.Name{TLI: 1, SegNo: no}, segSize), sealed.Bytes())
+			}
+		}()
+	}
+	for i := range *n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	head, _ := json.Marshal(archive.Head{Timeline: 1, Segment: segment.Name{TLI: 1, SegNo: uint64(*n)}.String(segSize), Pushed: time.Now().UTC()})
+	put(archive.HeadKey(1), head)
+	for i, at := range []int{*n / 100, *n / 2} {
+		id := time.Date(2026, 11, 20+i, 0, 0, 0, 0, time.UTC).Format("20060102T150405Z")
+		chunk, _ := segment.Seal([]byte("a tar stream"), segment.Compression{Codec: segment.CodecZstd})
+		sm, _ := segment.Seal([]byte("{}"), segment.Compression{Codec: segment.CodecZstd})
+		start := segment.LSN(uint64(at)*segSize + 0x28)
+		m := backup.Manifest{Format: backup.ManifestFormat, ID: id, PGVersion: "15", SystemIdentifier: sys, SegmentSize: segSize,
+			Timeline: 1, StopTimeline: 1, StartLSN: start, StopLSN: start + 0x100,
+			StartTime: time.Now().Add(-time.Hour), StopTime: time.Now().Add(-time.Hour),
+			WALRanges: []backup.WALRange{{Timeline: 1, Start: start, End: start + 0x100}},
+			Archives: []backup.Archive{{Name: "base.tar", Chunks: []backup.Chunk{{Key: backup.Prefix + id + "/base.tar.00000",
+				Size: 12, StoredSize: chunk.Size(), SHA256: hex.EncodeToString(chunk.Header.SHA256[:])}}}},
+			ServerManifest: backup.Chunk{Key: backup.Prefix + id + "/backup_manifest", Size: 2, StoredSize: sm.Size(), SHA256: hex.EncodeToString(sm.Header.SHA256[:])}}
+		put(m.Archives[0].Chunks[0].Key, chunk.Bytes())
+		put(m.ServerManifest.Key, sm.Bytes())
+		b, _ := json.Marshal(m)
+		put(backup.Prefix+id+"/manifest.json", b)
+	}
+	fmt.Printf("wrote %d segments and 2 backups\n", *n)
+}
