@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -16,10 +17,21 @@ import (
 	"github.com/walship/walship/segment"
 )
 
+// timelineRange is a timeline's first and last archived segment.
+type timelineRange struct {
+	Timeline uint32 `json:"timeline"`
+	First    string `json:"first"`
+	Last     string `json:"last"`
+	Segments int    `json:"segments"`
+}
+
 type statusReport struct {
 	Archive   string           `json:"archive"`
 	Identity  archive.Identity `json:"identity"`
 	Heads     []archive.Head   `json:"heads"`
+	Timelines []timelineRange  `json:"timelines"`
+	Objects   int              `json:"objects"`
+	Bytes     int64            `json:"bytes"`
 	Backups   int              `json:"backups"`
 	Newest    *backup.Manifest `json:"newest_backup,omitempty"`
 	Slots     []slotRow        `json:"slots"`
@@ -43,6 +55,33 @@ func statusCommand(env *appEnv) *cli.Command {
 			if r.Identity, err = a.Identity(c.Context); err != nil {
 				return &exitError{code: exitArchive, err: err}
 			}
+			ranges := map[uint32]*timelineRange{}
+			err = a.Storage().List(c.Context, "", func(o backends.ObjectInfo) error {
+				r.Objects++
+				r.Bytes += o.Size
+				if !strings.HasPrefix(o.Key, "wal/") {
+					return nil
+				}
+				f, err := segment.ParseFile(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
+				if err != nil || f.Kind != segment.KindSegment {
+					return nil
+				}
+				tr := ranges[f.TLI]
+				if tr == nil {
+					tr = &timelineRange{Timeline: f.TLI, First: f.String()}
+					ranges[f.TLI] = tr
+				}
+				tr.Last = f.String() // listed in key order
+				tr.Segments++
+				return nil
+			})
+			if err != nil {
+				return &exitError{code: exitArchive, err: err}
+			}
+			for _, tr := range ranges {
+				r.Timelines = append(r.Timelines, *tr)
+			}
+			sort.Slice(r.Timelines, func(i, j int) bool { return r.Timelines[i].Timeline < r.Timelines[j].Timeline })
 			var tlis []uint32
 			err = a.Storage().List(c.Context, "heads/", func(o backends.ObjectInfo) error {
 				var tli uint32
@@ -96,8 +135,15 @@ func statusCommand(env *appEnv) *cli.Command {
 				w := env.stdout
 				fmt.Fprintf(w, "archive   %s\ncluster   system identifier %d, PostgreSQL %s, %d MiB segments\n",
 					r.Archive, r.Identity.SystemIdentifier, r.Identity.PGVersion, r.Identity.SegmentSize>>20)
+				fmt.Fprintf(w, "objects   %d, %s stored\n", r.Objects, human(r.Bytes))
+				for _, tr := range r.Timelines {
+					fmt.Fprintf(w, "timeline  %d: %d segments, %s to %s\n", tr.Timeline, tr.Segments, tr.First, tr.Last)
+				}
 				for _, h := range r.Heads {
-					fmt.Fprintf(w, "timeline  %d: head %s, pushed %s\n", h.Timeline, h.Segment, h.Pushed.Format(time.RFC3339))
+					fmt.Fprintf(w, "head      timeline %d: %s, pushed %s\n", h.Timeline, h.Segment, h.Pushed.Format(time.RFC3339))
+				}
+				for _, g := range r.Gaps {
+					fmt.Fprintf(w, "gap       timeline %d: %s to %s missing\n", g.Timeline, g.From, g.To)
 				}
 				if r.Newest != nil {
 					fmt.Fprintf(w, "backups   %d, newest %s (stop %s)\n", r.Backups, r.Newest.ID, r.Newest.StopLSN)
