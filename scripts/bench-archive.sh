@@ -41,6 +41,6 @@ for backend in fs s3; do
 		t1=$(date +%s%N)
 		after=$(wc -l <"$WORK/access.log")
 		req=$((after - before)); [ $backend = fs ] && req=-
-		echo "| $backend | walship ${cmd%% --*} | $(awk -v n=$((t1 - t0)) 'BEGIN { printf "%.2f", n / 1e9 }') | $req |"
+		echo "| $backend | walship ${cmd/ --grace 0s/} | $(awk -v n=$((t1 - t0)) 'BEGIN { printf "%.2f", n / 1e9 }') | $req |"
 	done
 done
