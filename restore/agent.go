@@ -102,6 +102,7 @@ type Agent struct {
 	retryAt   time.Time // after a failed download, not before
 	backoff   time.Duration
 	problem   string
+	goneSeg   uint64 // the segment reported gone
 	lastBeat  time.Time
 	lastPos   time.Time
 	lastState agentState
@@ -396,7 +397,7 @@ func (g *Agent) finished(ctx context.Context, r download) {
 		g.placed[r.n] = true
 		g.arrived[r.n] = r.res.Modified
 		g.stats.Downloads.Add(1)
-		if g.problem != "" && g.stats.Gone.Load() {
+		if g.problem != "" && g.stats.Gone.Load() && r.n == g.goneSeg {
 			g.o.Log.Info("the missing segment is back in the archive", "segment", name)
 			g.setProblem(ctx, "")
 		}
@@ -422,6 +423,7 @@ func (g *Agent) gone(ctx context.Context, n uint64) {
 		return
 	}
 	g.stats.Gone.Store(true)
+	g.goneSeg = n
 	hint := "no backup in the archive can serve it either: take one (walship backup push), then rebuild the standby with walship restore --standby --backup <its id> --pgdata <empty directory> --slot " + g.o.Slot
 	if inv, err := LoadInventory(ctx, g.a); err == nil {
 		if p, err := Choose(inv, Target{}, ""); err == nil {
