@@ -108,6 +108,9 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 				return err
 			}
 		case "retention":
+			if cfg.Retention.KeepLast == 0 && cfg.Retention.KeepWithin == 0 {
+				return nil, cfg, usageErr("job %s: %v (retention: keep_last / keep_within in the config file)", j.Name, retention.ErrNoPolicy)
+			}
 			run = func(ctx context.Context) error {
 				return runRetention(ctx, a, cfg.Retention, log)
 			}
