@@ -16,6 +16,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 
 	"golang.org/x/sys/unix"
 
@@ -224,7 +227,20 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 					return
 				}
 				var data []byte
-				data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
+				// A dropped connection mid-body is retried; a chunk that
+				// fails its checksum twice is damaged in the archive.
+				backoff := retry.NewExponentialJitterBackoff(5 * time.Second)
+				for attempt := 1; ; attempt++ {
+					data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
+					if err == nil || attempt == 3 || !retryable(err) || ctx.Err() != nil {
+						break
+					}
+					d, _ := backoff.BackoffDelay(attempt, err)
+					select {
+					case <-ctx.Done():
+					case <-time.After(d):
+					}
+				}
 				results[i] <- chunkResult{data, err}
 			}
 		}()

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,6 +67,11 @@ func agentCommand(env *appEnv) *cli.Command {
 			}
 			if cfg.Spool == "" || ac.Slot == "" {
 				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
+			}
+			for _, part := range strings.Split(filepath.Clean(cfg.Spool), string(filepath.Separator)) {
+				if part == "pg_wal" || part == "pg_xlog" {
+					return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", cfg.Spool)
+				}
 			}
 			log := env.logger()
 			o := restore.AgentOptions{

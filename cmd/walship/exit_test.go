@@ -110,6 +110,11 @@ func TestCLIUsageErrorsAreOneLine(t *testing.T) {
 		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--target-timeline", "sideways"}, nil, "target timeline"},
 		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--tablespace-mapping", "a=b"}, nil, "OLDDIR=NEWDIR"},
 		{[]string{"restore", "--archive", arch, "--pgdata", dir, "--archive-mode", "maybe"}, nil, "--archive-mode"},
+		{[]string{"agent", "--archive", arch, "--slot", "dr1", "--spool", "/srv/pg/main/pg_wal/spool"}, nil, "inside pg_wal"},
+		{[]string{"agent", "--archive", arch, "--slot", "dr1"}, nil, "--spool"},
+		{[]string{"agent", "--archive", arch, "--slot", "dr1", "--spool", "/tmp/s", "--ahead", "0"}, nil, "agent.ahead"},
+		{[]string{"slot", "create", "--archive", arch, "Bad-Name"}, nil, "bad slot"},
+		{[]string{"retention", "plan", "--archive", arch}, nil, "no retention policy"},
 	}
 	for _, c := range cases {
 		code, out := runIn(t, dir, c.env, c.args...)
