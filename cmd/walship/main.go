@@ -53,7 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	app := newApp(env)
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	cancel()
 	<-done
 	if got != nil {
@@ -106,7 +106,7 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func newApp(env *appEnv) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "walship",
 		Usage:   "ship PostgreSQL WAL to an archive and bring it back",
 		Version: version,
@@ -118,10 +118,23 @@ func newApp(env *appEnv) *cli.App {
 			pushCommand(env), fetchCommand(env), backupCommand(env), restoreCommand(env),
 			agentCommand(env), slotCommand(env), statusCommand(env), retentionCommand(env), verifyCommand(env), scheduleCommand(env),
 		},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return &exitError{code: exitUsage, err: err}
-		},
+		OnUsageError: usageError,
 	}
+	// A bad flag is one line on stderr and exit 2 at every level, not
+	// "Incorrect Usage" and a page of help in PostgreSQL's log.
+	var quiet func([]*cli.Command)
+	quiet = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.OnUsageError = usageError
+			quiet(c.Subcommands)
+		}
+	}
+	quiet(app.Commands)
+	return app
+}
+
+func usageError(_ *cli.Context, err error, _ bool) error {
+	return &exitError{code: exitUsage, err: err}
 }
 
 func globalFlags() []cli.Flag {
@@ -144,14 +157,14 @@ func globalFlags() []cli.Flag {
 
 // load builds the configuration once: defaults < file < environment < flags.
 func (e *appEnv) load(c *cli.Context) error {
-	path := c.String("config")
-	if path == "" {
-		path = e.getenv(config.EnvConfig)
+	path := e.getenv(config.EnvConfig)
+	if cc, ok := setGlobal(c, "config"); ok {
+		path = cc.String("config")
 	}
 	cfg, err := config.Load(path, e.getenv, func(cfg *config.Config) error {
 		set := func(name string, dst *string) {
-			if c.IsSet(name) {
-				*dst = c.String(name)
+			if cc, ok := setGlobal(c, name); ok {
+				*dst = cc.String(name)
 			}
 		}
 		set("archive", &cfg.Archive)
@@ -163,11 +176,11 @@ func (e *appEnv) load(c *cli.Context) error {
 		set("s3-storage-class", &cfg.S3.StorageClass)
 		set("s3-sse", &cfg.S3.SSE)
 		set("s3-sse-kms-key-id", &cfg.S3.SSEKMSKeyID)
-		if c.IsSet("compression-level") {
-			cfg.CompressionLevel = c.Int("compression-level")
+		if cc, ok := setGlobal(c, "compression-level"); ok {
+			cfg.CompressionLevel = cc.Int("compression-level")
 		}
-		if c.IsSet("s3-path-style") {
-			cfg.S3.PathStyle = c.Bool("s3-path-style")
+		if cc, ok := setGlobal(c, "s3-path-style"); ok {
+			cfg.S3.PathStyle = cc.Bool("s3-path-style")
 		}
 		return nil
 	})

@@ -189,9 +189,9 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 		return "", &exitError{code: exitLocal, err: fmt.Errorf("find the walship binary: %w", err)}
 	}
 	args := []string{exe, "fetch"}
-	cfgPath := c.String("config")
-	if cfgPath == "" {
-		cfgPath = e.getenv(config.EnvConfig)
+	cfgPath := e.getenv(config.EnvConfig)
+	if cc, ok := setGlobal(c, "config"); ok {
+		cfgPath = cc.String("config")
 	}
 	if cfgPath != "" {
 		abs, err := filepath.Abs(cfgPath)

@@ -28,6 +28,14 @@ func slotCommand(env *appEnv) *cli.Command {
 					if err != nil {
 						return err
 					}
+					// A slot where no cluster archives yet is most likely a
+					// mistyped location: refuse it as list and status would.
+					if err := archive.ValidSlotName(c.Args().First()); err != nil {
+						return &exitError{code: exitUsage, err: err}
+					}
+					if _, err := a.Identity(c.Context); err != nil {
+						return &exitError{code: exitCode(opSlot, err), err: err}
+					}
 					s, err := a.CreateSlot(c.Context, c.Args().First(), c.Duration("ttl"))
 					if err != nil {
 						return &exitError{code: exitCode(opSlot, err), err: err}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// flagsFirst moves the flags an operator wrote after a command's arguments
+// in front of them. urfave/cli v2 stops reading flags at the first
+// positional argument, so "walship slot create dr --ttl 72h" would otherwise
+// be three arguments. Everything after "--" is left as it is.
+func flagsFirst(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	out := []string{args[0]}
+	cmds, flags := app.Commands, app.Flags
+	var moved, positional []string
+	i := 1
+	for ; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			break
+		}
+		if len(a) > 1 && strings.HasPrefix(a, "-") {
+			takes := takesValue(flags, a)
+			if len(positional) > 0 {
+				moved = append(moved, a)
+			} else {
+				out = append(out, a)
+			}
+			if takes && i+1 < len(args) {
+				i++
+				if len(positional) > 0 {
+					moved = append(moved, args[i])
+				} else {
+					out = append(out, args[i])
+				}
+			}
+			continue
+		}
+		if len(positional) == 0 {
+			if sub := findCommand(cmds, a); sub != nil {
+				out = append(out, a)
+				cmds, flags = sub.Subcommands, sub.Flags
+				continue
+			}
+		}
+		positional = append(positional, a)
+	}
+	out = append(out, moved...)
+	out = append(out, positional...)
+	return append(out, args[i:]...)
+}
+
+// takesValue: whether the flag written as arg ("--name", "-n" or
+// "--name=value") consumes the next argument as its value.
+func takesValue(flags []cli.Flag, arg string) bool {
+	name := strings.TrimLeft(arg, "-")
+	if strings.Contains(name, "=") {
+		return false
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n != name {
+				continue
+			}
+			if v, ok := f.(cli.DocGenerationFlag); ok {
+				return v.TakesValue()
+			}
+			return false
+		}
+	}
+	return false
+}
+
+func findCommand(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+// setGlobal finds the innermost command level at which a global flag was
+// given: "walship --archive X fetch ..." and "walship fetch --archive X ..."
+// mean the same. Each level declares the global flags, so asking only the
+// command's own context would miss one written before the command name.
+func setGlobal(c *cli.Context, name string) (*cli.Context, bool) {
+	for _, cc := range c.Lineage() {
+		if cc.Command == nil && cc.App == nil {
+			continue
+		}
+		if cc.IsSet(name) {
+			return cc, true
+		}
+	}
+	return nil, false
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestFlagsFirst(t *testing.T) {
+	app := newApp(&appEnv{})
+	cases := []struct{ in, want string }{
+		{"walship fetch A B", "walship fetch A B"},
+		{"walship fetch A B --spool /s", "walship fetch --spool /s A B"},
+		{"walship fetch A --spool=/s B", "walship fetch --spool=/s A B"},
+		{"walship --archive /a fetch A B --log-level debug", "walship --archive /a fetch --log-level debug A B"},
+		{"walship slot create dr --ttl 72h --archive /a", "walship slot create --ttl 72h --archive /a dr"},
+		{"walship slot list --json", "walship slot list --json"},
+		{"walship backup show ID --archive /a", "walship backup show --archive /a ID"},
+		{"walship verify --quick --json", "walship verify --quick --json"},
+		{"walship slot advance dr -- -odd", "walship slot advance dr -- -odd"},
+		{"walship restore --pgdata /d --standby", "walship restore --pgdata /d --standby"},
+		{"walship", "walship"},
+	}
+	for _, c := range cases {
+		got := strings.Join(flagsFirst(app, strings.Fields(c.in)), " ")
+		if got != c.want {
+			t.Errorf("flagsFirst(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// A global flag works before the command name as well as after it.
+func TestGlobalFlagBeforeCommand(t *testing.T) {
+	arch := t.TempDir()
+	for _, args := range [][]string{
+		{"walship", "--archive", arch, "slot", "list"},
+		{"walship", "slot", "list", "--archive", arch},
+	} {
+		var out, errb bytes.Buffer
+		code := run(args, &out, &errb)
+		// An empty directory is not an archive: exit 3 and that reason,
+		// never "archive: not set".
+		if code != exitArchive || !strings.Contains(errb.String(), "no walship archive here") {
+			t.Errorf("%v: exit %d, stderr %q", args, code, errb.String())
+		}
+	}
+	var errb bytes.Buffer
+	cfg := filepath.Join(t.TempDir(), "none.yaml")
+	if code := run([]string{"walship", "--config", cfg, "status"}, &bytes.Buffer{}, &errb); code != exitUsage || !strings.Contains(errb.String(), "none.yaml") {
+		t.Errorf("--config before the command: exit %d, stderr %q", code, errb.String())
+	}
+}
