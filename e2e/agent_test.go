@@ -197,8 +197,8 @@ func TestAgentFollower(t *testing.T) {
 		t.Fatalf("no segment from the spool after the restart\n%s", agent.log())
 	}
 	agent.stop(syscall.SIGTERM)
-	if !strings.Contains(agent.log(), "agent stopped") {
-		t.Errorf("agent did not stop cleanly on SIGTERM:\n%s", agent.log())
+	if !strings.Contains(agent.log(), "agent stopped") || agent.cmd.ProcessState.ExitCode() != 0 {
+		t.Errorf("agent did not stop cleanly on SIGTERM (exit %d):\n%s", agent.cmd.ProcessState.ExitCode(), agent.log())
 	}
 	if ents, _ := filepath.Glob(filepath.Join(spool, ".0*")); len(ents) != 0 {
 		t.Errorf("partial files left in the spool: %v", ents)

@@ -3,10 +3,14 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,5 +129,80 @@ func TestRetentionVerifyGapsDrill(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
 		t.Errorf("the drill left %d entries in its scratch directory", len(ents))
+	}
+
+	scheduleDaemon(t, w, target.url, primary.Bin)
+}
+
+// scheduleDaemon runs walship schedule as the daemon: a drill every second
+// (it takes longer, so runs are skipped, never overlapped) and a verify every
+// second that fails on the archive's gap and is counted while the daemon
+// goes on; SIGTERM during a drill lets it finish and the daemon exits 0.
+func scheduleDaemon(t *testing.T, w *testenv.Workdir, archiveURL, pgBin string) {
+	cfg := filepath.Join(w.Dir, "daemon.yaml")
+	scratch := w.Mkdir(t, "daemon-scratch")
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	yaml := fmt.Sprintf("archive: %s\nschedule:\n  stop_timeout: 2m\n  metrics_addr: %s\n  jobs:\n"+
+		"    - {name: drill, cron: \"@every 1s\", kind: drill, pg_bin: %s, scratch: %s, timeout: 5m}\n"+
+		"    - {name: verify, cron: \"@every 1s\", kind: verify, quick: true}\n",
+		archiveURL, addr, pgBin, scratch)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startWalship(t, w, []string{"PGUSER=postgres"}, "schedule", "--config", cfg)
+	metric := func(name, job string) float64 {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		prefix := "walship_schedule_" + name + `{job="` + job + `"} `
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, prefix); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return -1
+	}
+	waitFor(t, "a drill to succeed, a run to be skipped and a verify failure to be counted", 3*time.Minute, func() bool {
+		return metric("last_success_timestamp_seconds", "drill") > 0 && metric("failures_total", "verify") >= 2
+	})
+	if metric("last_success_timestamp_seconds", "verify") != 0 {
+		t.Errorf("verify succeeded on an archive with a gap")
+	}
+	// Stop while a drill runs: it must be allowed to finish.
+	started := strings.Count(d.log(), `msg="job started" job=drill`)
+	waitFor(t, "the next drill to start", time.Minute, func() bool {
+		return strings.Count(d.log(), `msg="job started" job=drill`) > started
+	})
+	d.stop(syscall.SIGTERM)
+	log := d.log()
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("schedule exited %d after SIGTERM:\n%s", code, log)
+	}
+	running := 0
+	for _, line := range strings.Split(log, "\n") {
+		switch {
+		case strings.Contains(line, `msg="job started" job=drill`):
+			running++
+			if running > 1 {
+				t.Errorf("two drills ran at once:\n%s", log)
+			}
+		case strings.Contains(line, `msg="job done" job=drill`), strings.Contains(line, `msg="job failed" job=drill`):
+			running--
+		}
+	}
+	if running != 0 || !strings.Contains(log, "scheduler stopped") {
+		t.Errorf("a drill did not finish before the daemon stopped:\n%s", log)
+	}
+	if strings.Contains(log, `msg="job failed" job=drill`) {
+		t.Errorf("a drill failed:\n%s", log)
+	}
+	t.Logf("daemon: %d drills, %d skipped, %d verify failures", strings.Count(log, `msg="job done" job=drill`),
+		strings.Count(log, `msg="job still running; this run skipped" job=drill`), strings.Count(log, `msg="job failed" job=verify`))
+	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
+		t.Errorf("the daemon's drills left %d entries in their scratch directory", len(ents))
 	}
 }

@@ -37,6 +37,7 @@ func agentCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics here, e.g. 127.0.0.1:9187 (default off)"},
 		),
 		Action: func(c *cli.Context) error {
+			env.daemon = true
 			a, err := env.openArchive(c, 0)
 			if err != nil {
 				return err

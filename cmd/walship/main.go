@@ -56,10 +56,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	err := app.RunContext(ctx, flagsFirst(app, args))
 	cancel()
 	<-done
-	if got != nil {
+	if got != nil && !env.daemon {
 		// Clean-up has run (temporary files removed). PostgreSQL tells a
 		// shutdown from a failure by the signal that ended the command, so
-		// die by the same signal.
+		// die by the same signal. A daemon (agent, schedule) stopped by a
+		// signal has done what it was asked: it exits with its status.
 		signal.Reset(got)
 		_ = syscall.Kill(os.Getpid(), got.(syscall.Signal))
 	}
@@ -84,6 +85,9 @@ type appEnv struct {
 	getenv func(string) string
 	cfg    config.Config
 	log    *slog.Logger
+	// daemon: the command runs until a signal stops it (agent,
+	// schedule), which is then its normal end.
+	daemon bool
 }
 
 func (e *appEnv) logger() *slog.Logger {

@@ -52,6 +52,7 @@ func scheduleCommand(env *appEnv) *cli.Command {
 			},
 		}},
 		Action: func(c *cli.Context) error {
+			env.daemon = true
 			s, cfg, err := env.scheduler(c, 0)
 			if err != nil {
 				return err
