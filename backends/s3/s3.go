@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 
 	"github.com/walship/walship/backends"
 )
@@ -41,6 +43,9 @@ type Config struct {
 	SSEKMSKeyID  string
 	MaxAttempts  int   // per request, including the first; 0 means 5
 	PartSize     int64 // bodies above this go multipart; 0 means 64 MiB
+	// Log receives the SDK's own warnings (credential fallbacks, clock
+	// skew) as one structured line each; nil means slog.Default().
+	Log *slog.Logger
 }
 
 // Storage is a bucket, or a prefix inside one.
@@ -87,6 +92,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	awsCfg, err := config.LoadDefaultConfig(ctx,
 		config.WithRegion(cfg.Region),
 		config.WithHTTPClient(httpClient),
+		config.WithLogger(sdkLogger(cfg.Log)),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = cfg.MaxAttempts
@@ -408,4 +414,19 @@ func (s *Storage) CreateBucket(ctx context.Context) error {
 		return s.classify("create bucket", s.cfg.Bucket, err)
 	}
 	return nil
+}
+
+// sdkLogger sends the SDK's messages into slog instead of its own
+// "SDK <time> WARN ..." lines on stderr.
+func sdkLogger(log *slog.Logger) logging.Logger {
+	if log == nil {
+		log = slog.Default()
+	}
+	return logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
+		level := slog.LevelDebug
+		if c == logging.Warn {
+			level = slog.LevelWarn
+		}
+		log.Log(context.Background(), level, "s3 client: "+fmt.Sprintf(format, v...))
+	})
 }

@@ -193,6 +193,8 @@ func (e *appEnv) load(c *cli.Context) error {
 	}
 	e.cfg = cfg
 	e.log = newLogger(e.stderr, cfg.LogFormat, cfg.LogLevel)
+	// Libraries that log on their own (the S3 client) use the default.
+	slog.SetDefault(e.log)
 	return nil
 }
 
