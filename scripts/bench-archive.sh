@@ -15,7 +15,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 S3PORT=$(free_port)
 cleanup() { [ -n "${S3PID:-}" ] && kill "$S3PID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-go build -o "$WORK/walship" ./cmd/walship
+CGO_ENABLED=0 go build -o "$WORK/walship" ./cmd/walship
 go build -o "$WORK/benchfill" ./internal/benchfill
 mkdir -p "$WORK/fs" "$WORK/s3/data" "$WORK/s3/meta"
 SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')

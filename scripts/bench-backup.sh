@@ -34,7 +34,7 @@ trap cleanup EXIT
 run() { "${AS[@]}" "$@"; }
 psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$PORT" -U postgres -d postgres -c "$1"; }
 
-go build -o "$WORK/walship" ./cmd/walship
+CGO_ENABLED=0 go build -o "$WORK/walship" ./cmd/walship
 run mkdir -p "$WORK/arch"
 run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
 cat >>"$WORK/pg/postgresql.auto.conf" <<CONF

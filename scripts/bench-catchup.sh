@@ -34,7 +34,7 @@ cleanup() {
 trap cleanup EXIT
 psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
 W="$WORK/walship"
-go build -o "$W" ./cmd/walship
+CGO_ENABLED=0 go build -o "$W" ./cmd/walship
 run mkdir -p "$WORK/arch" "$WORK/pgbr-repo" "$WORK/pgbr-spool" "$WORK/pgbr-lock"
 
 cat >"$WORK/pgbackrest.conf" <<CONF

@@ -34,7 +34,7 @@ cleanup() {
 trap cleanup EXIT
 psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
 W="$WORK/walship"
-go build -o "$W" ./cmd/walship
+CGO_ENABLED=0 go build -o "$W" ./cmd/walship
 
 mkdir -p "$WORK/s3/data/idle" "$WORK/s3/meta"
 SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')

@@ -33,7 +33,7 @@ trap cleanup EXIT
 run() { "${AS[@]}" "$@"; }
 psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$PORT" -U postgres -d postgres -c "$1"; }
 
-go build -o "$WORK/walship" ./cmd/walship
+CGO_ENABLED=0 go build -o "$WORK/walship" ./cmd/walship
 run mkdir -p "$WORK/samples/pgbench" "$WORK/samples/random" "$WORK/collect"
 
 # 1. Real WAL. archive_command copies each finished segment aside.

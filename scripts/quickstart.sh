@@ -40,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "building walship"
-go build -o "$WORK/walship" ./cmd/walship
+CGO_ENABLED=0 go build -o "$WORK/walship" ./cmd/walship
 W="$WORK/walship"
 "${AS[@]}" mkdir "$WORK/archive"
 psql_() { "${AS[@]}" "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
