@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/internal/testenv"
 )
@@ -45,10 +47,18 @@ func TestMain(m *testing.M) {
 type archiveTarget struct {
 	url string
 	env []string
+	// store is the archive seen directly, for what a test checks or
+	// breaks behind walship's back.
+	store backends.Storage
 }
 
 func fsTarget(t *testing.T, w *testenv.Workdir) archiveTarget {
-	return archiveTarget{url: "file://" + w.Mkdir(t, "archive")}
+	dir := w.Mkdir(t, "archive")
+	st, err := fs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archiveTarget{url: "file://" + dir, store: st}
 }
 
 func s3Target(t *testing.T) archiveTarget {
@@ -69,7 +79,11 @@ func s3Target(t *testing.T) archiveTarget {
 	if err := st.CreateBucket(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return archiveTarget{url: "s3://" + bucket + "/cluster-a", env: env}
+	prefixed, err := s3.New(context.Background(), s3.Config{Bucket: bucket, Prefix: "cluster-a", Endpoint: srv.Endpoint, PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archiveTarget{url: "s3://" + bucket + "/cluster-a", env: env, store: prefixed}
 }
 
 func TestArchiveAndReplayFilesystem(t *testing.T) {
