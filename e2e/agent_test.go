@@ -2,11 +2,11 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -95,28 +95,36 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // TestAgentFollower: an archive-only standby fed by walship agent under
 // continuous load; the agent is killed and restarted; a segment the
 // standby needs is deleted and the agent reports the rebuild.
-func TestAgentFollower(t *testing.T) {
+func TestAgentFollowerFilesystem(t *testing.T) {
 	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
-	archiveDir := strings.TrimPrefix(target.url, "file://")
+	agentFollower(t, w, fsTarget(t, w))
+}
+
+func TestAgentFollowerS3(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	agentFollower(t, w, s3Target(t))
+}
+
+func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget) {
+	env := target.env
 	primary, _ := archivingPrimary(t, w, target)
 	pgbench := filepath.Join(primary.Bin, "pgbench")
 	w.Run(t, nil, pgbench, append(primary.ConnArgs(), "-i", "-s", "2", "-q", "postgres")...)
-	id := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, nil), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
-	mustWalship(t, w, nil, "slot", "create", "--archive", target.url, "--ttl", "1h", "dr1")
+	id := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
+	mustWalship(t, w, env, "slot", "create", "--archive", target.url, "--ttl", "1h", "dr1")
 
 	spool := w.Mkdir(t, "spool")
 	sb := testenv.EmptyCluster(t, w, "follower")
-	mustWalship(t, w, nil, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby", "--archive-mode", "off",
+	mustWalship(t, w, env, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby", "--archive-mode", "off",
 		"--slot", "dr1", "--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "follower-ts1"))
-	sb.Env = []string{"WALSHIP_SPOOL=" + spool}
+	sb.Env = append([]string{"WALSHIP_SPOOL=" + spool}, env...)
 	sb.Configure(t, map[string]string{"wal_retrieve_retry_interval": "100ms"})
 
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	agentArgs := []string{"agent", "--archive", target.url, "--spool", spool, "--slot", "dr1",
 		"--standby", fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", w.Dir, sb.Port),
 		"--poll-min", "50ms", "--poll-max", "500ms", "--heartbeat", "500ms", "--ahead", "8", "--metrics-addr", metricsAddr, "--log-level", "debug"}
-	agent := startWalship(t, w, nil, agentArgs...)
+	agent := startWalship(t, w, env, agentArgs...)
 
 	// Continuous load with switches: segments keep arriving.
 	load := func(seconds int) float64 {
@@ -168,7 +176,7 @@ func TestAgentFollower(t *testing.T) {
 	}
 	replaySeg := replayLSN.SegNo(16 << 20)
 	waitFor(t, "the slot to follow replay", 30*time.Second, func() bool {
-		out, _, _ := runWalship(t, w, nil, "slot", "list", "--archive", target.url, "--json")
+		out, _, _ := runWalship(t, w, env, "slot", "list", "--archive", target.url, "--json")
 		var rows []struct{ Position, Replayed string }
 		if json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 || rows[0].Position == "" {
 			return false
@@ -188,7 +196,7 @@ func TestAgentFollower(t *testing.T) {
 
 	// Restart: it resumes and the spool feeds the standby again.
 	spoolBefore := strings.Count(sb.Log(), "fetched from spool")
-	agent = startWalship(t, w, nil, agentArgs...)
+	agent = startWalship(t, w, env, agentArgs...)
 	if lag := load(5); lag > 6 {
 		t.Errorf("a caught-up standby fell %.0f segments behind the archive head under load", lag)
 	}
@@ -212,12 +220,12 @@ func TestAgentFollower(t *testing.T) {
 	}
 	// A newer backup, taken after the segment that goes missing: the
 	// one the report must name.
-	id2 := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, nil), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
+	id2 := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
 	next := primary.SQL(t, "SELECT pg_walfile_name(pg_current_wal_lsn() - 4 * 16777216)")
-	if err := os.Remove(filepath.Join(archiveDir, "wal", next[:8], next)); err != nil {
+	if err := target.store.Delete(context.Background(), "wal/"+next[:8]+"/"+next); err != nil {
 		t.Fatal(err)
 	}
-	agent = startWalship(t, w, nil, agentArgs...)
+	agent = startWalship(t, w, env, agentArgs...)
 	waitFor(t, "the agent to report the gone segment", time.Minute, func() bool {
 		return strings.Contains(agent.log(), "is gone from the archive")
 	})
@@ -228,7 +236,7 @@ func TestAgentFollower(t *testing.T) {
 		m := metrics(t, metricsAddr)
 		return m != nil && m["segment_gone"] == 1
 	})
-	out, _, code := runWalship(t, w, nil, "status", "--archive", target.url)
+	out, _, code := runWalship(t, w, env, "status", "--archive", target.url)
 	if code != 8 || !strings.Contains(out, "gone from the archive") {
 		t.Errorf("status: exit %d\n%s", code, out)
 	}
