@@ -68,13 +68,7 @@ func TestAgentUnderFaults(t *testing.T) {
 	mem := memory.New()
 	store := &dropping{Storage: mem}
 	a := archive.New(store, slog.New(slog.DiscardHandler))
-	pushSegments(t, a, 2, 9)
-	if _, err := a.CreateSlot(ctx, "dr", time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: seg(3), Reset: true}); err != nil {
-		t.Fatal(err)
-	}
+	slotAt3(t, a)
 	key5 := archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 5})
 	mem.Corrupt(key5, 200)
 

@@ -28,6 +28,19 @@ func pushSegments(t *testing.T, a *archive.Archive, from, to uint64) {
 	}
 }
 
+// slotAt3 archives segments 2 to 9 and a slot "dr" that needs 3 onward.
+func slotAt3(t *testing.T, a *archive.Archive) {
+	t.Helper()
+	ctx := context.Background()
+	pushSegments(t, a, 2, 9)
+	if _, err := a.CreateSlot(ctx, "dr", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: seg(3), Reset: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func spoolNames(t *testing.T, dir string) map[string]bool {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -47,13 +60,7 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	defer cancel()
 	store := memory.New()
 	a := archive.New(store, slog.New(slog.DiscardHandler))
-	pushSegments(t, a, 2, 9)
-	if _, err := a.CreateSlot(ctx, "dr", time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: seg(3), Reset: true}); err != nil {
-		t.Fatal(err)
-	}
+	slotAt3(t, a)
 	spool := t.TempDir()
 	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 3, Parallel: 2,
 		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond, Heartbeat: 10 * time.Millisecond})

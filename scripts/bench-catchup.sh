@@ -11,6 +11,7 @@
 # pg_last_wal_replay_lsn() reaches the end; the order rotates each round.
 #
 #   scripts/bench-catchup.sh          # SEGMENTS=128 ROUNDS=2
+#   TOOLS="local mv spool walship" scripts/bench-catchup.sh   # diagnostics
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEGMENTS=${SEGMENTS:-128}
@@ -143,6 +144,22 @@ one() {
 		run cp "$WORK"/rawwal/* "$WORK/sb/pg_wal/"
 		timed_start local
 		;;
+	mv | spool)
+		# Diagnostics (TOOLS="local mv spool walship"): a spool filled and
+		# synced before the start, taken by a plain mv (the floor with
+		# prefetching) or by walship fetch --spool without a running agent
+		# (mv plus walship's process start).
+		prepare
+		run mkdir "$WORK/spool"
+		run cp "$WORK"/rawwal/* "$WORK/spool/"
+		sync
+		if [ "$1" = mv ]; then
+			echo "restore_command = 'mv $WORK/spool/%f %p'" >>"$WORK/sb/postgresql.auto.conf"
+		else
+			echo "restore_command = '$W fetch --archive $WORK/arch --spool $WORK/spool %f %p'" >>"$WORK/sb/postgresql.auto.conf"
+		fi
+		timed_start "$1"
+		;;
 	cp)
 		# The floor of any restore_command tool: a plain cp from local disk.
 		prepare
@@ -151,13 +168,13 @@ one() {
 		;;
 	esac
 }
+TOOLS=${TOOLS:-walship pgbackrest local cp}
+read -r -a TL <<<"$TOOLS"
 for r in $(seq "$ROUNDS"); do
 	echo "bench: round $r" >&2
-	case $((r % 3)) in
-	1) one walship; one pgbackrest; one local; one cp ;;
-	2) one local; one cp; one walship; one pgbackrest ;;
-	0) one pgbackrest; one cp; one local; one walship ;;
-	esac
+	# Rotate the order each round.
+	n=${#TL[@]}
+	for i in $(seq 0 $((n - 1))); do one "${TL[$(((i + r - 1) % n))]}"; done
 done
 echo "machine: $(nproc) cores; $(pgbackrest version); walship $(git rev-parse --short HEAD)"
 echo "WAL: $SEGMENTS segments (pgbench scale 20, 2 clients, plus quarter-table updates after checkpoints) from $START to $END; $ROUNDS rounds"
@@ -165,7 +182,7 @@ echo
 echo "| standby catches up through | median s | runs (s) | vs local replay |"
 echo "|---|---|---|---|"
 LOCAL=$(awk -F'\t' '$1=="local" {print $2}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
-for tool in local cp walship pgbackrest; do
+for tool in $TOOLS; do
 	med=$(awk -F'\t' -v t=$tool '$1==t {print $2}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
 	runs=$(awk -F'\t' -v t=$tool '$1==t {printf "%.1f ", $2/1000}' "$RES")
 	awk -v t=$tool -v m=$med -v l=$LOCAL -v r="$runs" 'BEGIN { printf "| %s | %.1f | %s| %.2fx |\n", t, m/1000, r, m/l }'
