@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	testenv.StopS3()
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/walship/walship/backends"
@@ -11,6 +12,12 @@ import (
 	"github.com/walship/walship/backends/storagetest"
 	"github.com/walship/walship/internal/testenv"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.StopS3()
+	os.Exit(code)
+}
 
 func newStore(t *testing.T, srv *testenv.S3, bucket, prefix string) *s3.Storage {
 	t.Helper()

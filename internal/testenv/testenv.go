@@ -75,6 +75,21 @@ type S3 struct {
 	AccessKey string
 	SecretKey string
 	Region    string
+
+	cmd  *exec.Cmd
+	root string
+}
+
+// StopS3 ends the versitygw server StartS3 started, if any, and removes
+// its data. Call it from TestMain after m.Run: the server is shared by
+// the tests of a package, so no single test can clean it up.
+func StopS3() {
+	if s3Srv == nil || s3Srv.cmd == nil {
+		return
+	}
+	_ = s3Srv.cmd.Process.Kill()
+	_ = s3Srv.cmd.Wait()
+	_ = os.RemoveAll(s3Srv.root)
 }
 
 var (
@@ -158,11 +173,13 @@ func startVersity() (*S3, error) {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
+			srv.cmd, srv.root = cmd, root
 			return srv, nil
 		}
 		select {
 		case <-ctx.Done():
 			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
 			return nil, fmt.Errorf("versitygw did not listen on %s within 30s (log in %s)", addr, logf.Name())
 		case <-time.After(20 * time.Millisecond):
 		}
