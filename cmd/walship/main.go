@@ -61,8 +61,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// shutdown from a failure by the signal that ended the command, so
 		// die by the same signal. A daemon (agent, schedule) stopped by a
 		// signal has done what it was asked: it exits with its status.
+		env.logger().Error("stopped by signal " + got.String())
 		signal.Reset(got)
 		_ = syscall.Kill(os.Getpid(), got.(syscall.Signal))
+		// Still here: the signal was ignored when walship started (a
+		// background job of a non-interactive shell). Exit as a shell
+		// reports a death by that signal.
+		return 128 + int(got.(syscall.Signal))
 	}
 	if err == nil {
 		return exitOK
