@@ -25,6 +25,10 @@ func flagsFirst(app *cli.App, args []string) []string {
 		}
 		if len(a) > 1 && strings.HasPrefix(a, "-") {
 			takes := takesValue(flags, a)
+			if takes && i+1 == len(args) {
+				// A flag missing its value: let the CLI say so.
+				return args
+			}
 			if len(positional) > 0 {
 				moved = append(moved, a)
 			} else {

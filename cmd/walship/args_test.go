@@ -21,6 +21,7 @@ func TestFlagsFirst(t *testing.T) {
 		{"walship slot advance dr -- -odd", "walship slot advance dr -- -odd"},
 		{"walship restore --pgdata /d --standby", "walship restore --pgdata /d --standby"},
 		{"walship", "walship"},
+		{"walship fetch A B --spool", "walship fetch A B --spool"},
 	}
 	for _, c := range cases {
 		got := strings.Join(flagsFirst(app, strings.Fields(c.in)), " ")
