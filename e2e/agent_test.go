@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -95,17 +96,20 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // TestAgentFollower: an archive-only standby fed by walship agent under
 // continuous load; the agent is killed and restarted; a segment the
 // standby needs is deleted and the agent reports the rebuild.
+// On the filesystem the standby's restore_command is walship fetch with
+// WALSHIP_SPOOL in its environment; on S3 it is what restore --spool writes
+// (mv from the spool, else walship fetch).
 func TestAgentFollowerFilesystem(t *testing.T) {
 	w := testenv.NewWorkdir(t)
-	agentFollower(t, w, fsTarget(t, w))
+	agentFollower(t, w, fsTarget(t, w), false)
 }
 
 func TestAgentFollowerS3(t *testing.T) {
 	w := testenv.NewWorkdir(t)
-	agentFollower(t, w, s3Target(t))
+	agentFollower(t, w, s3Target(t), true)
 }
 
-func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget) {
+func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget, restoreSpool bool) {
 	env := target.env
 	primary, _ := archivingPrimary(t, w, target)
 	pgbench := filepath.Join(primary.Bin, "pgbench")
@@ -115,9 +119,19 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 
 	spool := w.Mkdir(t, "spool")
 	sb := testenv.EmptyCluster(t, w, "follower")
-	mustWalship(t, w, env, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby", "--archive-mode", "off",
-		"--slot", "dr1", "--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "follower-ts1"))
-	sb.Env = append([]string{"WALSHIP_SPOOL=" + spool}, env...)
+	restoreArgs := []string{"restore", "--archive", target.url, "--pgdata", sb.Data, "--standby", "--archive-mode", "off",
+		"--slot", "dr1", "--tablespace-mapping", filepath.Join(w.Dir, "ts1") + "=" + filepath.Join(w.Dir, "follower-ts1")}
+	if restoreSpool {
+		mustWalship(t, w, env, append(restoreArgs, "--spool", spool)...)
+		conf, err := os.ReadFile(filepath.Join(sb.Data, "postgresql.auto.conf"))
+		if err != nil || !strings.Contains(string(conf), "restore_command = 'mv -f "+spool+"/%f %p 2>/dev/null || ") {
+			t.Fatalf("restore --spool wrote no mv-first restore_command (%v):\n%s", err, conf)
+		}
+		sb.Env = env
+	} else {
+		mustWalship(t, w, env, restoreArgs...)
+		sb.Env = append([]string{"WALSHIP_SPOOL=" + spool}, env...)
+	}
 	sb.Configure(t, map[string]string{"wal_retrieve_retry_interval": "100ms"})
 
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
@@ -162,13 +176,12 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	sb.Start(t)
 	load(4)
 	caughtUp("with the agent")
-	fromSpool := strings.Count(sb.Log(), "fetched from spool")
-	if fromSpool < 3 {
-		t.Fatalf("only %d segments came from the spool\n%s\n%s", fromSpool, sb.Log(), agent.log())
-	}
-	m := metrics(t, metricsAddr)
-	if m == nil || m["downloads_total"] < 3 || m["last_poll_timestamp_seconds"] == 0 {
-		t.Fatalf("metrics: %v", m)
+	waitFor(t, "metrics: at least 3 segments downloaded and taken from the spool", 30*time.Second, func() bool {
+		m := metrics(t, metricsAddr)
+		return m != nil && m["downloads_total"] >= 3 && m["taken_total"] >= 3 && m["last_poll_timestamp_seconds"] != 0
+	})
+	if fromSpool := strings.Count(sb.Log(), "fetched from spool"); !restoreSpool && fromSpool < 3 {
+		t.Fatalf("only %d segments came from the spool through walship fetch\n%s\n%s", fromSpool, sb.Log(), agent.log())
 	}
 	replayLSN, err := segment.ParseLSN(sb.SQL(t, "SELECT pg_last_wal_replay_lsn()"))
 	if err != nil {
@@ -195,15 +208,15 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	}
 
 	// Restart: it resumes and the spool feeds the standby again.
-	spoolBefore := strings.Count(sb.Log(), "fetched from spool")
 	agent = startWalship(t, w, env, agentArgs...)
 	if lag := load(5); lag > 6 {
 		t.Errorf("a caught-up standby fell %.0f segments behind the archive head under load", lag)
 	}
 	caughtUp("after the restart")
-	if n := strings.Count(sb.Log(), "fetched from spool") - spoolBefore; n < 1 {
-		t.Fatalf("no segment from the spool after the restart\n%s", agent.log())
-	}
+	waitFor(t, "a segment taken from the spool after the restart", 30*time.Second, func() bool {
+		m := metrics(t, metricsAddr)
+		return m != nil && m["taken_total"] >= 1
+	})
 	agent.stop(syscall.SIGTERM)
 	if !strings.Contains(agent.log(), "agent stopped") || agent.cmd.ProcessState.ExitCode() != 0 {
 		t.Errorf("agent did not stop cleanly on SIGTERM (exit %d):\n%s", agent.cmd.ProcessState.ExitCode(), agent.log())

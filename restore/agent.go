@@ -72,6 +72,7 @@ type AgentStats struct {
 	SpoolFiles    atomic.Int64
 	SpoolBytes    atomic.Int64
 	Downloads     atomic.Uint64
+	Taken         atomic.Uint64 // placed segments that left the spool (the standby took them)
 	Failures      atomic.Uint64
 	LastPoll      atomic.Int64 // unix nanoseconds
 	Gone          atomic.Bool  // a segment the standby needs is gone from the archive
@@ -331,6 +332,7 @@ func (g *Agent) tidySpool() {
 	for n := range g.placed {
 		if !here[n] {
 			delete(g.placed, n)
+			g.stats.Taken.Add(1)
 			if g.o.Position == nil && (!g.known || n > g.replay) {
 				g.replay, g.known = n, true // fetch took it: replay has reached it
 			}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Catch-up benchmark: a standby restored from a base backup, GB of WAL behind
 # (default 2 GB, 128 segments of pgbench WAL), catches up
-#   walship:    restore_command = walship fetch --spool, fed by walship agent
+#   walship:    the restore_command walship restore --spool writes (mv from
+#               the spool, else walship fetch), fed by walship agent
+#   walship-fetch: (optional) restore_command = walship fetch --spool
 #   pgbackrest: restore_command = pgbackrest archive-get, archive-async=y
 #   local:      the same segments copied into pg_wal first, no restore_command
 #   cp:         restore_command = 'cp <local copy of the segments>/%f %p',
@@ -101,9 +103,9 @@ done
 
 RES="$WORK/results.tsv"
 : >"$RES"
-prepare() { # fresh standby data directory from the backup
+prepare() { # fresh standby data directory from the backup; extra restore flags
 	run rm -rf "$WORK/sb" "$WORK/spool" "$WORK/pgbr-spool"/*
-	run "$W" restore --archive "$WORK/arch" --pgdata "$WORK/sb" --standby --archive-mode off --slot bench 2>/dev/null
+	run "$W" restore --archive "$WORK/arch" --pgdata "$WORK/sb" --standby --archive-mode off --slot bench "$@" 2>/dev/null
 	cat >>"$WORK/sb/postgresql.auto.conf" <<CONF
 port = $SPORT
 listen_addresses = '127.0.0.1'
@@ -124,13 +126,19 @@ timed_start() { # tool
 run "$W" slot create --archive "$WORK/arch" bench 2>/dev/null
 one() {
 	case $1 in
-	walship)
-		prepare
-		echo "restore_command = '$W fetch --archive $WORK/arch --spool $WORK/spool %f %p'" >>"$WORK/sb/postgresql.auto.conf"
+	walship | walship-fetch)
+		if [ "$1" = walship ]; then
+			# The restore_command walship restore --spool writes.
+			prepare --spool "$WORK/spool"
+		else
+			# Every segment through walship fetch --spool (no mv first).
+			prepare
+			echo "restore_command = '$W fetch --archive $WORK/arch --spool $WORK/spool %f %p'" >>"$WORK/sb/postgresql.auto.conf"
+		fi
 		run ${AGENT_PREFIX:-} "$W" agent --archive "$WORK/arch" --spool "$WORK/spool" --slot bench --ahead 16 --parallel 4 \
 			--standby "host=$WORK port=$SPORT user=postgres dbname=postgres" 2>"$WORK/agent.log" &
 		AGENT=$!
-		timed_start walship
+		timed_start "$1"
 		pkill -TERM -f "$W agent" || true; wait $AGENT 2>/dev/null || true; AGENT=
 		;;
 	pgbackrest)

@@ -129,6 +129,7 @@ func serveMetrics(addr string, s *restore.AgentStats) (func(), error) {
 	gauge("spool_files", "Segments waiting in the spool.", func() float64 { return float64(s.SpoolFiles.Load()) })
 	gauge("spool_bytes", "Bytes waiting in the spool.", func() float64 { return float64(s.SpoolBytes.Load()) })
 	counter("downloads_total", "Segments downloaded into the spool.", func() float64 { return float64(s.Downloads.Load()) })
+	counter("taken_total", "Segments the standby took from the spool.", func() float64 { return float64(s.Taken.Load()) })
 	counter("failures_total", "Failed downloads and archive reads.", func() float64 { return float64(s.Failures.Load()) })
 	gauge("last_poll_timestamp_seconds", "When the agent last polled the archive head.", func() float64 { return float64(s.LastPoll.Load()) / 1e9 })
 	gauge("segment_gone", "1 when a segment the standby needs is gone from the archive and it must be rebuilt.", func() float64 {
