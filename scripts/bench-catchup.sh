@@ -135,7 +135,7 @@ one() {
 			prepare
 			echo "restore_command = '$W fetch --archive $WORK/arch --spool $WORK/spool %f %p'" >>"$WORK/sb/postgresql.auto.conf"
 		fi
-		run ${AGENT_PREFIX:-} "$W" agent --archive "$WORK/arch" --spool "$WORK/spool" --slot bench --ahead 16 --parallel 4 \
+		run ${AGENT_PREFIX:-} "$W" agent --archive "$WORK/arch" --spool "$WORK/spool" --slot bench ${AGENT_FLAGS:---ahead 16 --parallel 4} \
 			--standby "host=$WORK port=$SPORT user=postgres dbname=postgres" 2>"$WORK/agent.log" &
 		AGENT=$!
 		timed_start "$1"
