@@ -49,7 +49,7 @@ type AgentOptions struct {
 	Spool string // directory the agent fills and fetch --spool empties
 	Slot  string // the follower's slot in the archive
 	// Position reports the standby's replay position (from a connection to
-	// it). Without it the agent infers replay from the files fetch takes
+	// it). Without it the agent infers replay from the files the standby takes
 	// out of the spool, and leaves the slot's position to `slot advance`.
 	Position  func(ctx context.Context) (Position, error)
 	Ahead     int           // segments kept ready beyond replay; default 16

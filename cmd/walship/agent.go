@@ -21,7 +21,7 @@ func agentCommand(env *appEnv) *cli.Command {
 		Description: "Polls the archive's head object for the timeline, downloads the segments the standby\n" +
 			"will need next, several at once and a bounded number ahead, verifies each and renames it\n" +
 			"into the spool, where walship fetch --spool takes it. Follows timeline switches, learns\n" +
-			"replay from --standby (or from the files fetch takes), removes what replay passed, and\n" +
+			"replay from --standby (or from the files the standby takes), removes what replay passed, and\n" +
 			"writes its slot's position and heartbeat into the archive.\n" +
 			"Exit statuses: 0 stopped by SIGTERM/SIGINT; 2 usage; 3 archive unreachable at start;\n" +
 			"5 spool not usable; 1 no such slot.",
