@@ -249,8 +249,12 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget, resto
 		m := metrics(t, metricsAddr)
 		return m != nil && m["segment_gone"] == 1
 	})
-	out, _, code := runWalship(t, w, env, "status", "--archive", target.url)
-	if code != 8 || !strings.Contains(out, "gone from the archive") {
-		t.Errorf("status: exit %d\n%s", code, out)
-	}
+	// The agent writes the slot before it sets the metric; a failed slot
+	// write is retried with the next heartbeat.
+	var out string
+	var code int
+	waitFor(t, "walship status to report the gone segment (exit 8)", 30*time.Second, func() bool {
+		out, _, code = runWalship(t, w, env, "status", "--archive", target.url)
+		return code == 8 && strings.Contains(out, "gone from the archive")
+	})
 }

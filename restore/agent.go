@@ -104,6 +104,7 @@ type Agent struct {
 	backoff   time.Duration
 	problem   string
 	goneSeg   uint64 // the segment reported gone
+	goneKnown bool   // a gone segment is reported (the Gone metric follows the slot write)
 	lastBeat  time.Time
 	lastPos   time.Time
 	lastState agentState
@@ -399,7 +400,7 @@ func (g *Agent) finished(ctx context.Context, r download) {
 		g.placed[r.n] = true
 		g.arrived[r.n] = r.res.Modified
 		g.stats.Downloads.Add(1)
-		if g.problem != "" && g.stats.Gone.Load() && r.n == g.goneSeg {
+		if g.problem != "" && g.goneKnown && r.n == g.goneSeg {
 			g.o.Log.Info("the missing segment is back in the archive", "segment", name)
 			g.setProblem(ctx, "")
 		}
@@ -421,10 +422,10 @@ func (g *Agent) finished(ctx context.Context, r download) {
 // gone reports a segment the archive will not produce: later segments were
 // pushed on the timeline, so it was deleted or never arrived.
 func (g *Agent) gone(ctx context.Context, n uint64) {
-	if g.stats.Gone.Load() {
+	if g.goneKnown {
 		return
 	}
-	g.stats.Gone.Store(true)
+	g.goneKnown = true
 	g.goneSeg = n
 	hint := "no backup in the archive can serve it either: take one (walship backup push), then rebuild the standby with walship restore --standby --backup <its id> --pgdata <empty directory> --slot " + g.o.Slot
 	if inv, err := LoadInventory(ctx, g.a); err == nil {
@@ -436,11 +437,14 @@ func (g *Agent) gone(ctx context.Context, n uint64) {
 		g.name(n), g.tli, g.name(g.head), hint)
 	g.o.Log.Error(msg)
 	g.setProblem(ctx, msg)
+	// The metric last, so that whoever sees it finds the slot saying why.
+	g.stats.Gone.Store(true)
 }
 
 func (g *Agent) setProblem(ctx context.Context, msg string) {
 	g.problem = msg
 	if msg == "" {
+		g.goneKnown = false
 		g.stats.Gone.Store(false)
 	}
 	g.beat(ctx, true)
