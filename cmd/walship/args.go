@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -102,4 +103,42 @@ func setGlobal(c *cli.Context, name string) (*cli.Context, bool) {
 		}
 	}
 	return nil, false
+}
+
+// ownRequired takes the check of required flags away from the CLI library,
+// which prints the whole help page to stdout before its error, and does it
+// in Before: one line on stderr, exit 2.
+func ownRequired(c *cli.Command) {
+	var names []string
+	for _, f := range c.Flags {
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			if f.Required {
+				f.Required, names = false, append(names, f.Name)
+			}
+		case *cli.IntFlag:
+			if f.Required {
+				f.Required, names = false, append(names, f.Name)
+			}
+		case *cli.DurationFlag:
+			if f.Required {
+				f.Required, names = false, append(names, f.Name)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	before := c.Before
+	c.Before = func(cc *cli.Context) error {
+		for _, n := range names {
+			if !cc.IsSet(n) {
+				return &exitError{code: exitUsage, err: fmt.Errorf("%s: required flag --%s not set", c.Name, n)}
+			}
+		}
+		if before != nil {
+			return before(cc)
+		}
+		return nil
+	}
 }

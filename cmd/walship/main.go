@@ -135,6 +135,7 @@ func newApp(env *appEnv) *cli.App {
 	quiet = func(cmds []*cli.Command) {
 		for _, c := range cmds {
 			c.OnUsageError = usageError
+			ownRequired(c)
 			quiet(c.Subcommands)
 		}
 	}
