@@ -12,11 +12,12 @@ import (
 )
 
 // TestPGVersions runs the key scenarios on every PostgreSQL major of
-// testenv.PGVersions (WALSHIP_TEST_PG_VERSIONS) but 15, where the tests
-// above already run them: archiving under load with an archive-only
+// testenv.PGVersions (WALSHIP_TEST_PG_VERSIONS) but 15, where
+// TestArchiveAndReplay* and TestBackupAndPITR* run them: archiving under load with an archive-only
 // standby replaying through walship fetch, and a base backup with
 // point-in-time restores to each kind of target, rows checked. The
-// filesystem archive is enough here; S3 is tested on 15.
+// filesystem archive is enough here; S3 is tested on 15 and, for archive
+// and replay, on the newest major.
 func TestPGVersions(t *testing.T) {
 	for _, major := range testenv.PGVersions(t) {
 		if major == testenv.DefaultPGMajor {
@@ -32,6 +33,14 @@ func TestPGVersions(t *testing.T) {
 				w := testenv.NewWorkdir(t)
 				w.Major = major
 				backupAndPITR(t, w, fsTarget(t, w))
+			})
+			if major != testenv.PGMajors[len(testenv.PGMajors)-1] {
+				return
+			}
+			t.Run("ArchiveAndReplayS3", func(t *testing.T) {
+				w := testenv.NewWorkdir(t)
+				w.Major = major
+				archiveAndReplay(t, w, s3Target(t))
 			})
 		})
 	}
