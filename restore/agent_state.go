@@ -240,7 +240,7 @@ func (g *Agent) checkSpoolFile(name string, header bool) bool {
 	case err != nil:
 		why = err.Error()
 	case !fi.Mode().IsRegular():
-		why = "not a regular file (" + fi.Mode().Type().String() + ")"
+		why = notRegular(fi.Mode())
 	case uint64(fi.Size()) != g.segSize:
 		why = fmt.Sprintf("%d bytes, segments are %d", fi.Size(), g.segSize)
 	case !ownedByMe(fi):
@@ -293,7 +293,7 @@ func checkOpenSpoolFile(f *os.File, name string, segSize, sysID uint64) (fs.File
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+		return nil, errors.New(notRegular(fi.Mode()))
 	}
 	if uint64(fi.Size()) != segSize {
 		return nil, fmt.Errorf("%d bytes, segments are %d", fi.Size(), segSize)
@@ -307,4 +307,22 @@ func checkOpenSpoolFile(f *os.File, name string, segSize, sysID uint64) (fs.File
 		err = segment.CheckHeader(h, file, fi.Size(), sysID)
 	}
 	return fi, err
+}
+
+// notRegular says what a file that is not a regular file is.
+func notRegular(m fs.FileMode) string {
+	kind := "special file"
+	switch {
+	case m.IsDir():
+		kind = "directory"
+	case m&fs.ModeSymlink != 0:
+		kind = "symbolic link"
+	case m&fs.ModeNamedPipe != 0:
+		kind = "FIFO"
+	case m&fs.ModeSocket != 0:
+		kind = "socket"
+	case m&fs.ModeDevice != 0:
+		kind = "device"
+	}
+	return "a " + kind + ", not a regular file"
 }

@@ -31,8 +31,12 @@ func TakeFromSpool(spool, name, dest string) (bool, error) {
 		return false, nil // the agent places only segments
 	}
 	src := filepath.Join(spool, name)
-	if _, err := os.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+	lfi, err := os.Lstat(src)
+	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
+	}
+	if err == nil && !lfi.Mode().IsRegular() {
+		return false, fmt.Errorf("spool file %s not taken: %s", src, notRegular(lfi.Mode()))
 	}
 	st, err := readState(spool)
 	if err == nil && (st.SegmentSize == 0 || st.SystemID == 0) {
