@@ -47,7 +47,7 @@ func TakeFromSpool(spool, name, dest string) (bool, error) {
 	}
 	in, err := openSpoolFile(src)
 	if err != nil {
-		return false, fmt.Errorf("spool: %w", err)
+		return false, fmt.Errorf("spool file %s not taken: %w", src, err)
 	}
 	defer in.Close()
 	fi, err := checkOpenSpoolFile(in, name, st.SegmentSize, st.SystemID)

@@ -83,6 +83,13 @@ func agentCommand(env *appEnv) *cli.Command {
 				// files are ones the standby cannot open.
 				return usageErr("walship agent must not run as root: run it as the user the standby runs as, who owns the spool")
 			}
+			if err := restore.CheckSpool(cfg.Spool); err != nil {
+				code := exitLocal
+				if errors.Is(err, restore.ErrSpoolOwner) {
+					code = exitUsage
+				}
+				return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
+			}
 			log := env.logger()
 			o := restore.AgentOptions{
 				Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
