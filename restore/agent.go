@@ -97,11 +97,11 @@ type Agent struct {
 	known   bool // replay is known (from Position or from a taken file)
 
 	inflight  map[uint64]bool
-	probe     bool      // no head object: try the next segment once
+	probe     bool          // no head object: try the next segment once
 	polled    time.Time     // last successful poll
 	pollEvery time.Duration // the wait after it, until the next poll
-	noHistory uint32    // the history file of this timeline was absent at the last poll
-	retryAt   time.Time // after a failed download, not before
+	noHistory uint32        // the history file of this timeline was absent at the last poll
+	retryAt   time.Time     // after a failed download, not before
 	backoff   time.Duration
 	problem   string
 	goneSeg   uint64 // the segment reported gone
@@ -173,7 +173,7 @@ func (g *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	for _, f := range files {
-		g.checkSpoolFile(f.name.String(g.segSize), true)
+		g.checkSpoolFile(f.name.String(g.segSize))
 	}
 	if err := g.start(ctx); err != nil {
 		return err
@@ -380,7 +380,7 @@ func (g *Agent) dispatch(ctx context.Context, wg *sync.WaitGroup, results chan<-
 			continue
 		}
 		name := g.name(n)
-		if g.checkSpoolFile(name, false) {
+		if g.checkSpoolFile(name) {
 			g.placed[n] = true
 			continue
 		}

@@ -223,13 +223,13 @@ func (g *Agent) saveState(publish bool) {
 	}
 }
 
-// checkSpoolFile looks at what the spool holds under a segment's name: a
-// regular file of the segment size owned by the agent's user, and with
-// header true, a page header that agrees with the name and the archive's
-// cluster. Anything else is removed, so that no restore_command, not even a
-// plain mv, can hand it to PostgreSQL. It reports whether a good file is
-// there.
-func (g *Agent) checkSpoolFile(name string, header bool) bool {
+// checkSpoolFile looks at what the spool holds under a segment's name
+// before the agent counts it as placed (at start, and when it reaches that
+// segment): a regular file of the segment size owned by the agent's user,
+// with a page header that agrees with the name and the archive's cluster.
+// Anything else is removed, so that no restore_command, not even a plain
+// mv, can hand it to PostgreSQL. It reports whether a good file is there.
+func (g *Agent) checkSpoolFile(name string) bool {
 	p := filepath.Join(g.o.Spool, name)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -245,7 +245,7 @@ func (g *Agent) checkSpoolFile(name string, header bool) bool {
 		why = fmt.Sprintf("%d bytes, segments are %d", fi.Size(), g.segSize)
 	case !ownedByMe(fi):
 		why = "owned by another user"
-	case header:
+	default:
 		if err := verifySpoolFile(p, name, g.segSize, g.sysID); err != nil {
 			why = err.Error()
 		}

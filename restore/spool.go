@@ -1,7 +1,7 @@
 package restore
 
 import (
-		"errors"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
