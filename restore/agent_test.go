@@ -111,13 +111,15 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	})
 
 	// A segment the standby needs vanishes while later ones exist: gone.
+	// (Deleted before the takes: with 4 to 6 in the spool, the agent
+	// downloads nothing more until they are taken.)
+	if err := store.Delete(ctx, archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Log: 0, Seg: 8})); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []uint64{4, 5, 6} {
 		if took, _ := restore.TakeFromSpool(spool, seg(n), dest); !took {
 			t.Fatalf("take %s", seg(n))
 		}
-	}
-	if err := store.Delete(ctx, archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Log: 0, Seg: 8})); err != nil {
-		t.Fatal(err)
 	}
 	testenv.WaitFor(t, "the agent to report segment 8 gone", 10*time.Second, func() bool { return ag.Stats().Gone.Load() })
 	testenv.WaitFor(t, "the slot to carry the problem", 10*time.Second, func() bool {
@@ -145,9 +147,12 @@ func TestKnownAbsent(t *testing.T) {
 		t.Fatal(err)
 	}
 	spool := t.TempDir()
+	// Polls at least 100ms apart: each is trusted for two intervals.
 	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 8,
-		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
-	go func() { _ = ag.Run(ctx) }()
+		PollMin: 100 * time.Millisecond, PollMax: 400 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	defer func() { cancel(); <-done }() // before the spool is removed
 	now := time.Now()
 	testenv.WaitFor(t, "the agent to be caught up", 10*time.Second, func() bool {
 		return restore.KnownAbsent(spool, seg(5), time.Now())
@@ -252,8 +257,10 @@ func TestAgentPollDiesWithAgent(t *testing.T) {
 	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
 	slotAt3(t, a)
 	spool := t.TempDir()
+	// Polls at least 500ms apart: each is trusted for two intervals, ample
+	// for what follows.
 	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 16,
-		PollMin: 5 * time.Millisecond, PollMax: time.Minute})
+		PollMin: 500 * time.Millisecond, PollMax: time.Minute})
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
 	testenv.WaitFor(t, "the agent to be caught up", 10*time.Second, func() bool {
@@ -277,7 +284,7 @@ func TestAgentPollDiesWithAgent(t *testing.T) {
 	}
 	release := holdLock(t, dead)
 	if !restore.KnownAbsent(dead, seg(10), time.Now()) {
-		t.Fatal("a fresh poll of a live agent was not trusted")
+		t.Fatalf("a fresh poll of a live agent was not trusted at %s: %s", time.Now(), b)
 	}
 	release()
 
