@@ -160,21 +160,10 @@ func (g *Agent) Run(ctx context.Context) error {
 	if _, err := g.a.GetSlot(ctx, g.o.Slot); err != nil {
 		return err
 	}
-	if err := CheckSpool(g.o.Spool); err != nil {
-		return err
-	}
-	if g.lock, err = lockSpool(ctx, g.o.Spool); err != nil {
+	if err := g.openSpool(ctx); err != nil {
 		return err
 	}
 	defer func() { g.lock.Close() }()
-	withdrawStale(g.o.Spool)
-	files, err := scanSpool(g.o.Spool, g.segSize, true)
-	if err != nil {
-		return err
-	}
-	for _, f := range files {
-		g.checkSpoolFile(f.name.String(g.segSize))
-	}
 	if err := g.start(ctx); err != nil {
 		return err
 	}

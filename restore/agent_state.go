@@ -166,6 +166,28 @@ func agentAlive(spool string) bool {
 	return errors.Is(err, syscall.EWOULDBLOCK)
 }
 
+// openSpool checks the spool is the agent's own, locks it, withdraws a dead
+// agent's poll and removes what is not a verified segment.
+func (g *Agent) openSpool(ctx context.Context) error {
+	if err := CheckSpool(g.o.Spool); err != nil {
+		return err
+	}
+	var err error
+	if g.lock, err = lockSpool(ctx, g.o.Spool); err != nil {
+		return err
+	}
+	withdrawStale(g.o.Spool)
+	files, err := scanSpool(g.o.Spool, g.segSize, true)
+	if err != nil {
+		g.lock.Close()
+		return err
+	}
+	for _, f := range files {
+		g.checkSpoolFile(f.name.String(g.segSize))
+	}
+	return nil
+}
+
 // withdrawStale removes the poll published by an agent that died (kill -9
 // leaves it): it is not this agent's, which publishes its own once it has
 // polled. The rest of the state, where to resume, stays.

@@ -73,22 +73,8 @@ func agentCommand(env *appEnv) *cli.Command {
 			if cfg.Spool == "" || ac.Slot == "" {
 				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
 			}
-			for _, part := range strings.Split(filepath.Clean(cfg.Spool), string(filepath.Separator)) {
-				if part == "pg_wal" || part == "pg_xlog" {
-					return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", cfg.Spool)
-				}
-			}
-			if os.Geteuid() == 0 {
-				// PostgreSQL never runs as root, so a root agent's 0600
-				// files are ones the standby cannot open.
-				return usageErr("walship agent must not run as root: run it as the user the standby runs as, who owns the spool")
-			}
-			if err := restore.CheckSpool(cfg.Spool); err != nil {
-				code := exitLocal
-				if errors.Is(err, restore.ErrSpoolOwner) {
-					code = exitUsage
-				}
-				return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
+			if err := checkAgentSpool(cfg.Spool); err != nil {
+				return err
 			}
 			log := env.logger()
 			o := restore.AgentOptions{
@@ -129,6 +115,29 @@ func agentCommand(env *appEnv) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// checkAgentSpool refuses a spool PostgreSQL would misread or could not
+// use: inside pg_wal, written by root, not the agent's user's own.
+func checkAgentSpool(spool string) error {
+	for _, part := range strings.Split(filepath.Clean(spool), string(filepath.Separator)) {
+		if part == "pg_wal" || part == "pg_xlog" {
+			return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", spool)
+		}
+	}
+	if os.Geteuid() == 0 {
+		// PostgreSQL never runs as root, so a root agent's 0600 files
+		// are ones the standby cannot open.
+		return usageErr("walship agent must not run as root: run it as the user the standby runs as, who owns the spool")
+	}
+	if err := restore.CheckSpool(spool); err != nil {
+		code := exitLocal
+		if errors.Is(err, restore.ErrSpoolOwner) {
+			code = exitUsage
+		}
+		return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
+	}
+	return nil
 }
 
 // serveMetrics exposes the agent's numbers for Prometheus.
