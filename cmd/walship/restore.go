@@ -231,11 +231,16 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 	}
 	line := strings.Join(args, " ") + " %f %p"
 	if spool != "" {
-		// The agent verified every file it placed in the spool (SHA-256,
-		// page header, cluster) and placed it by rename, so taking one is
-		// a rename too: mv does it without starting walship, which costs
-		// about 11 ms a segment (docs/BENCHMARKS.md). When the file is not
-		// there, walship fetch answers as usual.
+		// Taking a file from the spool is a rename: mv does it without
+		// starting walship, which costs about 11 ms a segment
+		// (docs/BENCHMARKS.md). mv checks nothing, and need not: the agent
+		// runs only as the spool's owner, never as root, on a spool nobody
+		// else may write into, so mv can succeed only for that user, whose
+		// files they are (PostgreSQL never runs as root); and a file is
+		// under a segment's name only once the agent verified it (SHA-256,
+		// page header, cluster); anything else it finds there it removes.
+		// When the file is not there, walship fetch answers as usual and
+		// checks any spool file it takes (docs/RELIABILITY.md).
 		line = "mv -f " + shellQuote(spool) + "/%f %p 2>/dev/null || " + line
 	}
 	return line, nil
