@@ -84,7 +84,9 @@ func Drill(ctx context.Context, a *archive.Archive, o DrillOptions) (DrillResult
 		return res, fmt.Errorf("%w: pick a port for the drill: %w", archive.ErrLocal, err)
 	}
 	// The scratch server's own settings go into walship's block with the
-	// recovery settings, after them, so they override the backup's.
+	// recovery settings, after them, so they override the backup's. It
+	// listens on no TCP address: the port only names its socket in the
+	// scratch directory, so picking it before a long restore is safe.
 	settings := []Setting{{"port", strconv.Itoa(port)}, {"listen_addresses", ""},
 		{"unix_socket_directories", o.Scratch}, {"hot_standby", "on"}}
 	err = Restore(ctx, a, plan, Options{PGData: dir, Target: target, RestoreCommand: o.RestoreCommand,

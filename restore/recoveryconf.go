@@ -1,8 +1,6 @@
 package restore
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -160,30 +158,34 @@ func settingName(line string) string {
 // new file and the owned settings it removed outside walship's blocks.
 // Applying it twice gives the same file as applying it once.
 func rewriteAutoConf(conf []byte, block string) ([]byte, []string) {
-	var out bytes.Buffer
+	var out strings.Builder
 	var removed []string
-	inBlock, inLegacy := false, false
-	sc := bufio.NewScanner(bytes.NewReader(conf))
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	lines := strings.Split(strings.TrimSuffix(string(conf), "\n"), "\n")
+	if len(conf) == 0 {
+		lines = nil
+	}
+	for i := 0; i < len(lines); i++ {
+		line := lines[i]
 		trimmed := strings.TrimSpace(line)
-		name := settingName(line)
 		switch {
-		case inBlock:
-			inBlock = trimmed != blockEnd
-			continue
 		case strings.HasPrefix(trimmed, blockBegin):
-			inBlock = hasBlockEnd(conf)
+			// Skip to the end marker. A block whose end marker was cut
+			// off is not taken to run to the end of the file: only its
+			// marker and owned settings go, so that nothing added after
+			// it is lost.
+			if end := blockEndAfter(lines, i); end > 0 {
+				i = end
+			}
 			continue
 		case strings.HasPrefix(trimmed, legacyBlock):
-			inLegacy = true
-			continue
-		case inLegacy && (name == "archive_mode" || slices.Contains(ownedSettings, name)):
+			// Older walship versions wrote an unmarked block: this
+			// comment, then restore_command, archive_mode and targets.
+			for i+1 < len(lines) && (settingName(lines[i+1]) == "archive_mode" || slices.Contains(ownedSettings, settingName(lines[i+1]))) {
+				i++
+			}
 			continue
 		}
-		inLegacy = false
-		if slices.Contains(ownedSettings, name) {
+		if name := settingName(line); slices.Contains(ownedSettings, name) {
 			if !slices.Contains(removed, name) {
 				removed = append(removed, name)
 			}
@@ -191,23 +193,26 @@ func rewriteAutoConf(conf []byte, block string) ([]byte, []string) {
 		}
 		out.WriteString(line + "\n")
 	}
-	trimmed := bytes.TrimRight(out.Bytes(), "\n")
-	if len(trimmed) > 0 {
-		trimmed = append(trimmed, '\n')
+	kept := strings.TrimRight(out.String(), "\n")
+	if kept != "" {
+		kept += "\n"
 	}
-	return append(trimmed, block...), removed
+	return []byte(kept + block), removed
 }
 
-// hasBlockEnd says whether conf holds an end marker. A block whose end
-// marker was cut off is not taken to run to the end of the file: only its
-// owned settings go, so that no setting added after it is lost.
-func hasBlockEnd(conf []byte) bool {
-	for l := range strings.SplitSeq(string(conf), "\n") {
-		if strings.TrimSpace(l) == blockEnd {
-			return true
+// blockEndAfter is the index of the end marker closing the block that
+// begins at lines[begin], or -1: another begin marker or the end of the
+// file first.
+func blockEndAfter(lines []string, begin int) int {
+	for i := begin + 1; i < len(lines); i++ {
+		switch t := strings.TrimSpace(lines[i]); {
+		case t == blockEnd:
+			return i
+		case strings.HasPrefix(t, blockBegin):
+			return -1
 		}
 	}
-	return false
+	return -1
 }
 
 // strayRecoverySettings lists the owned settings postgresql.conf in the

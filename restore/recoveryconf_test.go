@@ -61,6 +61,14 @@ func TestRewriteAutoConf(t *testing.T) {
 			removed: []string{"restore_command"},
 		},
 		{
+			name: "a whole block, then one cut off",
+			in: recoveryBlock("20240101T000000Z", []Setting{{"restore_command", "a"}}) + "work_mem = '2MB'\n" +
+				blockBegin + " (backup 20250101T000000Z): x\nrecovery_target_name = 'n'\nshared_buffers = '1GB'\n",
+			keep:    []string{"work_mem = '2MB'", "shared_buffers = '1GB'"},
+			gone:    []string{"20240101T000000Z", "20250101T000000Z", "'n'"},
+			removed: []string{"recovery_target_name"},
+		},
+		{
 			name: "no final newline",
 			in:   "work_mem = '1MB'",
 			keep: []string{"work_mem = '1MB'"},
