@@ -50,11 +50,13 @@ type Options struct {
 	Log      *slog.Logger
 }
 
-// ErrDamaged: the backup in the archive is damaged or is not a PostgreSQL
-// base backup walship wrote (a manifest without a base.tar, a chunk that is
-// not tar, a link, device or FIFO entry, a path outside the directory).
-// Fetching it again will not help: status 4, like a failed checksum.
-var ErrDamaged = errors.New("backup damaged")
+// ErrDamaged: what restore read from the archive is intact as stored but
+// not what it must be: a backup that is not a PostgreSQL base backup
+// walship wrote (a manifest without a base.tar, a chunk that is not tar, a
+// link, device or FIFO entry, a path outside the directory), or a history
+// file that does not parse. Fetching it again will not help: status 4,
+// like a failed checksum.
+var ErrDamaged = errors.New("damaged in the archive")
 
 // CheckTarget refuses a directory that exists and is not empty. It runs
 // before anything is downloaded.

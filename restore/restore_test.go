@@ -291,3 +291,27 @@ func TestRestoreRefusesRelativeDataDir(t *testing.T) {
 		}
 	}
 }
+
+// A history file that is sealed intact but garbled inside is damage.
+func TestGarbledHistoryIsDamage(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	a := archive.New(store, slog.New(slog.DiscardHandler))
+	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: 42, PGVersion: "15", SegmentSize: 16 << 20, BlockSize: 8192}); err != nil {
+		t.Fatal(err)
+	}
+	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := sl.Seal([]byte("this is not\ta history file\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.PutIfAbsent(ctx, "history/00000002.history", s.Reader(), s.Size()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadInventory(ctx, a); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("want ErrDamaged, got %v", err)
+	}
+}
