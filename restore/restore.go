@@ -55,8 +55,9 @@ type Options struct {
 // walship wrote (a manifest without a base.tar, a chunk that is not tar, a
 // link, device or FIFO entry, a path outside the directory), or a history
 // file that does not parse. Fetching it again will not help: status 4,
-// like a failed checksum.
-var ErrDamaged = errors.New("damaged in the archive")
+// like a failed checksum. It is archive.ErrDamaged, the one sentinel for
+// damaged archive content, under the name restore's callers know.
+var ErrDamaged = archive.ErrDamaged
 
 // CheckTarget refuses a directory that exists and is not empty. It runs
 // before anything is downloaded.

@@ -82,8 +82,6 @@ func exitCode(o op, err error) int {
 		return exitAbsent
 	case errors.Is(err, archive.ErrBadSlot), errors.Is(err, archive.ErrSlotExists):
 		return exitUsage
-	case errors.Is(err, restore.ErrDamaged):
-		return exitIntegrity
 	case errors.Is(err, archive.ErrLocal):
 		return exitLocal
 	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster), errors.Is(err, archive.ErrDamaged),
