@@ -138,7 +138,9 @@ func put(t *testing.T, s backends.Storage, key, v string) {
 }
 
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) backends.Storage { return New(memory.New(), Options{Seed: 1, MinDelay: time.Millisecond}) }, storagetest.Options{})
+	storagetest.Run(t, func(t *testing.T) backends.Storage {
+		return New(memory.New(), Options{Seed: 1, MinDelay: time.Millisecond})
+	}, storagetest.Options{})
 }
 
 func TestRetriesTransientThenSucceeds(t *testing.T) {
