@@ -11,13 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -104,16 +104,11 @@ func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 	if id := a.id.Load(); id != nil {
 		return *id, nil
 	}
-	rc, _, err := a.store.Get(ctx, IdentityKey)
+	b, _, err := retry.ReadAll(ctx, a.store, IdentityKey, 1<<16)
 	if err != nil {
 		if errors.Is(err, backends.ErrNotFound) {
 			return Identity{}, fmt.Errorf("%s: %w (no %s)", a.store, ErrNoIdentity, IdentityKey)
 		}
-		return Identity{}, fmt.Errorf("read archive identity: %w", err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 1<<16))
-	if err != nil {
 		return Identity{}, fmt.Errorf("read archive identity: %w", err)
 	}
 	var id Identity

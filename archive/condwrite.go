@@ -111,15 +111,10 @@ func (a *Archive) conditionalWrites(ctx context.Context) (bool, error) {
 
 // readCondRecord reads CondWritesKey; known is false if there is none.
 func (a *Archive) readCondRecord(ctx context.Context) (enforced, known bool, err error) {
-	rc, _, err := a.raw().Get(ctx, CondWritesKey)
+	b, _, err := retry.ReadAll(ctx, a.raw(), CondWritesKey, 1<<16)
 	if errors.Is(err, backends.ErrNotFound) {
 		return false, false, nil
 	}
-	if err != nil {
-		return false, false, fmt.Errorf("read %s: %w", CondWritesKey, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 1<<16))
 	if err != nil {
 		return false, false, fmt.Errorf("read %s: %w", CondWritesKey, err)
 	}

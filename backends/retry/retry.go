@@ -385,3 +385,22 @@ func policyOf(s backends.Storage) *Storage {
 	}
 	return defaultPolicy()
 }
+
+// ReadAll reads the whole of a small object, at most limit bytes, retrying
+// the Get together with the reading of its body under the policy of s (see
+// Do): a body that stalls or breaks mid-way is read again.
+func ReadAll(ctx context.Context, s backends.Storage, key string, limit int64) ([]byte, backends.ObjectInfo, error) {
+	var b []byte
+	var info backends.ObjectInfo
+	_, err := Do(ctx, s, 0, nil, func(ctx context.Context) error {
+		rc, i, err := s.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		b, err = io.ReadAll(io.LimitReader(rc, limit))
+		info = i
+		return err
+	})
+	return b, info, err
+}

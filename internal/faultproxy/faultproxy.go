@@ -82,6 +82,7 @@ func (k Kind) String() string {
 type Rule struct {
 	Method      string // "GET", "PUT", "HEAD", "POST", "DELETE"; "" any
 	Key         string // a substring of the path ("/bucket/key"); "" any
+	Query       string // a substring of the raw query ("list-type" for listings); "" any
 	Every       int
 	Probability float64
 	Times       int
@@ -217,7 +218,8 @@ func (p *Proxy) decide(r *http.Request) *Rule {
 	defer p.mu.Unlock()
 	var chosen *Rule
 	for _, rule := range p.rules {
-		if rule.Method != "" && rule.Method != r.Method || !strings.Contains(r.URL.Path, rule.Key) {
+		if rule.Method != "" && rule.Method != r.Method || !strings.Contains(r.URL.Path, rule.Key) ||
+			!strings.Contains(r.URL.RawQuery, rule.Query) {
 			continue
 		}
 		if rule.Fault == StripIfNoneMatch && (r.Header.Get("If-None-Match") == "" || (r.Method != http.MethodPut && r.Method != http.MethodPost)) {
