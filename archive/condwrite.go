@@ -14,6 +14,7 @@ import (
 
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
+	"github.com/walship/walship/segment"
 )
 
 // Conditional writes. PutIfAbsent relies on the store refusing a write to
@@ -225,4 +226,46 @@ func hashReader(body io.ReadSeeker, size int64) ([sha256.Size]byte, error) {
 	}
 	copy(sum[:], h.Sum(nil))
 	return sum, nil
+}
+
+// readArchivedHeader reads the sealed header of an archived object, retried
+// under the storage's policy. A transfer that fails is an error (err); a
+// header that reads whole but is damaged is unreadable, and only once it
+// was so on every try, so that a byte flipped in transit does not pass for
+// a different file.
+func (a *Archive) readArchivedHeader(ctx context.Context, key string) (have segment.SealedHeader, unreadable, err error) {
+	_, err = retry.Do(ctx, a.store, 0, nil, func(ctx context.Context) error {
+		unreadable = nil
+		rc, _, err := a.store.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		tr := &transferReader{r: rc}
+		have, err = segment.ReadSealedHeader(tr)
+		switch {
+		case tr.err != nil:
+			return tr.err
+		case err != nil:
+			unreadable = err
+			return err
+		}
+		return nil
+	})
+	return have, unreadable, err
+}
+
+// transferReader keeps the first failure of the reader underneath, which
+// is the transfer's (a short object ends with io.EOF, not an error).
+type transferReader struct {
+	r   io.Reader
+	err error
+}
+
+func (t *transferReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF && t.err == nil {
+		t.err = err
+	}
+	return n, err
 }

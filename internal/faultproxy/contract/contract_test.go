@@ -186,6 +186,9 @@ var pushFaults = []faultproxy.Rule{
 	{Method: "GET", Probability: 0.05, Fault: faultproxy.Truncate, After: 10},
 	{Method: "GET", Probability: 0.03, Fault: faultproxy.Stall, After: 10},
 	{Method: "GET", Probability: 0.03, Fault: faultproxy.HTML404},
+	// A re-push compares with the archived object's sealed header, whose
+	// CRC catches a byte flipped in transit.
+	{Method: "GET", Key: "/wal/", Probability: 0.1, Fault: faultproxy.Corrupt, After: 20},
 	{Method: "HEAD", Probability: 0.05, Fault: faultproxy.SlowDown},
 }
 
@@ -203,7 +206,7 @@ func TestContractPushUnderFaults(t *testing.T) {
 		b, path := r.write(t, name, nil)
 		local[name] = b
 		pushes := []string{path}
-		if i%5 == 0 {
+		if i%3 == 0 {
 			// A re-push of an archived segment, as after a crash.
 			pushes = append(pushes, filepath.Join(r.dir, segName(i-2)))
 		}
