@@ -197,10 +197,10 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "s3-storage-class", Usage: "S3 storage class for new objects" + env(config.EnvS3StorageClass)},
 		&cli.StringFlag{Name: "s3-sse", Usage: "server-side encryption: AES256 or aws:kms" + env(config.EnvS3SSE)},
 		&cli.StringFlag{Name: "s3-sse-kms-key-id", Usage: "KMS key for aws:kms" + env(config.EnvS3SSEKMSKeyID)},
-		&cli.DurationFlag{Name: "timeout", Usage: "give up on the whole command after this long; 0 for never " +
-			"(default 5m for push, fetch, status, slot and backup list|show|delete; none for the others; agent and schedule never)" + env(config.EnvTimeout)},
-		&cli.DurationFlag{Name: "stall-timeout", Usage: "retry a storage request that gets no answer, or no byte of its body, " +
-			"for this long (default 30s)" + env(config.EnvStallTimeout)},
+		&cli.DurationFlag{Name: "timeout", Usage: "give up on the whole command after this long; 0 for never" + env(config.EnvTimeout),
+			DefaultText: "5m for push, fetch, status, slot and backup list|show|delete; none for the others; agent and schedule never"},
+		&cli.DurationFlag{Name: "stall-timeout", Value: config.Default().StallTimeout,
+			Usage: "retry a storage request that gets no answer, or no byte of its body, for this long" + env(config.EnvStallTimeout)},
 	}
 }
 
