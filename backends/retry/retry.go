@@ -11,6 +11,7 @@
 package retry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -195,13 +196,68 @@ func (s *Storage) putTimeout(size int64) time.Duration {
 	return s.o.AttemptTimeout + time.Duration(size>>20)*time.Second
 }
 
-// PutIfAbsent implements backends.Storage. A try that failed after the
-// store kept the object is followed by one that finds it: ErrExists, which
-// the caller resolves by comparing content, as for any existing object.
+// PutIfAbsent implements backends.Storage. A try that failed may still
+// have stored the object (a 500 or a reset after the server acted); the
+// next try then finds it and gets ErrExists. So after such a failure an
+// ErrExists is checked: an object with exactly the bytes of body is this
+// call's own, and the call succeeds; anything else stays ErrExists.
 func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
-	return s.call(ctx, "put", key, s.putTimeout(size), func(ctx context.Context) error {
-		return s.inner.PutIfAbsent(ctx, key, body, size)
+	d := s.putTimeout(size)
+	uncertain := false
+	_, err := s.loop(ctx, "put", key, s.o.Attempts, Retryable, func() error {
+		err := s.timed(ctx, "put", key, d, func(ctx context.Context) error {
+			return s.inner.PutIfAbsent(ctx, key, body, size)
+		})
+		if uncertain && errors.Is(err, backends.ErrExists) {
+			same, cerr := s.holds(ctx, key, body, size)
+			switch {
+			case cerr != nil:
+				return cerr // retried: the next try compares again
+			case same:
+				return nil
+			}
+		}
+		if err != nil && !backends.IsPermanent(err) {
+			uncertain = true
+		}
+		return err
 	})
+	return err
+}
+
+// holds reports whether key holds exactly the size bytes of body, with one
+// try of the read.
+func (s *Storage) holds(ctx context.Context, key string, body io.ReadSeeker, size int64) (bool, error) {
+	rc, info, err := s.Get(context.WithValue(ctx, singleKey{}, true), key)
+	if errors.Is(err, backends.ErrNotFound) {
+		// Gone since: not an answer; the next try writes again.
+		return false, fmt.Errorf("compare with the existing %q: it vanished", key)
+	}
+	if err != nil {
+		return false, fmt.Errorf("compare with the existing %q: %w", key, err)
+	}
+	defer rc.Close()
+	if info.Size != size {
+		return false, nil
+	}
+	if _, err := body.Seek(0, io.SeekStart); err != nil {
+		return false, backends.Permanent(err)
+	}
+	a, b := make([]byte, 32<<10), make([]byte, 32<<10)
+	for left := size; left > 0; {
+		n := int(min(left, int64(len(a))))
+		if _, err := io.ReadFull(rc, a[:n]); err != nil {
+			return false, fmt.Errorf("compare with the existing %q: %w", key, err)
+		}
+		if _, err := io.ReadFull(body, b[:n]); err != nil {
+			return false, backends.Permanent(fmt.Errorf("compare with the existing %q: read the body: %w", key, err))
+		}
+		if !bytes.Equal(a[:n], b[:n]) {
+			return false, nil
+		}
+		left -= int64(n)
+	}
+	return true, nil
 }
 
 // Put implements backends.Storage.

@@ -375,3 +375,57 @@ func TestDoStopsOnRejectedError(t *testing.T) {
 		t.Fatalf("%d tries, %v", n, err)
 	}
 }
+
+// uncertain stores the object and then fails the first PutIfAbsent, as a
+// 500 or a reset after the server acted does.
+type uncertain struct {
+	backends.Storage
+	calls atomic.Int32
+}
+
+func (u *uncertain) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	err := u.Storage.PutIfAbsent(ctx, key, body, size)
+	if u.calls.Add(1) == 1 && err == nil {
+		return errors.New("InternalError: We encountered an internal error")
+	}
+	return err
+}
+
+func TestPutIfAbsentAfterAnUncertainFailure(t *testing.T) {
+	ctx := context.Background()
+	u := &uncertain{Storage: memory.New()}
+	s, _ := quick(u, Options{Attempts: 3})
+	data := []byte("chunk bytes")
+	if err := s.PutIfAbsent(ctx, "k", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("own object found on the retry: %v, want success", err)
+	}
+	if u.calls.Load() != 2 {
+		t.Fatalf("%d tries", u.calls.Load())
+	}
+	// A different object already there after an uncertain failure: still
+	// ErrExists.
+	put(t, u.Storage, "other", "someone else's")
+	f := &failOnce{Storage: u.Storage}
+	s2, _ := quick(f, Options{Attempts: 3})
+	if err := s2.PutIfAbsent(ctx, "other", bytes.NewReader(data), int64(len(data))); !errors.Is(err, backends.ErrExists) {
+		t.Fatalf("different object: %v, want ErrExists", err)
+	}
+	// ErrExists at the first try is never checked against the content.
+	s3, _ := quick(u.Storage, Options{Attempts: 3})
+	if err := s3.PutIfAbsent(ctx, "k", bytes.NewReader(data), int64(len(data))); !errors.Is(err, backends.ErrExists) {
+		t.Fatalf("existing at first try: %v, want ErrExists", err)
+	}
+}
+
+// failOnce fails the first PutIfAbsent before doing anything.
+type failOnce struct {
+	backends.Storage
+	n atomic.Int32
+}
+
+func (f *failOnce) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if f.n.Add(1) == 1 {
+		return errors.New("connection reset by peer")
+	}
+	return f.Storage.PutIfAbsent(ctx, key, body, size)
+}
