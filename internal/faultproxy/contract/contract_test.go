@@ -32,6 +32,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// The servers' user runs it as archive_command and restore_command.
+	_ = os.Chmod(dir, 0o755)
 	walshipBin = filepath.Join(dir, "walship")
 	build := exec.Command("go", "build", "-o", walshipBin, "github.com/walship/walship/cmd/walship")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
