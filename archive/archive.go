@@ -1,6 +1,8 @@
 // Package archive is walship's view of an archive: where each file lives
-// (the layout), which cluster the archive belongs to (the identity), and the
-// push path that archive_command runs.
+// (the layout), which cluster the archive belongs to (the identity), whether
+// its store enforces conditional writes (probed once, recorded with the
+// identity; a checked put where it does not), and the push path that
+// archive_command runs.
 package archive
 
 import (
@@ -9,12 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -35,7 +38,10 @@ var (
 // Layout maps archived files to keys. Keys carry no codec suffix: each object
 // is sealed and says its own codec, so a reader never probes.
 //
-//	identity.json                   which cluster, version, segment size
+//	identity.json                   which cluster, version, segment size,
+//	                                whether conditional writes are enforced
+//	conditional-writes.json         that answer, for an older identity.json
+//	probes/...                      the probe's objects, deleted at once
 //	wal/<TLI>/<segment name>        segments, .partial and .backup files
 //	history/<TLI>.history           timeline history files
 const IdentityKey = "identity.json"
@@ -57,41 +63,52 @@ type Identity struct {
 	SegmentSize      uint64    `json:"segment_size"`
 	BlockSize        uint32    `json:"wal_block_size"`
 	Created          time.Time `json:"created"`
+	// ConditionalWrites: whether the store refused the probe's second
+	// write to one key (see condwrite.go). Absent (nil) in identity files
+	// written before the probe; their answer is in CondWritesKey. Older
+	// walship versions ignore the field: the format stays 1.
+	ConditionalWrites *bool `json:"conditional_writes,omitempty"`
 }
 
 const identityFormat = 1
 
 // Archive is an archive on a Storage.
 type Archive struct {
-	store backends.Storage
+	store backends.Storage // guarded: PutIfAbsent as the store allows
 	log   *slog.Logger
 	now   func() time.Time
 	id    atomic.Pointer[Identity] // once read, an identity never changes
+
+	cond     atomic.Pointer[bool] // conditional writes enforced, once known
+	condMu   sync.Mutex           // one probe at a time
+	warnOnce sync.Once
 }
 
 // New wraps store. log receives at most one line per operation at info.
 func New(store backends.Storage, log *slog.Logger) *Archive {
-	return &Archive{store: store, log: log, now: time.Now}
+	a := &Archive{log: log, now: time.Now}
+	a.store = &guarded{Storage: store, a: a}
+	return a
 }
 
-// Storage is the underlying store.
+// Storage is the archive's store. Its PutIfAbsent never lets a different
+// object replace an existing one, on stores that enforce conditional writes
+// and (but for a race, see condwrite.go) on those that do not.
 func (a *Archive) Storage() backends.Storage { return a.store }
+
+// raw is the store without the guard.
+func (a *Archive) raw() backends.Storage { return a.store.(*guarded).Storage }
 
 // Identity reads the identity record; ErrNoIdentity if there is none.
 func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 	if id := a.id.Load(); id != nil {
 		return *id, nil
 	}
-	rc, _, err := a.store.Get(ctx, IdentityKey)
+	b, _, err := retry.ReadAll(ctx, a.store, IdentityKey, 1<<16)
 	if err != nil {
 		if errors.Is(err, backends.ErrNotFound) {
 			return Identity{}, fmt.Errorf("%s: %w (no %s)", a.store, ErrNoIdentity, IdentityKey)
 		}
-		return Identity{}, fmt.Errorf("read archive identity: %w", err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 1<<16))
-	if err != nil {
 		return Identity{}, fmt.Errorf("read archive identity: %w", err)
 	}
 	var id Identity
@@ -103,6 +120,16 @@ func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 	}
 	if err := segment.ValidSegmentSize(id.SegmentSize); err != nil || id.SystemIdentifier == 0 {
 		return Identity{}, backends.Permanent(fmt.Errorf("archive identity %s is damaged", IdentityKey))
+	}
+	if id.ConditionalWrites != nil {
+		a.setCond(*id.ConditionalWrites)
+	} else if a.cond.Load() == nil {
+		// An identity from before the probe. Reading the answer beside
+		// it only decides the warning here; a writer that cannot read
+		// it probes again.
+		if enforced, known, err := a.readCondRecord(ctx); err == nil && known {
+			a.setCond(enforced)
+		}
 	}
 	a.id.Store(&id)
 	return id, nil
@@ -142,6 +169,16 @@ func (a *Archive) claim(ctx context.Context, id Identity) (Identity, error) {
 	if !errors.Is(err, ErrNoIdentity) {
 		return have, err
 	}
+	// A new archive: learn first whether the store enforces conditional
+	// writes, which decides how the identity itself is written, and
+	// record the answer in it.
+	var enforced bool
+	if c := a.cond.Load(); c != nil {
+		enforced = *c
+	} else if enforced, err = a.probe(ctx); err != nil {
+		return Identity{}, err
+	}
+	id.ConditionalWrites = &enforced
 	id.Created = a.now().UTC()
 	b, _ := json.MarshalIndent(id, "", "  ")
 	b = append(b, '\n')

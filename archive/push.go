@@ -150,14 +150,12 @@ func (a *Archive) requireIdentityIfAny(ctx context.Context) error {
 // compareExisting decides a re-push: identical (same size and SHA-256) is
 // success, anything else is a conflict. Only the stored header is read.
 func (a *Archive) compareExisting(ctx context.Context, key string, want segment.SealedHeader) error {
-	rc, _, err := a.store.Get(ctx, key)
+	have, unreadable, err := a.readArchivedHeader(ctx, key)
+	if unreadable != nil {
+		return fmt.Errorf("%w: archived %s is unreadable (%v); refusing to overwrite it", ErrConflict, key, unreadable)
+	}
 	if err != nil {
 		return fmt.Errorf("read archived %s to compare: %w", key, err)
-	}
-	defer rc.Close()
-	have, err := segment.ReadSealedHeader(rc)
-	if err != nil {
-		return fmt.Errorf("%w: archived %s is unreadable (%v); refusing to overwrite it", ErrConflict, key, err)
 	}
 	if have.Size != want.Size || have.SHA256 != want.SHA256 {
 		return fmt.Errorf("%w: %s (archived: %d bytes, sha256 %x...; local: %d bytes, sha256 %x...)",

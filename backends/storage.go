@@ -18,6 +18,10 @@ var (
 	ErrNotFound = errors.New("object not found")
 	// ErrExists is returned by PutIfAbsent when the key already exists.
 	ErrExists = errors.New("object already exists")
+	// ErrStalled is wrapped when a request got no answer, or a body read
+	// got no byte, within the stall timeout. It is retryable: the store
+	// may answer the next try.
+	ErrStalled = errors.New("storage made no progress")
 )
 
 // ObjectInfo describes one stored object.
@@ -72,11 +76,12 @@ func Permanent(err error) error {
 }
 
 // IsPermanent reports whether retrying err is pointless: it was marked
-// Permanent, or it is ErrNotFound, ErrExists or a context cancellation.
+// Permanent, or it is ErrNotFound, ErrExists, ErrBadKey or a context
+// cancellation.
 func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+		errors.Is(err, ErrBadKey) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // ErrBadKey is wrapped when a key could escape the archive or is malformed.

@@ -31,6 +31,13 @@ type Config struct {
 	LogFormat        string `yaml:"log_format"`
 	LogLevel         string `yaml:"log_level"`
 	S3               S3     `yaml:"s3"`
+	// Timeout bounds a whole command; nil means the command's default
+	// (see DefaultTimeout), 0 no bound.
+	Timeout *time.Duration `yaml:"timeout"`
+	// StallTimeout fails a storage request that gets no answer, or a
+	// body read that gets no byte, for this long; the try is then
+	// retried.
+	StallTimeout time.Duration `yaml:"stall_timeout"`
 	// Spool is the directory walship agent fills and fetch takes from.
 	Spool     string    `yaml:"spool"`
 	Agent     Agent     `yaml:"agent"`
@@ -88,7 +95,25 @@ type S3 struct {
 	StorageClass string `yaml:"storage_class"`
 	SSE          string `yaml:"sse"`
 	SSEKMSKeyID  string `yaml:"sse_kms_key_id"`
-	MaxAttempts  int    `yaml:"max_attempts"`
+	// MaxAttempts is the number of tries of every storage request, S3 or
+	// filesystem, the first included (the name is kept from when only
+	// S3 requests were retried).
+	MaxAttempts int `yaml:"max_attempts"`
+}
+
+// DefaultTimeout is the bound on a command when no timeout is set: push,
+// fetch and the other short commands must always return; the long ones
+// (backup push, restore, verify, retention) are bounded per request by the
+// stall timeout and the retries instead. The daemons (agent, schedule) are
+// never bounded by timeout. command is the full command name, such as
+// "walship backup list".
+func DefaultTimeout(command string) time.Duration {
+	switch strings.TrimPrefix(command, "walship ") {
+	case "push", "fetch", "status", "backup list", "backup show", "backup delete",
+		"slot create", "slot list", "slot advance", "slot drop":
+		return 5 * time.Minute
+	}
+	return 0
 }
 
 // Default is the configuration before any file, environment or flag.
@@ -96,7 +121,7 @@ func Default() Config {
 	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5},
 		Agent:     Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute},
 		Retention: Retention{Grace: 10 * time.Minute},
-		Schedule:  Schedule{StopTimeout: 10 * time.Minute}}
+		Schedule:  Schedule{StopTimeout: 10 * time.Minute}, StallTimeout: 30 * time.Second}
 }
 
 // Error is a bad setting; its message names the setting.
@@ -172,6 +197,8 @@ const (
 	EnvS3SSEKMSKeyID    = "WALSHIP_S3_SSE_KMS_KEY_ID"
 	EnvS3MaxAttempts    = "WALSHIP_S3_MAX_ATTEMPTS"
 	EnvSpool            = "WALSHIP_SPOOL"
+	EnvTimeout          = "WALSHIP_TIMEOUT"
+	EnvStallTimeout     = "WALSHIP_STALL_TIMEOUT"
 )
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -205,6 +232,20 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	}
 	if err := num(EnvS3MaxAttempts, &c.S3.MaxAttempts); err != nil {
 		return err
+	}
+	if v := getenv(EnvTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return &Error{EnvTimeout, fmt.Sprintf("%q is not a duration such as 5m", v)}
+		}
+		c.Timeout = &d
+	}
+	if v := getenv(EnvStallTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return &Error{EnvStallTimeout, fmt.Sprintf("%q is not a duration such as 30s", v)}
+		}
+		c.StallTimeout = d
 	}
 	if v := getenv(EnvS3PathStyle); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -246,6 +287,12 @@ func (c Config) Validate() error {
 	}
 	if c.S3.MaxAttempts < 1 || c.S3.MaxAttempts > 20 {
 		return &Error{"s3.max_attempts", fmt.Sprintf("%d: want 1..20", c.S3.MaxAttempts)}
+	}
+	if c.Timeout != nil && *c.Timeout < 0 {
+		return &Error{"timeout", fmt.Sprintf("%s: want 0 (no bound) or more", *c.Timeout)}
+	}
+	if c.StallTimeout < 100*time.Millisecond || c.StallTimeout > time.Hour {
+		return &Error{"stall_timeout", fmt.Sprintf("%s: want 100ms..1h", c.StallTimeout)}
 	}
 	if c.Spool != "" && !filepath.IsAbs(c.Spool) {
 		return &Error{"spool", fmt.Sprintf("%q: want an absolute directory", c.Spool)}

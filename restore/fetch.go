@@ -14,20 +14,18 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
-
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
 // FetchOptions bound the work of one fetch.
 type FetchOptions struct {
-	// Attempts is how many times a retryable failure (a dropped connection,
-	// a body that fails its checksum in transit) is tried; 0 means 3.
+	// Attempts caps the tries of a retryable failure (a dropped
+	// connection, a stalled body, a body that fails its checksum in
+	// transit) below the storage's retry policy; 0 means the policy's.
 	Attempts int
-	// MaxBackoff caps the jittered exponential wait between attempts.
-	MaxBackoff time.Duration
 	// Sync flushes the file to disk before it is renamed into place. The
 	// agent sets it: PostgreSQL fsyncs every file it restores, and a file
 	// already clean on disk makes that fsync, which stalls replay, cheap.
@@ -61,28 +59,11 @@ func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts Fetc
 		return FetchResult{}, err
 	}
 	res := FetchResult{File: f}
-	if opts.Attempts <= 0 {
-		opts.Attempts = 3
-	}
-	if opts.MaxBackoff == 0 {
-		opts.MaxBackoff = 5 * time.Second
-	}
-	backoff := retry.NewExponentialJitterBackoff(opts.MaxBackoff)
-	for attempt := 1; ; attempt++ {
-		res.Attempts = attempt
-		err = fetchOnce(ctx, a, f, dest, opts.Sync, &res)
-		if err == nil || !retryable(err) || attempt >= opts.Attempts {
-			break
-		}
-		delay, _ := backoff.BackoffDelay(attempt, err)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return res, fmt.Errorf("%w (after: %v)", ctx.Err(), err)
-		case <-t.C:
-		}
-	}
+	// The whole fetch (GET, read, verify, write) is one retried operation
+	// under the storage's policy: at most its Attempts GETs of the file.
+	res.Attempts, err = retry.Do(ctx, a.Storage(), opts.Attempts, retryable, func(ctx context.Context) error {
+		return fetchOnce(ctx, a, f, dest, opts.Sync, &res)
+	})
 	res.Elapsed = time.Since(start)
 	return res, err
 }

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
@@ -25,7 +24,7 @@ const sysID = 7300000000000000001
 
 var (
 	zstd  = segment.Compression{Codec: segment.CodecZstd}
-	quick = restore.FetchOptions{Attempts: 3, MaxBackoff: time.Millisecond}
+	quick = restore.FetchOptions{Attempts: 3}
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -15,14 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/segment"
 )
@@ -248,19 +246,12 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 				}
 				var data []byte
 				// A dropped connection mid-body is retried; a chunk that
-				// fails its checksum twice is damaged in the archive.
-				backoff := retry.NewExponentialJitterBackoff(5 * time.Second)
-				for attempt := 1; ; attempt++ {
+				// fails its checksum on every try is damaged in the archive.
+				_, err = retry.Do(ctx, store, 0, retryable, func(ctx context.Context) error {
+					var err error
 					data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
-					if err == nil || attempt == 3 || !retryable(err) || ctx.Err() != nil {
-						break
-					}
-					d, _ := backoff.BackoffDelay(attempt, err)
-					select {
-					case <-ctx.Done():
-					case <-time.After(d):
-					}
-				}
+					return err
+				})
 				results[i] <- chunkResult{data, err}
 			}
 		}()

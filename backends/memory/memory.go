@@ -47,7 +47,7 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return fmt.Errorf("memory put %q: %w", key, err)
 	}
 	if int64(len(data)) != size {
-		return fmt.Errorf("memory put %q: body has %d bytes, expected %d", key, len(data), size)
+		return backends.Permanent(fmt.Errorf("memory put %q: body has %d bytes, expected %d", key, len(data), size))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,7 +1,11 @@
 // Package s3 stores an archive in an S3-compatible bucket with
-// aws-sdk-go-v2. Retries with exponential backoff and jitter on 5xx,
-// throttling (SlowDown) and timeouts come from the SDK's standard retryer;
-// this package only decides how many, and which errors are permanent.
+// aws-sdk-go-v2. Every request is tried once: the SDK's retryer is off, and
+// retries, backoff and deadlines are the backends/retry policy's, applied
+// once around the whole Storage. This package decides what each S3 answer
+// means: ErrNotFound only for S3's own NoSuchKey on a GET (a 404 without
+// it, such as a proxy's HTML page, is an unreachable archive), or a 404 to
+// a HEAD, which has no body to tell the two apart; ErrExists for a failed
+// condition; Permanent for what a retry cannot fix.
 package s3
 
 import (
@@ -17,8 +21,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -41,7 +43,6 @@ type Config struct {
 	StorageClass string // e.g. STANDARD_IA; empty for the bucket default
 	SSE          string // "", "AES256" or "aws:kms"
 	SSEKMSKeyID  string
-	MaxAttempts  int   // per request, including the first; 0 means 5
 	PartSize     int64 // bodies above this go multipart; 0 means 64 MiB
 	// Log receives the SDK's own warnings (credential fallbacks, clock
 	// skew) as one structured line each; nil means slog.Default().
@@ -65,9 +66,6 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 		if err := backends.ValidKey(cfg.Prefix); err != nil {
 			return nil, backends.Permanent(fmt.Errorf("s3 prefix: %w", err))
 		}
-	}
-	if cfg.MaxAttempts == 0 {
-		cfg.MaxAttempts = 5
 	}
 	if cfg.PartSize == 0 {
 		cfg.PartSize = 64 << 20
@@ -93,14 +91,8 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 		config.WithRegion(cfg.Region),
 		config.WithHTTPClient(httpClient),
 		config.WithLogger(sdkLogger(cfg.Log)),
-		config.WithRetryer(func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) {
-				o.MaxAttempts = cfg.MaxAttempts
-				o.MaxBackoff = 5 * time.Second
-				// One process, one archive: no client-side retry quota.
-				o.RateLimiter = ratelimit.None
-			})
-		}),
+		// One try per request: backends/retry retries, in one place.
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	)
 	if err != nil {
 		return nil, backends.Permanent(fmt.Errorf("s3: load AWS configuration: %w", err))
@@ -369,12 +361,11 @@ func (s *Storage) Delete(ctx context.Context, keys ...string) error {
 }
 
 // classify turns SDK errors into the backends vocabulary: ErrNotFound only
-// for a missing key, ErrExists for a failed condition, Permanent for what a
-// retry cannot fix. The SDK has already retried what it could.
+// for a missing key (see the package doc), ErrExists for a failed
+// condition, Permanent for what a retry cannot fix; everything else is
+// retryable.
 func (s *Storage) classify(op, key string, err error) error {
-	var nsk *types.NoSuchKey
-	var nf *types.NotFound
-	if errors.As(err, &nsk) || errors.As(err, &nf) {
+	if s.absent(op, err) {
 		return fmt.Errorf("s3 %s %q: %w", op, key, backends.ErrNotFound)
 	}
 	var apiErr smithy.APIError
@@ -383,10 +374,6 @@ func (s *Storage) classify(op, key string, err error) error {
 		switch code {
 		case "PreconditionFailed":
 			return fmt.Errorf("s3 %s %q: %w", op, key, backends.ErrExists)
-		case "NoSuchKey", "NotFound":
-			if op == "get" || op == "stat" {
-				return fmt.Errorf("s3 %s %q: %w", op, key, backends.ErrNotFound)
-			}
 		case "NoSuchBucket":
 			return backends.Permanent(fmt.Errorf("s3 %s %q: bucket %q does not exist", op, key, s.cfg.Bucket))
 		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
@@ -394,13 +381,36 @@ func (s *Storage) classify(op, key string, err error) error {
 			"MethodNotAllowed", "ExpiredToken", "InvalidToken", "AuthorizationHeaderMalformed":
 			return backends.Permanent(fmt.Errorf("s3 %s %q: %s: %s", op, key, code, apiErr.ErrorMessage()))
 		}
+		if op == "get" && httpStatus(err) == http.StatusNotFound {
+			return fmt.Errorf("s3 %s %q: a 404 that is not S3's NoSuchKey (a proxy or a wrong endpoint?): %s: %s",
+				op, key, code, apiErr.ErrorMessage())
+		}
 		return fmt.Errorf("s3 %s %q: %s: %s", op, key, code, apiErr.ErrorMessage())
 	}
-	var re *awshttp.ResponseError
-	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound && (op == "get" || op == "stat") {
-		return fmt.Errorf("s3 %s %q: %w", op, key, backends.ErrNotFound)
-	}
 	return fmt.Errorf("s3 %s %q: %w", op, key, err)
+}
+
+// absent: only S3's own NoSuchKey on a GET (whose error body says so), and
+// a 404 on a HEAD (which has no body at all) mean the key does not exist.
+func (s *Storage) absent(op string, err error) bool {
+	var nsk *types.NoSuchKey
+	var apiErr smithy.APIError
+	switch op {
+	case "get":
+		return errors.As(err, &nsk) || (errors.As(err, &apiErr) && apiErr.ErrorCode() == "NoSuchKey")
+	case "stat":
+		var nf *types.NotFound
+		return errors.As(err, &nf) || errors.As(err, &nsk) || httpStatus(err) == http.StatusNotFound
+	}
+	return false
+}
+
+func httpStatus(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
 }
 
 // CreateBucket creates the bucket if it does not exist. walship itself never

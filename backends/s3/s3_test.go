@@ -26,7 +26,7 @@ func newStore(t *testing.T, srv *testenv.S3, bucket, prefix string) *s3.Storage 
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	s, err := s3.New(context.Background(), s3.Config{
 		Bucket: bucket, Prefix: prefix, Endpoint: srv.Endpoint, Region: srv.Region, PathStyle: true,
-		PartSize: 5 << 20, MaxAttempts: 2,
+		PartSize: 5 << 20,
 	})
 	if err != nil {
 		t.Fatal(err)

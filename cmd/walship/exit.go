@@ -22,7 +22,8 @@ const (
 	// exitUsage: bad arguments, a bad setting, or a name that is not a WAL file.
 	exitUsage = 2
 	// exitArchive: the archive could not be reached or read or written
-	// (network, permissions, missing bucket or directory), after retries.
+	// (network, permissions, missing bucket or directory, a server that
+	// stalls), after retries, or the command's --timeout passed.
 	exitArchive = 3
 	// exitIntegrity: push refused the file (another cluster, header and
 	// name disagree, truncated, or a different file already archived under

@@ -14,6 +14,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -54,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	app := newApp(env)
 	err := app.RunContext(ctx, flagsFirst(app, args))
+	timedOut := env.timedOut()
+	if env.release != nil {
+		env.release()
+	}
 	cancel()
 	<-done
 	if got != nil && !env.daemon {
@@ -77,6 +82,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// Flag parsing and other usage errors from the CLI library.
 		ee = &exitError{code: exitUsage, err: err}
 	}
+	if timedOut {
+		// Say why, whether or not the command logged its error.
+		ee.err = fmt.Errorf("%w (gave up: the %s timeout passed; see --timeout)", ee.err, env.timeout)
+		ee.logged = false
+	}
 	if !ee.logged {
 		env.logger().Error(oneLine(ee.err.Error()))
 	}
@@ -93,6 +103,32 @@ type appEnv struct {
 	// daemon: the command runs until a signal stops it (agent,
 	// schedule), which is then its normal end.
 	daemon bool
+	// timeout bounds the command (0: none); deadline is its context.
+	timeout  time.Duration
+	deadline context.Context
+	release  context.CancelFunc
+}
+
+// errTimeout is the cause of the command's context ending at --timeout.
+var errTimeout = errors.New("walship timeout")
+
+func (e *appEnv) timedOut() bool {
+	return e.deadline != nil && errors.Is(context.Cause(e.deadline), errTimeout)
+}
+
+// bound puts the whole-command deadline on c's context: the timeout
+// setting, or the command's default (config.DefaultTimeout). Daemons have
+// none: each storage request is bounded by the stall timeout and retries.
+func (e *appEnv) bound(c *cli.Context) {
+	d := config.DefaultTimeout(c.Command.FullName())
+	if e.cfg.Timeout != nil {
+		d = *e.cfg.Timeout
+	}
+	if e.daemon || d <= 0 || e.deadline != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeoutCause(c.Context, d, errTimeout)
+	c.Context, e.timeout, e.deadline, e.release = ctx, d, ctx, cancel
 }
 
 func (e *appEnv) logger() *slog.Logger {
@@ -165,6 +201,10 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "s3-storage-class", Usage: "S3 storage class for new objects" + env(config.EnvS3StorageClass)},
 		&cli.StringFlag{Name: "s3-sse", Usage: "server-side encryption: AES256 or aws:kms" + env(config.EnvS3SSE)},
 		&cli.StringFlag{Name: "s3-sse-kms-key-id", Usage: "KMS key for aws:kms" + env(config.EnvS3SSEKMSKeyID)},
+		&cli.DurationFlag{Name: "timeout", Usage: "give up on the whole command after this long; 0 for never" + env(config.EnvTimeout),
+			DefaultText: "5m for push, fetch, status, slot and backup list|show|delete; none for the others; agent and schedule never"},
+		&cli.DurationFlag{Name: "stall-timeout", Value: config.Default().StallTimeout,
+			Usage: "retry a storage request that gets no answer, or no byte of its body, for this long" + env(config.EnvStallTimeout)},
 	}
 }
 
@@ -195,6 +235,13 @@ func (e *appEnv) load(c *cli.Context) error {
 		if cc, ok := setGlobal(c, "s3-path-style"); ok {
 			cfg.S3.PathStyle = cc.Bool("s3-path-style")
 		}
+		if cc, ok := setGlobal(c, "timeout"); ok {
+			d := cc.Duration("timeout")
+			cfg.Timeout = &d
+		}
+		if cc, ok := setGlobal(c, "stall-timeout"); ok {
+			cfg.StallTimeout = cc.Duration("stall-timeout")
+		}
 		return nil
 	})
 	if err != nil {
@@ -202,8 +249,10 @@ func (e *appEnv) load(c *cli.Context) error {
 	}
 	e.cfg = cfg
 	e.log = newLogger(e.stderr, cfg.LogFormat, cfg.LogLevel)
-	// Libraries that log on their own (the S3 client) use the default.
+	// Libraries that log on their own (the S3 client, the retry
+	// policy) use the default.
 	slog.SetDefault(e.log)
+	e.bound(c)
 	return nil
 }
 
