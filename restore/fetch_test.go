@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
