@@ -113,13 +113,13 @@ func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 	}
 	var id Identity
 	if err := json.Unmarshal(b, &id); err != nil {
-		return Identity{}, backends.Permanent(fmt.Errorf("archive identity %s is damaged: %w", IdentityKey, err))
+		return Identity{}, backends.Permanent(fmt.Errorf("%w: archive identity %s: %w", ErrDamaged, IdentityKey, err))
 	}
 	if id.Format != identityFormat {
 		return Identity{}, backends.Permanent(fmt.Errorf("archive identity format %d is not one this walship understands", id.Format))
 	}
 	if err := segment.ValidSegmentSize(id.SegmentSize); err != nil || id.SystemIdentifier == 0 {
-		return Identity{}, backends.Permanent(fmt.Errorf("archive identity %s is damaged", IdentityKey))
+		return Identity{}, backends.Permanent(fmt.Errorf("%w: archive identity %s", ErrDamaged, IdentityKey))
 	}
 	if id.ConditionalWrites != nil {
 		a.setCond(*id.ConditionalWrites)

@@ -5,9 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"time"
 
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -26,12 +26,7 @@ func HeadKey(tli uint32) string { return fmt.Sprintf("heads/%08X.json", tli) }
 // ReadHead reads a timeline's head; backends.ErrNotFound if nothing was
 // pushed on it yet (or only by a walship that predates heads).
 func (a *Archive) ReadHead(ctx context.Context, tli uint32) (Head, error) {
-	rc, _, err := a.store.Get(ctx, HeadKey(tli))
-	if err != nil {
-		return Head{}, fmt.Errorf("read head of timeline %d: %w", tli, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 4096))
+	b, _, err := retry.ReadAll(ctx, a.store, HeadKey(tli), 4096)
 	if err != nil {
 		return Head{}, fmt.Errorf("read head of timeline %d: %w", tli, err)
 	}

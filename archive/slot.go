@@ -6,13 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -101,21 +101,16 @@ func (a *Archive) GetSlot(ctx context.Context, name string) (Slot, error) {
 	if err := ValidSlotName(name); err != nil {
 		return Slot{}, err
 	}
-	rc, _, err := a.store.Get(ctx, SlotKey(name))
+	b, _, err := retry.ReadAll(ctx, a.store, SlotKey(name), 1<<16)
 	if errors.Is(err, backends.ErrNotFound) {
 		return Slot{}, fmt.Errorf("slot %s: %w (create it with walship slot create %s)", name, ErrNoSlot, name)
 	}
 	if err != nil {
 		return Slot{}, fmt.Errorf("read slot %s: %w", name, err)
 	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 1<<16))
-	if err != nil {
-		return Slot{}, fmt.Errorf("read slot %s: %w", name, err)
-	}
 	var s Slot
 	if err := json.Unmarshal(b, &s); err != nil || s.Name != name {
-		return Slot{}, fmt.Errorf("slot %s is damaged: %v", name, err)
+		return Slot{}, fmt.Errorf("%w: slot %s: %v", ErrDamaged, name, err)
 	}
 	return s, nil
 }

@@ -17,13 +17,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -139,15 +139,10 @@ func Get(ctx context.Context, store backends.Storage, id string) (*Manifest, err
 	if err := ValidID(id); err != nil {
 		return nil, err
 	}
-	rc, _, err := store.Get(ctx, manifestKey(id))
+	b, _, err := retry.ReadAll(ctx, store, manifestKey(id), 64<<20)
 	if errors.Is(err, backends.ErrNotFound) {
 		return nil, fmt.Errorf("backup %s: %w", id, ErrNoBackup)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read backup %s: %w", id, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 64<<20))
 	if err != nil {
 		return nil, fmt.Errorf("read backup %s: %w", id, err)
 	}

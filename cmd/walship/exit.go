@@ -55,6 +55,7 @@ const (
 	opRestore
 	opAgent
 	opSlot
+	opStatus
 )
 
 // exitError carries the status a command ends with.

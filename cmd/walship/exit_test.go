@@ -165,3 +165,21 @@ func TestFetchFailureDuringPITRStopsRecovery(t *testing.T) {
 		t.Fatalf("standby fetch from a missing archive: status %d, want %d", code, exitArchive)
 	}
 }
+
+// A damaged record in the archive is status 4 (damaged), never 3
+// (unreachable): automation must not retry it forever.
+func TestDamagedIdentityIsStatus4(t *testing.T) {
+	arch := t.TempDir()
+	if err := os.WriteFile(filepath.Join(arch, "identity.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"fetch", "--archive", arch, "000000010000000000000001", filepath.Join(dir, "x")},
+		{"status", "--archive", arch},
+	} {
+		if code, out := runIn(t, dir, nil, args...); code != exitIntegrity {
+			t.Errorf("%v: status %d, want %d (%s)", args, code, exitIntegrity, out)
+		}
+	}
+}

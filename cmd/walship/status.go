@@ -53,7 +53,7 @@ func statusCommand(env *appEnv) *cli.Command {
 			}
 			r := statusReport{Archive: a.Storage().String(), CheckedAt: time.Now().UTC(), Problems: []string{}}
 			if r.Identity, err = a.Identity(c.Context); err != nil {
-				return &exitError{code: exitArchive, err: err}
+				return &exitError{code: exitCode(opStatus, err), err: err}
 			}
 			ranges := map[uint32]*timelineRange{}
 			err = a.Storage().List(c.Context, "", func(o backends.ObjectInfo) error {
@@ -76,7 +76,7 @@ func statusCommand(env *appEnv) *cli.Command {
 				return nil
 			})
 			if err != nil {
-				return &exitError{code: exitArchive, err: err}
+				return &exitError{code: exitCode(opStatus, err), err: err}
 			}
 			for _, tr := range ranges {
 				r.Timelines = append(r.Timelines, *tr)
@@ -91,12 +91,12 @@ func statusCommand(env *appEnv) *cli.Command {
 				return nil
 			})
 			if err != nil {
-				return &exitError{code: exitArchive, err: err}
+				return &exitError{code: exitCode(opStatus, err), err: err}
 			}
 			for _, tli := range tlis {
 				h, err := a.ReadHead(c.Context, tli)
 				if err != nil {
-					return &exitError{code: exitArchive, err: err}
+					return &exitError{code: exitCode(opStatus, err), err: err}
 				}
 				r.Heads = append(r.Heads, h)
 			}
@@ -112,7 +112,7 @@ func statusCommand(env *appEnv) *cli.Command {
 				return &exitError{code: exitCode(opSlot, err), err: err}
 			}
 			if r.Gaps, err = openGaps(c, a); err != nil {
-				return &exitError{code: exitArchive, err: err}
+				return &exitError{code: exitCode(opStatus, err), err: err}
 			}
 			for _, g := range r.Gaps {
 				r.Problems = append(r.Problems, fmt.Sprintf("gap on timeline %d: %s to %s were never archived (found when %s was pushed at %s)",
