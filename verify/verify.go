@@ -1,7 +1,8 @@
 // Package verify proves an archive whole: every object's checksum (or,
 // quick, its presence), the continuity of WAL from each backup's start to
-// the head through the timeline history, and each backup's manifest
-// against its chunks.
+// the head through the timeline history, the history files recovery needs
+// to reach every archived timeline, and each backup's manifest against its
+// chunks.
 package verify
 
 import (
@@ -22,7 +23,7 @@ import (
 
 // Problem is one thing wrong with the archive.
 type Problem struct {
-	Kind   string `json:"kind"` // gap, missing, size, checksum, unreadable
+	Kind   string `json:"kind"` // gap, history, missing, size, checksum, unreadable
 	Key    string `json:"key,omitempty"`
 	Detail string `json:"detail"`
 }
@@ -98,6 +99,19 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (*Report, error) {
 		}
 	}
 	timelineGaps(inv, r)
+	walTLIs, backupTLIs, histTLIs := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
+	for tli := range inv.WAL {
+		walTLIs[tli] = true
+	}
+	for _, b := range inv.Backups {
+		backupTLIs[b.Timeline], backupTLIs[b.StopTimeline] = true, true
+	}
+	for tli := range inv.History {
+		histTLIs[tli] = true
+	}
+	for _, p := range MissingHistory(walTLIs, backupTLIs, histTLIs) {
+		r.add(p.Kind, p.Key, p.Detail)
+	}
 	if !o.Quick {
 		checksums(ctx, store, keys, want, o.Parallel, r)
 	}
@@ -136,6 +150,50 @@ func timelineGaps(inv *restore.Inventory, r *Report) {
 	}
 }
 
+// MissingHistory finds the history files recovery needs and the archive
+// lacks. Recovery moves onto timeline N only through N's history file, and
+// PostgreSQL finds the latest timeline by probing history files one after
+// another from its own timeline up, stopping at the first missing one. So
+// from the lowest timeline the archive has WAL or a backup on, to the
+// highest timeline it has anything of, every history file must be there;
+// otherwise a restore or a follower silently stays on the older timeline.
+// An archive whose WAL and backups are all on one timeline needs none
+// (a copy promoted with archiving off starts such an archive).
+func MissingHistory(wal, backups, history map[uint32]bool) []Problem {
+	low, high := uint32(0), uint32(0)
+	for _, set := range []map[uint32]bool{wal, backups} {
+		for tli := range set {
+			if low == 0 || tli < low {
+				low = tli
+			}
+			high = max(high, tli)
+		}
+	}
+	if low == 0 {
+		return nil
+	}
+	for tli := range history {
+		high = max(high, tli)
+	}
+	var out []Problem
+	for tli := low + 1; tli <= high && tli-low <= 1<<16; tli++ {
+		if history[tli] {
+			continue
+		}
+		f := segment.File{Kind: segment.KindHistory, TLI: tli}
+		var detail string
+		if wal[tli] || backups[tli] {
+			detail = fmt.Sprintf("timeline %d has WAL in the archive but no history file %s: a restore or follower starting on timeline %d cannot reach it and silently stays on an older timeline; "+
+				"push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, f)
+		} else {
+			detail = fmt.Sprintf("timeline %d has no history file %s: PostgreSQL looking for the latest timeline from timeline %d stops there and never reaches timeline %d; "+
+				"push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, high, f)
+		}
+		out = append(out, Problem{Kind: "history", Key: archive.Key(f), Detail: detail})
+	}
+	return out
+}
+
 // checksums reads every object through the sealed format's checks, and
 // backup chunks against their manifest's SHA-256 too.
 func checksums(ctx context.Context, store backends.Storage, keys []string, want map[string]string, parallel int, r *Report) {
@@ -146,8 +204,8 @@ func checksums(ctx context.Context, store backends.Storage, keys []string, want 
 		go func() {
 			defer wg.Done()
 			for k := range work {
-				if strings.HasSuffix(k, "/manifest.json") {
-					continue // parsed when the backups were listed
+				if strings.HasSuffix(k, "/manifest.json") || strings.HasSuffix(k, "/"+archive.LeaseName) {
+					continue // parsed when the backups were listed; a running backup's lease
 				}
 				if err := checkObject(ctx, store, k, want[k]); err != nil {
 					kind := "checksum"

@@ -15,6 +15,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/verify"
 )
 
 // timelineRange is a timeline's first and last archived segment.
@@ -44,7 +45,8 @@ func statusCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:        "status",
 		Usage:       "the archive at a glance: identity, timeline heads, backups, slots and their problems",
-		Description: "Exit statuses: 0 no problems; 8 a gap in the WAL, or a slot that expired or reports a problem;\n3 archive unreachable.",
+		Description: "Exit statuses: 0 no problems; 8 a gap in the WAL, a timeline whose history file is missing,\n" +
+			"or a slot that expired or reports a problem; 3 archive unreachable.",
 		Flags:       append(globalFlags(), &cli.BoolFlag{Name: "json", Usage: "JSON"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 0)
@@ -56,9 +58,16 @@ func statusCommand(env *appEnv) *cli.Command {
 				return &exitError{code: exitArchive, err: err}
 			}
 			ranges := map[uint32]*timelineRange{}
+			histories := map[uint32]bool{}
 			err = a.Storage().List(c.Context, "", func(o backends.ObjectInfo) error {
 				r.Objects++
 				r.Bytes += o.Size
+				if h, ok := strings.CutPrefix(o.Key, "history/"); ok {
+					if f, err := segment.ParseFile(h); err == nil && f.Kind == segment.KindHistory {
+						histories[f.TLI] = true
+					}
+					return nil
+				}
 				if !strings.HasPrefix(o.Key, "wal/") {
 					return nil
 				}
@@ -117,6 +126,16 @@ func statusCommand(env *appEnv) *cli.Command {
 			for _, g := range r.Gaps {
 				r.Problems = append(r.Problems, fmt.Sprintf("gap on timeline %d: %s to %s were never archived (found when %s was pushed at %s)",
 					g.Timeline, g.From, g.To, g.Before, g.Detected.Format(time.RFC3339)))
+			}
+			walTLIs, backupTLIs := map[uint32]bool{}, map[uint32]bool{}
+			for tli := range ranges {
+				walTLIs[tli] = true
+			}
+			for _, b := range l.Backups {
+				backupTLIs[b.Timeline], backupTLIs[b.StopTimeline] = true, true
+			}
+			for _, p := range verify.MissingHistory(walTLIs, backupTLIs, histories) {
+				r.Problems = append(r.Problems, p.Detail)
 			}
 			for _, s := range r.Slots {
 				if s.Expired {
