@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
@@ -26,22 +27,24 @@ func set(tlis ...uint32) map[uint32]bool {
 func TestMissingHistory(t *testing.T) {
 	cases := []struct {
 		name               string
-		wal, backups, hist map[uint32]bool
+		starts, have, hist map[uint32]bool
 		want               []string // keys reported
 	}{
 		{"one timeline", set(1), set(1), set(), nil},
-		{"fresh archive on timeline 2 (promoted with archiving off)", set(2), set(2), set(), nil},
-		{"timeline 2 with its history", set(1, 2), set(1), set(2), nil},
-		{"timeline 2 without its history", set(1, 2), set(1), set(), []string{"history/00000002.history"}},
-		{"a backup on timeline 2, WAL on 1, no history", set(1), set(2), set(), []string{"history/00000002.history"}},
-		{"a hole in the probe chain", set(1, 3), set(1), set(3), []string{"history/00000002.history"}},
+		{"fresh archive on timeline 2 (promoted with archiving off), a stray segment of 1", set(2), set(1, 2), set(), nil},
+		{"timeline 2 with its history", set(1), set(1, 2), set(2), nil},
+		{"timeline 2 without its history", set(1), set(1, 2), set(), []string{"history/00000002.history"}},
+		{"a backup that crossed onto 2, no history", set(1), set(1, 2), set(), []string{"history/00000002.history"}},
+		{"a slot on 1 and a backup on 2, no history", set(1, 2), set(2), set(), []string{"history/00000002.history"}},
+		{"a hole in the probe chain", set(1), set(1, 3), set(3), []string{"history/00000002.history"}},
 		{"history beyond the WAL counts as a timeline", set(1), set(1), set(3), []string{"history/00000002.history"}},
+		{"two missing", set(1), set(1, 3), set(), []string{"history/00000002.history", "history/00000003.history"}},
 		{"older timelines gone: nothing to cross", set(3), set(3), set(3, 4), nil},
-		{"empty archive", set(), set(), set(2), nil},
+		{"no backup, no slot", set(), set(1, 2), set(), nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := verify.MissingHistory(tc.wal, tc.backups, tc.hist)
+			got := verify.MissingHistory(tc.starts, tc.have, tc.hist)
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %+v, want %v", got, tc.want)
 			}
@@ -54,8 +57,9 @@ func TestMissingHistory(t *testing.T) {
 	}
 }
 
-// WAL on timeline 2 whose history file is not archived is a problem:
-// a restore from timeline 1 would silently stay there.
+// WAL on timeline 2 whose history file is not archived is a problem once
+// something starts on timeline 1 (here a follower's slot): it would
+// silently stay there.
 func TestVerifyReportsMissingHistory(t *testing.T) {
 	ctx := context.Background()
 	store := memory.New()
@@ -75,6 +79,16 @@ func TestVerifyReportsMissingHistory(t *testing.T) {
 	push(2, 4)
 	push(2, 5)
 	r, err := verify.Run(ctx, a, verify.Options{Quick: true})
+	if err != nil || len(r.Problems) != 0 {
+		t.Fatalf("nothing starts on timeline 1 yet: %+v %v", r.Problems, err)
+	}
+	if _, err := a.CreateSlot(ctx, "dr", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: segment.Name{TLI: 1, SegNo: 3}.String(1 << 20)}); err != nil {
+		t.Fatal(err)
+	}
+	r, err = verify.Run(ctx, a, verify.Options{Quick: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,24 +99,42 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (*Report, error) {
 		}
 	}
 	timelineGaps(inv, r)
-	walTLIs, backupTLIs, histTLIs := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
-	for tli := range inv.WAL {
-		walTLIs[tli] = true
-	}
-	for _, b := range inv.Backups {
-		backupTLIs[b.Timeline], backupTLIs[b.StopTimeline] = true, true
-	}
-	for tli := range inv.History {
-		histTLIs[tli] = true
-	}
-	for _, p := range MissingHistory(walTLIs, backupTLIs, histTLIs) {
-		r.add(p.Kind, p.Key, p.Detail)
+	if err := historyProblems(ctx, a, inv, r); err != nil {
+		return nil, err
 	}
 	if !o.Quick {
 		checksums(ctx, store, keys, want, o.Parallel, r)
 	}
 	sort.SliceStable(r.Problems, func(i, j int) bool { return r.Problems[i].Key < r.Problems[j].Key })
 	return r, nil
+}
+
+// historyProblems reports the history files recovery from the archive's
+// backups and slots needs and the archive lacks.
+func historyProblems(ctx context.Context, a *archive.Archive, inv *restore.Inventory, r *Report) error {
+	slots, err := a.ListSlots(ctx)
+	if err != nil {
+		return err
+	}
+	starts, have, hist := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
+	for tli := range inv.WAL {
+		have[tli] = true
+	}
+	for _, b := range inv.Backups {
+		starts[b.Timeline], have[b.StopTimeline] = true, true
+	}
+	for _, s := range slots {
+		if n, err := segment.ParseName(s.Position, inv.SegSize); err == nil {
+			starts[n.TLI] = true
+		}
+	}
+	for tli := range inv.History {
+		hist[tli] = true
+	}
+	for _, p := range MissingHistory(starts, have, hist) {
+		r.add(p.Kind, p.Key, p.Detail)
+	}
+	return nil
 }
 
 func (r *Report) add(kind, key, detail string) {
@@ -151,29 +169,32 @@ func timelineGaps(inv *restore.Inventory, r *Report) {
 }
 
 // MissingHistory finds the history files recovery needs and the archive
-// lacks. Recovery moves onto timeline N only through N's history file, and
+// lacks. starts are the timelines a restore or a follower starts from (the
+// backups' start timelines, the slots' positions), have the timelines the
+// archive holds WAL or backups of, history those it has history files of.
+// Recovery moves onto timeline N only through N's history file, and
 // PostgreSQL finds the latest timeline by probing history files one after
 // another from its own timeline up, stopping at the first missing one. So
-// from the lowest timeline the archive has WAL or a backup on, to the
-// highest timeline it has anything of, every history file must be there;
-// otherwise a restore or a follower silently stays on the older timeline.
-// An archive whose WAL and backups are all on one timeline needs none
-// (a copy promoted with archiving off starts such an archive).
-func MissingHistory(wal, backups, history map[uint32]bool) []Problem {
+// from the lowest start to the highest timeline the archive knows, every
+// history file must be there; otherwise a restore or a follower silently
+// stays on an older timeline. An archive whose backups and slots are all
+// on its newest timeline needs none (a copy promoted with archiving off
+// starts such an archive, perhaps with a stray segment of its old
+// timeline).
+func MissingHistory(starts, have, history map[uint32]bool) []Problem {
 	low, high := uint32(0), uint32(0)
-	for _, set := range []map[uint32]bool{wal, backups} {
-		for tli := range set {
-			if low == 0 || tli < low {
-				low = tli
-			}
-			high = max(high, tli)
+	for tli := range starts {
+		if low == 0 || tli < low {
+			low = tli
 		}
 	}
 	if low == 0 {
 		return nil
 	}
-	for tli := range history {
-		high = max(high, tli)
+	for _, set := range []map[uint32]bool{starts, have, history} {
+		for tli := range set {
+			high = max(high, tli)
+		}
 	}
 	var out []Problem
 	for tli := low + 1; tli <= high && tli-low <= 1<<16; tli++ {
@@ -182,9 +203,9 @@ func MissingHistory(wal, backups, history map[uint32]bool) []Problem {
 		}
 		f := segment.File{Kind: segment.KindHistory, TLI: tli}
 		var detail string
-		if wal[tli] || backups[tli] {
-			detail = fmt.Sprintf("timeline %d has WAL in the archive but no history file %s: a restore or follower starting on timeline %d cannot reach it and silently stays on an older timeline; "+
-				"push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, f)
+		if have[tli] || starts[tli] {
+			detail = fmt.Sprintf("timeline %d has WAL or backups in the archive but no history file %s: a restore or follower starting on timeline %d (a backup or slot is there) "+
+				"cannot reach it and silently stays on an older timeline; push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, f)
 		} else {
 			detail = fmt.Sprintf("timeline %d has no history file %s: PostgreSQL looking for the latest timeline from timeline %d stops there and never reaches timeline %d; "+
 				"push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, high, f)

@@ -127,14 +127,19 @@ func statusCommand(env *appEnv) *cli.Command {
 				r.Problems = append(r.Problems, fmt.Sprintf("gap on timeline %d: %s to %s were never archived (found when %s was pushed at %s)",
 					g.Timeline, g.From, g.To, g.Before, g.Detected.Format(time.RFC3339)))
 			}
-			walTLIs, backupTLIs := map[uint32]bool{}, map[uint32]bool{}
+			starts, have := map[uint32]bool{}, map[uint32]bool{}
 			for tli := range ranges {
-				walTLIs[tli] = true
+				have[tli] = true
 			}
 			for _, b := range l.Backups {
-				backupTLIs[b.Timeline], backupTLIs[b.StopTimeline] = true, true
+				starts[b.Timeline], have[b.StopTimeline] = true, true
 			}
-			for _, p := range verify.MissingHistory(walTLIs, backupTLIs, histories) {
+			for _, s := range r.Slots {
+				if n, err := segment.ParseName(s.Position, r.Identity.SegmentSize); err == nil {
+					starts[n.TLI] = true
+				}
+			}
+			for _, p := range verify.MissingHistory(starts, have, histories) {
 				r.Problems = append(r.Problems, p.Detail)
 			}
 			for _, s := range r.Slots {
