@@ -52,9 +52,10 @@ func keysWith(t *testing.T, target archiveTarget, prefix string) []string {
 	return keys
 }
 
-// loop runs fn again and again in the background until stop is called,
-// which returns how many runs there were and every failure.
-func loop(fn func() error) (stop func() (int, []error)) {
+// loop runs fn again and again in the background, a run at most every
+// pace, until stop is called, which returns how many runs there were and
+// every failure.
+func loop(pace time.Duration, fn func() error) (stop func() (int, []error)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -62,11 +63,13 @@ func loop(fn func() error) (stop func() (int, []error)) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		tick := time.NewTicker(pace)
+		defer tick.Stop()
 		for {
 			select {
 			case <-done:
 				return
-			default:
+			case <-tick.C:
 			}
 			err := fn()
 			mu.Lock()
@@ -199,12 +202,12 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 	}
 
 	retained := &counter{}
-	stopRetention := loop(func() error {
+	stopRetention := loop(50*time.Millisecond, func() error {
 		defer retained.inc()
 		return commandErr(w, env, walshipBin, "retention", "apply", "--archive", target.url, "--keep-last", "1", "--grace", "0s")
 	})
 	batch := 100
-	stopPushes := loop(func() error {
+	stopPushes := loop(250*time.Millisecond, func() error {
 		batch++
 		return commandErr(w, nil, filepath.Join(primary.Bin, "psql"), append(primary.ConnArgs(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres",
 			"-c", "INSERT INTO rows SELECT "+strconv.Itoa(batch)+", generate_series(1, 10)", "-c", "SELECT pg_switch_wal()")...)
@@ -224,6 +227,7 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 	}
 	defer stopLoops()
 
+	began, before := time.Now(), retained.get()
 	bk := startBg(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast",
 		"--chunk-size-mb", "1", "--max-rate-kb", "4096")
 	var id string
@@ -266,14 +270,13 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 	if !bk.exited() && (mine == 0 || len(plan.RunningBackups) != 1 || plan.RunningBackups[0] != id) {
 		t.Errorf("plan during the backup: running %v, %d of its objects", plan.RunningBackups, mine)
 	}
-	duringBackup := retained.get()
 	if code := bk.wait(t, 5*time.Minute); code != 0 {
 		t.Fatalf("backup push raced by retention: exit %d\n%s", code, bk.stderr())
 	}
 	if got := strings.TrimSpace(bk.stdout()); got != id {
 		t.Fatalf("backup push printed %q, its lease was %s", got, id)
 	}
-	duringBackup = retained.get() - duringBackup + 3
+	duringBackup, took := retained.get()-before, time.Since(began)
 	// Retention goes on with the new backup complete: it deletes the two
 	// older ones.
 	waitFor(t, "retention to delete the older backups", 2*time.Minute, func() bool {
@@ -281,9 +284,10 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 	})
 	runs, pushes := stopLoops()
 	if duringBackup < 5 {
-		t.Errorf("only about %d retention runs while the backup ran", duringBackup)
+		t.Errorf("only %d retention runs while the backup ran", duringBackup)
 	}
-	t.Logf("race: %d retention applies (about %d while the backup ran), %d switched-and-archived batches", runs, duringBackup, pushes)
+	t.Logf("race: backup ran %s; %d retention applies (%d while the backup ran), %d switched-and-archived batches",
+		took.Round(100*time.Millisecond), runs, duringBackup, pushes)
 	if keys := keysWith(t, target, "backups/"+id+"/"); len(keys) < 10 {
 		t.Errorf("the backup has only %d objects: %v", len(keys), keys)
 	}
@@ -306,6 +310,32 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 	}
 	if got := c.SQL(t, "SELECT count(*) FROM filler"); got != "100000" {
 		t.Errorf("filler has %s rows", got)
+	}
+	c.Stop()
+
+	// A running backup deleted from under backup push (its lease with
+	// it): push fails with status 3, writes no manifest, leaves nothing.
+	bk = startBg(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast",
+		"--chunk-size-mb", "1", "--max-rate-kb", "4096")
+	id = ""
+	waitFor(t, "the second backup's lease", time.Minute, func() bool {
+		for _, k := range keysWith(t, target, "backups/") {
+			if strings.HasSuffix(k, "/lease.json") {
+				id = strings.Split(k, "/")[1]
+				return true
+			}
+		}
+		return bk.exited()
+	})
+	if id == "" {
+		t.Fatalf("the second backup ended before it could be deleted:\n%s", bk.stderr())
+	}
+	mustWalship(t, w, env, "backup", "delete", "--archive", target.url, id)
+	if code := bk.wait(t, 5*time.Minute); code != 3 || !strings.Contains(bk.stderr(), "lease lost") {
+		t.Errorf("backup push whose backup was deleted while running: exit %d, want 3 (lease lost)\n%s", code, bk.stderr())
+	}
+	if keys := keysWith(t, target, "backups/"+id+"/"); len(keys) != 0 {
+		t.Errorf("the failed backup left %v", keys)
 	}
 }
 
