@@ -201,75 +201,12 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 		t.Fatal("two backups in the same second")
 	}
 
-	retained := &counter{}
-	stopRetention := loop(50*time.Millisecond, func() error {
-		defer retained.inc()
-		return commandErr(w, env, walshipBin, "retention", "apply", "--archive", target.url, "--keep-last", "1", "--grace", "0s")
-	})
-	batch := 100
-	stopPushes := loop(250*time.Millisecond, func() error {
-		batch++
-		return commandErr(w, nil, filepath.Join(primary.Bin, "psql"), append(primary.ConnArgs(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres",
-			"-c", "INSERT INTO rows SELECT "+strconv.Itoa(batch)+", generate_series(1, 10)", "-c", "SELECT pg_switch_wal()")...)
-	})
-	stopped := false
-	stopLoops := func() (int, int) {
-		if stopped {
-			return 0, 0
-		}
-		stopped = true
-		r, rf := stopRetention()
-		p, pf := stopPushes()
-		for _, err := range append(rf, pf...) {
-			t.Errorf("during the race: %v", err)
-		}
-		return r, p
-	}
+	retained, stopLoops := startRace(t, w, target, primary)
 	defer stopLoops()
-
 	began, before := time.Now(), retained.get()
-	bk := startBg(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast",
-		"--chunk-size-mb", "1", "--max-rate-kb", "4096")
-	var id string
-	waitFor(t, "the running backup's lease", time.Minute, func() bool {
-		for _, k := range keysWith(t, target, "backups/") {
-			if strings.HasSuffix(k, "/lease.json") {
-				id = strings.Split(k, "/")[1]
-				return true
-			}
-		}
-		return bk.exited()
-	})
-	if id == "" {
-		t.Fatalf("the backup ended before it could be raced:\n%s", bk.stderr())
-	}
-	// Mid-way, the plan keeps every object of the running backup, and
-	// says why.
-	waitFor(t, "retention to run during the backup", time.Minute, func() bool { return retained.get() >= 3 || bk.exited() })
-	var plan struct {
-		RunningBackups []string `json:"running_backups"`
-		Items          []struct {
-			Key    string `json:"key"`
-			Delete bool   `json:"delete"`
-			Reason string `json:"reason"`
-		} `json:"items"`
-	}
-	out := mustWalship(t, w, env, "retention", "plan", "--archive", target.url, "--keep-last", "1", "--grace", "0s", "--json")
-	if err := json.Unmarshal([]byte(out), &plan); err != nil {
-		t.Fatal(err)
-	}
-	mine := 0
-	for _, it := range plan.Items {
-		if strings.HasPrefix(it.Key, "backups/"+id+"/") {
-			mine++
-			if it.Delete && !bk.exited() {
-				t.Errorf("the plan deletes %s of the running backup: %s", it.Key, it.Reason)
-			}
-		}
-	}
-	if !bk.exited() && (mine == 0 || len(plan.RunningBackups) != 1 || plan.RunningBackups[0] != id) {
-		t.Errorf("plan during the backup: running %v, %d of its objects", plan.RunningBackups, mine)
-	}
+	bk, id := startSlowBackup(t, w, target, primary)
+	waitFor(t, "retention to run during the backup", time.Minute, func() bool { return retained.get() >= before+3 || bk.exited() })
+	checkPlanKeepsRunning(t, w, target, id)
 	if code := bk.wait(t, 5*time.Minute); code != 0 {
 		t.Fatalf("backup push raced by retention: exit %d\n%s", code, bk.stderr())
 	}
@@ -312,13 +249,48 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 		t.Errorf("filler has %s rows", got)
 	}
 	c.Stop()
+	deleteRunningBackup(t, w, target, primary)
+}
 
-	// A running backup deleted from under backup push (its lease with
-	// it): push fails with status 3, writes no manifest, leaves nothing.
-	bk = startBg(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast",
+// startRace starts the loops: retention apply with no grace every 50 ms,
+// and on the primary a commit and a segment switch every 250 ms. stop
+// ends them (once), fails the test on any failed run, and returns how many
+// applies and switches ran.
+func startRace(t *testing.T, w *testenv.Workdir, target archiveTarget, primary *testenv.Cluster) (*counter, func() (int, int)) {
+	retained := &counter{}
+	stopRetention := loop(50*time.Millisecond, func() error {
+		defer retained.inc()
+		return commandErr(w, target.env, walshipBin, "retention", "apply", "--archive", target.url, "--keep-last", "1", "--grace", "0s")
+	})
+	batch := 100
+	stopPushes := loop(250*time.Millisecond, func() error {
+		batch++
+		return commandErr(w, nil, filepath.Join(primary.Bin, "psql"), append(primary.ConnArgs(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres",
+			"-c", "INSERT INTO rows SELECT "+strconv.Itoa(batch)+", generate_series(1, 10)", "-c", "SELECT pg_switch_wal()")...)
+	})
+	var once sync.Once
+	var runs, pushes int
+	return retained, func() (int, int) {
+		once.Do(func() {
+			var rf, pf []error
+			runs, rf = stopRetention()
+			pushes, pf = stopPushes()
+			for _, err := range append(rf, pf...) {
+				t.Errorf("during the race: %v", err)
+			}
+		})
+		return runs, pushes
+	}
+}
+
+// startSlowBackup starts a throttled backup push in 1 MiB chunks and
+// returns it once its lease is in the archive, with the backup's id.
+func startSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTarget, primary *testenv.Cluster) (*bgCmd, string) {
+	t.Helper()
+	bk := startBg(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast",
 		"--chunk-size-mb", "1", "--max-rate-kb", "4096")
-	id = ""
-	waitFor(t, "the second backup's lease", time.Minute, func() bool {
+	id := ""
+	waitFor(t, "the running backup's lease", time.Minute, func() bool {
 		for _, k := range keysWith(t, target, "backups/") {
 			if strings.HasSuffix(k, "/lease.json") {
 				id = strings.Split(k, "/")[1]
@@ -328,9 +300,50 @@ func raceRetentionSlowBackup(t *testing.T, w *testenv.Workdir, target archiveTar
 		return bk.exited()
 	})
 	if id == "" {
-		t.Fatalf("the second backup ended before it could be deleted:\n%s", bk.stderr())
+		t.Fatalf("the backup ended before it could be raced:\n%s", bk.stderr())
 	}
-	mustWalship(t, w, env, "backup", "delete", "--archive", target.url, id)
+	return bk, id
+}
+
+// checkPlanKeepsRunning: mid-way, the plan keeps every object of the
+// running backup, and says why.
+func checkPlanKeepsRunning(t *testing.T, w *testenv.Workdir, target archiveTarget, id string) {
+	t.Helper()
+	var plan struct {
+		RunningBackups []string `json:"running_backups"`
+		Items          []struct {
+			Key    string `json:"key"`
+			Delete bool   `json:"delete"`
+			Reason string `json:"reason"`
+		} `json:"items"`
+	}
+	out := mustWalship(t, w, target.env, "retention", "plan", "--archive", target.url, "--keep-last", "1", "--grace", "0s", "--json")
+	if err := json.Unmarshal([]byte(out), &plan); err != nil {
+		t.Fatal(err)
+	}
+	// The backup may complete while the plan is made: then it is simply
+	// a kept backup.
+	mine, complete := 0, false
+	for _, it := range plan.Items {
+		if strings.HasPrefix(it.Key, "backups/"+id+"/") {
+			mine++
+			complete = complete || strings.HasSuffix(it.Key, "/manifest.json")
+			if it.Delete || !(strings.Contains(it.Reason, "is running") || strings.Contains(it.Reason, "kept backup "+id)) {
+				t.Errorf("the plan for %s of the running backup: delete=%v (%s)", it.Key, it.Delete, it.Reason)
+			}
+		}
+	}
+	if mine == 0 || (!complete && (len(plan.RunningBackups) != 1 || plan.RunningBackups[0] != id)) {
+		t.Errorf("plan during the backup: running %v, %d of its objects", plan.RunningBackups, mine)
+	}
+}
+
+// deleteRunningBackup: a running backup deleted from under backup push
+// (its lease with it) makes push fail with status 3, write no manifest and
+// leave nothing.
+func deleteRunningBackup(t *testing.T, w *testenv.Workdir, target archiveTarget, primary *testenv.Cluster) {
+	bk, id := startSlowBackup(t, w, target, primary)
+	mustWalship(t, w, target.env, "backup", "delete", "--archive", target.url, id)
 	if code := bk.wait(t, 5*time.Minute); code != 3 || !strings.Contains(bk.stderr(), "lease lost") {
 		t.Errorf("backup push whose backup was deleted while running: exit %d, want 3 (lease lost)\n%s", code, bk.stderr())
 	}

@@ -127,21 +127,7 @@ func statusCommand(env *appEnv) *cli.Command {
 				r.Problems = append(r.Problems, fmt.Sprintf("gap on timeline %d: %s to %s were never archived (found when %s was pushed at %s)",
 					g.Timeline, g.From, g.To, g.Before, g.Detected.Format(time.RFC3339)))
 			}
-			starts, have := map[uint32]bool{}, map[uint32]bool{}
-			for tli := range ranges {
-				have[tli] = true
-			}
-			for _, b := range l.Backups {
-				starts[b.Timeline], have[b.StopTimeline] = true, true
-			}
-			for _, s := range r.Slots {
-				if n, err := segment.ParseName(s.Position, r.Identity.SegmentSize); err == nil {
-					starts[n.TLI] = true
-				}
-			}
-			for _, p := range verify.MissingHistory(starts, have, histories) {
-				r.Problems = append(r.Problems, p.Detail)
-			}
+			r.Problems = append(r.Problems, missingHistory(ranges, l.Backups, r.Slots, histories, r.Identity.SegmentSize)...)
 			for _, s := range r.Slots {
 				if s.Expired {
 					r.Problems = append(r.Problems, fmt.Sprintf("slot %s expired (last heartbeat %s): it no longer protects WAL",
@@ -192,6 +178,28 @@ func statusCommand(env *appEnv) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// missingHistory reports the history files a restore or a follower
+// starting on a backup's or a slot's timeline needs and the archive lacks.
+func missingHistory(wal map[uint32]*timelineRange, backups []*backup.Manifest, slots []slotRow, histories map[uint32]bool, segSize uint64) []string {
+	starts, have := map[uint32]bool{}, map[uint32]bool{}
+	for tli := range wal {
+		have[tli] = true
+	}
+	for _, b := range backups {
+		starts[b.Timeline], have[b.StopTimeline] = true, true
+	}
+	for _, s := range slots {
+		if n, err := segment.ParseName(s.Position, segSize); err == nil {
+			starts[n.TLI] = true
+		}
+	}
+	var out []string
+	for _, p := range verify.MissingHistory(starts, have, histories) {
+		out = append(out, p.Detail)
+	}
+	return out
 }
 
 // openGaps reads the gaps push recorded and keeps those whose first
