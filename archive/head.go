@@ -37,10 +37,10 @@ func (a *Archive) ReadHead(ctx context.Context, tli uint32) (Head, error) {
 	}
 	var h Head
 	if err := json.Unmarshal(b, &h); err != nil {
-		return Head{}, fmt.Errorf("head of timeline %d is damaged: %w", tli, err)
+		return Head{}, fmt.Errorf("%w: head of timeline %d: %w", ErrDamaged, tli, err)
 	}
 	if f, err := segment.ParseFile(h.Segment); err != nil || f.Kind != segment.KindSegment || f.TLI != tli {
-		return Head{}, fmt.Errorf("head of timeline %d names %q", tli, h.Segment)
+		return Head{}, fmt.Errorf("%w: head of timeline %d names %q", ErrDamaged, tli, h.Segment)
 	}
 	return h, nil
 }

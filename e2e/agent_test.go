@@ -258,3 +258,164 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget, resto
 		return code == 8 && strings.Contains(out, "gone from the archive")
 	})
 }
+
+// spoolSeg names synthetic segment n (1 MiB segments, timeline 1).
+func spoolSeg(n uint64) string { return segment.Name{TLI: 1, SegNo: n}.String(1 << 20) }
+
+const spoolSysID = 7300000000000000042
+
+// TestAgentSpoolTrust runs the walship binary the way a standby uses it,
+// against a filesystem archive of synthetic segments (no PostgreSQL): the
+// agent's published poll dies with the agent (SIGTERM, kill -9) and goes
+// stale when it hangs (SIGSTOP); the agent refuses to run as root or as
+// another user than the spool's owner; fetch --spool refuses a relative
+// spool and takes only a good file, falling back to the archive otherwise.
+func TestAgentSpoolTrust(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	segs := w.Mkdir(t, "segs")
+	push := func(n uint64) {
+		t.Helper()
+		p := testenv.WriteSegment(t, segs, spoolSeg(n), spoolSysID, nil)
+		w.Chown(t, p)
+		mustWalship(t, w, nil, "push", "--archive", target.url, p)
+	}
+	for n := uint64(2); n <= 4; n++ {
+		push(n)
+	}
+	// A slot never advanced: the agent follows new WAL from the head.
+	mustWalship(t, w, nil, "slot", "create", "--archive", target.url, "dr")
+	dest := filepath.Join(w.Dir, "RECOVERYXLOG")
+	fetch := func(spool string, n uint64) (int, string) {
+		_ = os.Remove(dest)
+		_, errs, code := runWalship(t, w, nil, "fetch", "--archive", target.url, "--spool", spool, "--log-level", "debug", spoolSeg(n), dest)
+		return code, errs
+	}
+	fromPoll := "per the agent's last poll"
+	agent := func(spool string, pollMin, pollMax string) *bgWalship {
+		return startWalship(t, w, nil, "agent", "--archive", target.url, "--spool", spool, "--slot", "dr",
+			"--poll-min", pollMin, "--poll-max", pollMax, "--log-level", "debug")
+	}
+	// caughtUp waits until the agent's poll answers for segment n.
+	caughtUp := func(spool string, n uint64, ag *bgWalship) {
+		t.Helper()
+		waitFor(t, "fetch answering absent from the agent's poll", 30*time.Second, func() bool {
+			code, errs := fetch(spool, n)
+			return code == 1 && strings.Contains(errs, fromPoll)
+		})
+	}
+	next := uint64(5)
+
+	// A stopped or killed agent: the next fetch of a segment pushed
+	// meanwhile comes from the archive at once. The poll interval is long
+	// (1s doubling to 1m), so a poll left behind would still look fresh.
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		spool := w.Mkdir(t, "spool-"+sig.String())
+		ag := agent(spool, "1s", "1m")
+		caughtUp(spool, next, ag)
+		ag.stop(sig)
+		if sig == syscall.SIGTERM && ag.cmd.ProcessState.ExitCode() != 0 {
+			t.Fatalf("agent exit %d on SIGTERM:\n%s", ag.cmd.ProcessState.ExitCode(), ag.log())
+		}
+		push(next)
+		code, errs := fetch(spool, next)
+		if code != 0 || strings.Contains(errs, fromPoll) {
+			t.Fatalf("after %s, fetch of a segment pushed meanwhile: exit %d\n%s", sig, code, errs)
+		}
+		next++
+	}
+
+	// A hung agent still holds its lock; its poll is trusted for two poll
+	// intervals (here at most 2 x 400ms), then fetch asks the archive.
+	spool := w.Mkdir(t, "spool-stopped")
+	ag := agent(spool, "100ms", "400ms")
+	caughtUp(spool, next, ag)
+	if err := ag.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	push(next)
+	waitFor(t, "fetch to stop trusting the hung agent's poll", 20*time.Second, func() bool {
+		code, _ := fetch(spool, next)
+		return code == 0
+	})
+	if took := time.Since(stopped); took > 5*time.Second {
+		t.Errorf("a hung agent's poll was trusted for %s, poll-max 400ms", took)
+	} else {
+		t.Logf("a hung agent's poll (poll-max 400ms) was trusted for %s after SIGSTOP", took.Round(time.Millisecond))
+	}
+	_ = ag.cmd.Process.Signal(syscall.SIGCONT)
+	ag.stop(syscall.SIGTERM)
+	next++
+
+	spoolRefusals(t, w, target, spool, fetch)
+	spoolBadFiles(t, w, spool, segs, push, fetch, next)
+}
+
+// spoolRefusals: the agent refuses root and a spool of another user; fetch
+// and agent refuse a relative spool. Each is one line and status 2.
+func spoolRefusals(t *testing.T, w *testenv.Workdir, target archiveTarget, spool string, fetch func(string, uint64) (int, string)) {
+	oneLine := func(what, errs, want string, code int) {
+		t.Helper()
+		if code != 2 || !strings.Contains(errs, want) || strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+			t.Errorf("%s: exit %d, want 2 and one line with %q:\n%s", what, code, want, errs)
+		}
+	}
+	if os.Geteuid() == 0 {
+		cmd := exec.Command(walshipBin, "agent", "--archive", target.url, "--spool", spool, "--slot", "dr")
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		_ = cmd.Run()
+		oneLine("agent as root", errb.String(), "must not run as root", cmd.ProcessState.ExitCode())
+		// A spool root owns, and an agent run as the standby's user.
+		rootSpool := t.TempDir()
+		_ = os.Chmod(filepath.Dir(rootSpool), 0o755)
+		_, errs, code := runWalship(t, w, nil, "agent", "--archive", target.url, "--spool", rootSpool, "--slot", "dr")
+		oneLine("agent on a spool another user owns", errs, "is owned by root", code)
+	}
+	code, errs := fetch("relative/spool", 9)
+	oneLine("fetch --spool relative", errs, "want an absolute directory", code)
+	_, errs, code = runWalship(t, w, []string{"WALSHIP_SPOOL=relative/spool"}, "fetch", "--archive", target.url, spoolSeg(9), "x")
+	oneLine("WALSHIP_SPOOL relative", errs, "want an absolute directory", code)
+	_, errs, code = runWalship(t, w, nil, "agent", "--archive", target.url, "--spool", "relative/spool", "--slot", "dr")
+	oneLine("agent --spool relative", errs, "want an absolute directory", code)
+}
+
+// spoolBadFiles: what fetch finds in the spool under a segment's name and
+// must not hand over (a directory, a file root wrote 0600, a short file, a
+// wrong header): fetch serves the archived segment instead.
+func spoolBadFiles(t *testing.T, w *testenv.Workdir, spool, segs string, push func(uint64), fetch func(string, uint64) (int, string), next uint64) {
+	bad := map[uint64]func(p string){
+		next: func(p string) {
+			if err := os.Mkdir(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			w.Chown(t, p)
+		},
+		next + 1: func(p string) { testenv.WriteSegment(t, spool, filepath.Base(p), spoolSysID, nil) }, // root's, 0600 (when root)
+		next + 2: func(p string) {
+			if err := os.WriteFile(p, make([]byte, 8192), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			w.Chown(t, p)
+		},
+		next + 3: func(p string) {
+			testenv.WriteSegment(t, spool, filepath.Base(p), spoolSysID, func(b []byte) { b[8]++ })
+			w.Chown(t, p)
+		},
+	}
+	for n, make := range bad {
+		push(n)
+		make(filepath.Join(spool, spoolSeg(n)))
+		code, errs := fetch(spool, n)
+		if code != 0 || !strings.Contains(errs, "not taken") || !strings.Contains(errs, "msg=fetched ") {
+			t.Errorf("%s, a bad file in the spool: exit %d\n%s", spoolSeg(n), code, errs)
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(w.Dir, "RECOVERYXLOG"))
+		want, _ := os.ReadFile(filepath.Join(segs, spoolSeg(n)))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: fetch wrote other bytes than the archived segment (%v)", spoolSeg(n), err)
+		}
+	}
+}

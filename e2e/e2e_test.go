@@ -1,6 +1,7 @@
 // Package e2e runs walship against real PostgreSQL 15 and a real S3 server:
 // a primary archiving with archive_command under pgbench load, and an
-// archive-only standby replaying everything through restore_command.
+// archive-only standby replaying everything through restore_command. The
+// key scenarios also run on PostgreSQL 16, 17 and 18 (versions_test.go).
 package e2e
 
 import (
@@ -106,13 +107,13 @@ func archiveAndReplay(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 		"max_wal_size":    "64MB", "checkpoint_timeout": "30s",
 	})
 	primary.Start(t)
-	pgbench := filepath.Join(primary.Bin, "pgbench")
+	pgbench := primary.Tool("pgbench")
 	w.Run(t, nil, pgbench, append(primary.ConnArgs(), "-i", "-s", "4", "-q", "postgres")...)
 
 	// An archive-only base: no WAL in the backup, so the standby needs the
 	// archive for everything from the backup's start on.
 	standby := testenv.EmptyCluster(t, w, "standby")
-	w.Run(t, nil, filepath.Join(primary.Bin, "pg_basebackup"), append(primary.ConnArgs(), "-D", standby.Data, "-X", "none", "--no-sync", "-c", "fast")...)
+	archiveOnlyBase(t, w, primary, standby, target)
 
 	// Load with forced WAL switches, so many segments are archived mid-way.
 	for i := 0; i < 6; i++ {

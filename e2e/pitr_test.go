@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -99,8 +100,22 @@ func switchAndWait(t *testing.T, c *testenv.Cluster) {
 }
 
 // restoreAndCount restores into a new directory, starts it and returns the
-// row count once recovery has finished (promoted).
+// row count once recovery has finished (promoted). Every restored copy must
+// also have no signal file left after promotion and come back out of
+// recovery with the same rows after a restart.
 func restoreAndCount(t *testing.T, w *testenv.Workdir, target archiveTarget, name string, args ...string) string {
+	t.Helper()
+	c, _ := restoreAndStart(t, w, target, name, args...)
+	count := c.SQL(t, "SELECT count(*) FROM rows")
+	restartPromoted(t, c, "SELECT count(*) FROM rows", count)
+	c.Stop()
+	return count
+}
+
+// restoreAndStart restores into a new directory (tablespace ts1 mapped
+// beside it), starts it and waits until it has promoted. It returns the
+// running copy and restore's log.
+func restoreAndStart(t *testing.T, w *testenv.Workdir, target archiveTarget, name string, args ...string) (*testenv.Cluster, string) {
 	t.Helper()
 	c := testenv.EmptyCluster(t, w, name)
 	ts := filepath.Join(w.Dir, name+"-ts1")
@@ -111,15 +126,47 @@ func restoreAndCount(t *testing.T, w *testenv.Workdir, target archiveTarget, nam
 		t.Fatalf("restore %v: exit %d\n%s", args, code, errs)
 	}
 	t.Logf("restore %v:\n%s", args, errs)
+	signals := signalFiles(c)
+	if len(signals) != 1 || (signals[0] == "standby.signal") != slices.Contains(args, "--standby") {
+		t.Fatalf("%s: restore left signal files %v, want exactly the one it means", name, signals)
+	}
 	c.Env = target.env
 	c.Start(t)
 	c.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", 2*time.Minute)
 	if n := c.SQL(t, "SELECT count(*) FROM spaced"); n != "321" {
 		t.Fatalf("%s: tablespace table has %s rows, want 321", name, n)
 	}
-	count := c.SQL(t, "SELECT count(*) FROM rows")
+	return c, errs
+}
+
+// signalFiles lists the recovery signal files in a data directory.
+func signalFiles(c *testenv.Cluster) []string {
+	var found []string
+	for _, f := range []string{"recovery.signal", "standby.signal"} {
+		if _, err := os.Stat(filepath.Join(c.Data, f)); err == nil {
+			found = append(found, f)
+		}
+	}
+	return found
+}
+
+// restartPromoted checks that a promoted copy left no signal file (on
+// PostgreSQL 18 a stale one made the next start PANIC), then stops and
+// starts it: it must come up out of recovery, with query still giving want.
+func restartPromoted(t *testing.T, c *testenv.Cluster, query, want string) {
+	t.Helper()
+	testenv.WaitFor(t, "the promoted copy to remove its signal file", 30*time.Second, func() bool { return len(signalFiles(c)) == 0 })
 	c.Stop()
-	return count
+	c.Start(t)
+	if r := c.SQL(t, "SELECT pg_is_in_recovery()"); r != "f" {
+		t.Fatalf("%s: in recovery again after a restart", c.Data)
+	}
+	if got := c.SQL(t, query); got != want {
+		t.Fatalf("%s: after a restart %q gives %s, want %s", c.Data, query, got, want)
+	}
+	if strings.Contains(c.Log(), "PANIC") {
+		t.Fatalf("%s: the server log has a PANIC:\n%s", c.Data, c.Log())
+	}
 }
 
 func TestBackupAndPITRFilesystem(t *testing.T) {
@@ -354,4 +401,21 @@ func TestBackupFromStandby(t *testing.T) {
 		"--tablespace-mapping", filepath.Join(w.Dir, "streaming-ts1")+"="+filepath.Join(w.Dir, "r-from-standby-ts1")); got != rowsUpTo(3) {
 		t.Errorf("restore of the standby's backup: %s rows, want %s", got, rowsUpTo(3))
 	}
+
+	// Without a target and without --standby the copy replays the archive
+	// to its end and promotes: the standby.signal and primary_conninfo
+	// (pg_basebackup -R) the backup carried are gone.
+	c, logs := restoreAndStart(t, w, target, "r-from-standby-end", "--backup", id,
+		"--tablespace-mapping", filepath.Join(w.Dir, "streaming-ts1")+"="+filepath.Join(w.Dir, "r-from-standby-end-ts1"))
+	for _, want := range []string{"removed signal files the backup carried", "files=standby.signal", "primary_conninfo"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("restore log lacks %q (did the backup carry the standby's configuration?):\n%s", want, logs)
+		}
+	}
+	want := primary.SQL(t, "SELECT count(*) || ':' || md5(string_agg(batch || ',' || i, ';' ORDER BY batch, i)) FROM rows")
+	q := "SELECT count(*) || ':' || md5(string_agg(batch || ',' || i, ';' ORDER BY batch, i)) FROM rows"
+	if got := c.SQL(t, q); got != want || !strings.HasPrefix(got, rowsUpTo(4)+":") {
+		t.Fatalf("restore of the standby's backup to the end: rows %s, primary %s (want %s rows)", got, want, rowsUpTo(4))
+	}
+	restartPromoted(t, c, q, want)
 }

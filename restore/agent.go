@@ -17,8 +17,6 @@ import (
 	"github.com/walship/walship/segment"
 )
 
-const agentStateFile = ".walship-agent.json"
-
 // spoolCheck is how often a full spool is looked at for files replay took.
 const spoolCheck = 20 * time.Millisecond
 
@@ -85,6 +83,8 @@ type Agent struct {
 	stats AgentStats
 
 	segSize uint64
+	sysID   uint64
+	lock    *os.File // held while the agent runs: see agentLockFile
 	tli     uint32
 	next    uint64 // next segment number to download on tli
 	head    uint64
@@ -97,10 +97,11 @@ type Agent struct {
 	known   bool // replay is known (from Position or from a taken file)
 
 	inflight  map[uint64]bool
-	probe     bool      // no head object: try the next segment once
-	polled    time.Time // last successful poll
-	noHistory uint32    // the history file of this timeline was absent at the last poll
-	retryAt   time.Time // after a failed download, not before
+	probe     bool          // no head object: try the next segment once
+	polled    time.Time     // last successful poll
+	pollEvery time.Duration // the wait after it, until the next poll
+	noHistory uint32        // the history file of this timeline was absent at the last poll
+	retryAt   time.Time     // after a failed download, not before
 	backoff   time.Duration
 	problem   string
 	goneSeg   uint64 // the segment reported gone
@@ -109,18 +110,6 @@ type Agent struct {
 	lastPos   time.Time
 	lastState agentState
 	posErr    string
-}
-
-// agentState is saved in the spool: where to resume, and what the last
-// poll saw, which fetch uses to answer a standby's "is the next segment
-// there yet?" without asking the archive.
-type agentState struct {
-	Timeline  uint32    `json:"timeline"`
-	Next      string    `json:"next"`
-	Head      string    `json:"head,omitempty"`       // newest segment archived on Timeline
-	NoHistory uint32    `json:"no_history,omitempty"` // this timeline's history file was absent
-	Polled    time.Time `json:"polled"`               // when Head and NoHistory were true
-	Fresh     Duration  `json:"fresh"`                // how long they may be trusted
 }
 
 type download struct {
@@ -159,23 +148,22 @@ func NewAgent(a *archive.Archive, o AgentOptions) *Agent {
 func (g *Agent) Stats() *AgentStats { return &g.stats }
 
 // Run follows the archive until ctx ends, then waits for its downloads,
-// saves where it was and returns nil. It returns early only if it cannot
-// start: no archive, no slot, no spool.
+// saves where it was, withdraws its published poll and returns nil. It
+// returns early only if it cannot start: no archive, no slot, a spool that
+// is not its own (ErrSpoolOwner) or not usable, another agent on the spool.
 func (g *Agent) Run(ctx context.Context) error {
 	id, err := g.a.Identity(ctx)
 	if err != nil {
 		return err
 	}
-	g.segSize = id.SegmentSize
+	g.segSize, g.sysID = id.SegmentSize, id.SystemIdentifier
 	if _, err := g.a.GetSlot(ctx, g.o.Slot); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(g.o.Spool, 0o700); err != nil {
-		return fmt.Errorf("%w: spool: %w", archive.ErrLocal, err)
-	}
-	if _, err := scanSpool(g.o.Spool, g.segSize, true); err != nil {
+	if err := g.openSpool(ctx); err != nil {
 		return err
 	}
+	defer func() { g.lock.Close() }()
 	if err := g.start(ctx); err != nil {
 		return err
 	}
@@ -187,7 +175,7 @@ func (g *Agent) Run(ctx context.Context) error {
 		for r := range results {
 			g.finished(ctx, r)
 		}
-		g.saveState()
+		g.saveState(false) // withdrawn before the lock is dropped
 	}()
 	wait := g.o.PollMin
 	var pollDue time.Time // zero: poll at once
@@ -196,18 +184,22 @@ func (g *Agent) Run(ctx context.Context) error {
 		g.tidySpool()
 		now := g.o.Clock.Now()
 		if (!g.headOK || g.next > g.head) && len(g.inflight) == 0 && !now.Before(pollDue) {
+			before := g.polled
 			if g.poll(ctx) {
 				wait = g.o.PollMin
 			} else {
 				wait = min(wait*2, g.o.PollMax)
 			}
 			pollDue = now.Add(wait)
+			if g.polled != before {
+				g.pollEvery = wait
+			}
 		}
 		if !now.Before(g.retryAt) {
 			g.dispatch(ctx, &wg, results)
 		}
 		g.beat(ctx, false)
-		g.saveState()
+		g.saveState(ctx.Err() == nil)
 		g.updateStats()
 		var timer <-chan time.Time
 		if len(g.inflight) == 0 {
@@ -315,9 +307,11 @@ func (g *Agent) refreshPosition(ctx context.Context) {
 func (g *Agent) tidySpool() {
 	files, err := scanSpool(g.o.Spool, g.segSize, false)
 	if errors.Is(err, os.ErrNotExist) {
-		// Someone removed the spool: start it again, empty.
+		// Someone removed the spool: start it again, empty, locked.
 		g.placed = map[uint64]bool{}
-		err = os.MkdirAll(g.o.Spool, 0o700)
+		if err = os.MkdirAll(g.o.Spool, 0o700); err == nil {
+			g.relock()
+		}
 	}
 	if err != nil {
 		g.o.Log.Warn("cannot read the spool", "error", err)
@@ -375,7 +369,7 @@ func (g *Agent) dispatch(ctx context.Context, wg *sync.WaitGroup, results chan<-
 			continue
 		}
 		name := g.name(n)
-		if _, err := os.Stat(filepath.Join(g.o.Spool, name)); err == nil {
+		if g.checkSpoolFile(name) {
 			g.placed[n] = true
 			continue
 		}
@@ -537,21 +531,6 @@ func (g *Agent) slotUpdate() archive.SlotUpdate {
 		u.Position = g.redo.String(g.segSize)
 	}
 	return u
-}
-
-func (g *Agent) saveState() {
-	st := agentState{Timeline: g.tli, Next: g.name(g.next), Polled: g.polled, Fresh: Duration(2 * g.o.PollMax), NoHistory: g.noHistory}
-	if g.headOK {
-		st.Head = g.name(g.head)
-	}
-	if st == g.lastState {
-		return
-	}
-	b, _ := json.Marshal(st)
-	tmp := filepath.Join(g.o.Spool, agentStateFile+".tmp")
-	if os.WriteFile(tmp, b, 0o600) == nil && os.Rename(tmp, filepath.Join(g.o.Spool, agentStateFile)) == nil {
-		g.lastState = st
-	}
 }
 
 func (g *Agent) updateStats() {

@@ -1,14 +1,23 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/restore"
@@ -102,13 +111,15 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	})
 
 	// A segment the standby needs vanishes while later ones exist: gone.
+	// (Deleted before the takes: with 4 to 6 in the spool, the agent
+	// downloads nothing more until they are taken.)
+	if err := store.Delete(ctx, archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Log: 0, Seg: 8})); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []uint64{4, 5, 6} {
 		if took, _ := restore.TakeFromSpool(spool, seg(n), dest); !took {
 			t.Fatalf("take %s", seg(n))
 		}
-	}
-	if err := store.Delete(ctx, archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Log: 0, Seg: 8})); err != nil {
-		t.Fatal(err)
 	}
 	testenv.WaitFor(t, "the agent to report segment 8 gone", 10*time.Second, func() bool { return ag.Stats().Gone.Load() })
 	testenv.WaitFor(t, "the slot to carry the problem", 10*time.Second, func() bool {
@@ -136,9 +147,12 @@ func TestKnownAbsent(t *testing.T) {
 		t.Fatal(err)
 	}
 	spool := t.TempDir()
+	// Polls at least 100ms apart: each is trusted for two intervals.
 	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 8,
-		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
-	go func() { _ = ag.Run(ctx) }()
+		PollMin: 100 * time.Millisecond, PollMax: 400 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	defer func() { cancel(); <-done }() // before the spool is removed
 	now := time.Now()
 	testenv.WaitFor(t, "the agent to be caught up", 10*time.Second, func() bool {
 		return restore.KnownAbsent(spool, seg(5), time.Now())
@@ -155,5 +169,251 @@ func TestKnownAbsent(t *testing.T) {
 	// A stale poll is not trusted.
 	if restore.KnownAbsent(spool, seg(5), now.Add(time.Hour)) {
 		t.Error("an hour-old poll was trusted")
+	}
+}
+
+// otherUID is a user other than the one the tests run as.
+func otherUID(t *testing.T) int {
+	if u, err := user.Lookup("postgres"); err == nil && u.Uid != strconv.Itoa(os.Geteuid()) {
+		n, _ := strconv.Atoi(u.Uid)
+		return n
+	}
+	return 65534
+}
+
+// TestAgentRefusesSpoolNotItsOwn: the agent runs only as the spool's owner,
+// on a spool no one else can write into, and alone.
+func TestAgentRefusesSpoolNotItsOwn(t *testing.T) {
+	ctx := context.Background()
+	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
+	slotAt3(t, a)
+	run := func(spool string) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr"}).Run(ctx)
+	}
+	shared := t.TempDir()
+	if err := os.Chmod(shared, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(shared); !errors.Is(err, restore.ErrSpoolOwner) || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Errorf("group-writable spool: %v, want ErrSpoolOwner", err)
+	}
+	if err := run("relative/spool"); !errors.Is(err, restore.ErrSpoolOwner) {
+		t.Errorf("relative spool: %v, want ErrSpoolOwner", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Log("not root: cannot hand a spool to another user; the owner check is not exercised")
+	} else {
+		// The field case: the agent started as root beside a standby
+		// whose spool belongs to postgres.
+		theirs := t.TempDir()
+		if err := os.Chown(theirs, otherUID(t), -1); err != nil {
+			t.Fatal(err)
+		}
+		err := run(theirs)
+		if !errors.Is(err, restore.ErrSpoolOwner) || !strings.Contains(err.Error(), "is owned by") {
+			t.Errorf("spool of another user: %v, want ErrSpoolOwner", err)
+		}
+		if ents, _ := os.ReadDir(theirs); len(ents) != 0 {
+			t.Errorf("the refused agent wrote into the spool: %v", ents)
+		}
+	}
+	// One agent per spool.
+	spool := t.TempDir()
+	ctx1, cancel := context.WithCancel(ctx)
+	defer cancel()
+	first := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx1) }()
+	testenv.WaitFor(t, "the first agent to poll", 10*time.Second, func() bool { return first.Stats().LastPoll.Load() != 0 })
+	if err := run(spool); !errors.Is(err, archive.ErrLocal) || !strings.Contains(err.Error(), "another walship agent") {
+		t.Errorf("second agent on a spool: %v, want ErrLocal (another agent)", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// holdLock takes the agent's lock on spool, as a live agent would.
+func holdLock(t *testing.T, spool string) func() {
+	f, err := os.OpenFile(filepath.Join(spool, ".walship-agent.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	return func() { f.Close() }
+}
+
+// TestAgentPollDiesWithAgent: the published poll answers only while the
+// agent that wrote it holds the spool's lock, and a clean stop withdraws
+// it.
+func TestAgentPollDiesWithAgent(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
+	slotAt3(t, a)
+	spool := t.TempDir()
+	// Polls at least 500ms apart: each is trusted for two intervals, ample
+	// for what follows.
+	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 16,
+		PollMin: 500 * time.Millisecond, PollMax: time.Minute})
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	testenv.WaitFor(t, "the agent to be caught up", 10*time.Second, func() bool {
+		return restore.KnownAbsent(spool, seg(10), time.Now())
+	})
+
+	// The same state with no live agent behind it (what kill -9 leaves):
+	// not trusted; with the lock held, trusted.
+	dead := t.TempDir()
+	b, err := os.ReadFile(filepath.Join(spool, ".walship-agent.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string][]byte{".walship-agent.json": b, ".walship-agent.lock": nil} {
+		if err := os.WriteFile(filepath.Join(dead, name), content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if restore.KnownAbsent(dead, seg(10), time.Now()) {
+		t.Fatal("a poll with no agent holding the lock was trusted")
+	}
+	release := holdLock(t, dead)
+	if !restore.KnownAbsent(dead, seg(10), time.Now()) {
+		t.Fatalf("a fresh poll of a live agent was not trusted at %s: %s", time.Now(), b)
+	}
+	release()
+
+	// A clean stop withdraws the poll: even with the lock held again (a
+	// new agent starting), it no longer answers.
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	defer holdLock(t, spool)()
+	if restore.KnownAbsent(spool, seg(10), time.Now()) {
+		t.Fatal("the poll of a stopped agent is still trusted")
+	}
+	// It resumes where it was: the state keeps its position.
+	if b, err := os.ReadFile(filepath.Join(spool, ".walship-agent.json")); err != nil || !strings.Contains(string(b), seg(10)) {
+		t.Fatalf("the state lost the resume position (%v): %s", err, b)
+	}
+}
+
+// hangingHead is a store whose head reads never return once hang is
+// closed: an agent stuck in a poll.
+type hangingHead struct {
+	backends.Storage
+	hang chan struct{}
+}
+
+func (h *hangingHead) Get(ctx context.Context, key string) (io.ReadCloser, backends.ObjectInfo, error) {
+	if strings.HasPrefix(key, "heads/") {
+		select {
+		case <-h.hang:
+			<-ctx.Done()
+			return nil, backends.ObjectInfo{}, ctx.Err()
+		default:
+		}
+	}
+	return h.Storage.Get(ctx, key)
+}
+
+// TestAgentHungPollGoesStale: a live agent's poll stays trusted across its
+// polls; once it stops polling (hung, still holding the lock) the poll is
+// trusted for at most two poll intervals. The clock is synctest's.
+func TestAgentHungPollGoesStale(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		store := &hangingHead{Storage: memory.New(), hang: make(chan struct{})}
+		a := archive.New(store, slog.New(slog.DiscardHandler))
+		slotAt3(t, a)
+		spool := t.TempDir()
+		const pollMax = 30 * time.Second
+		ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", PollMin: 500 * time.Millisecond, PollMax: pollMax})
+		done := make(chan error, 1)
+		go func() { done <- ag.Run(ctx) }()
+		start := time.Now()
+		for !restore.KnownAbsent(spool, seg(10), time.Now()) {
+			if time.Since(start) > time.Minute {
+				t.Fatal("the agent did not catch up within a minute")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// Alive and polling, backing off to pollMax: trusted throughout.
+		for i := 0; i < 300; i++ {
+			time.Sleep(time.Second)
+			if !restore.KnownAbsent(spool, seg(10), time.Now()) {
+				t.Fatalf("a live agent's poll was not trusted %s after it caught up", time.Since(start))
+			}
+		}
+		polls := ag.Stats().LastPoll.Load()
+		close(store.hang)
+		hung := time.Now()
+		for restore.KnownAbsent(spool, seg(10), time.Now()) {
+			if time.Since(hung) > 2*pollMax {
+				t.Fatalf("a hung agent's poll was trusted %s after it hung, beyond two poll intervals", time.Since(hung))
+			}
+			time.Sleep(time.Second)
+		}
+		if ag.Stats().LastPoll.Load() == polls {
+			t.Fatal("the agent did not poll (and hang) after the store hung: the staleness was not tested")
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestAgentRemovesWhatItDidNotPlace: files under segments' names that are
+// not good segments of the agent's user (left by an agent run as root, a
+// directory, a wrong header) are removed and replaced by verified copies,
+// so that even a plain mv from the spool hands PostgreSQL only those.
+func TestAgentRemovesWhatItDidNotPlace(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
+	slotAt3(t, a)
+	spool := t.TempDir()
+	// seg 3 carries seg 7's header; seg 4 is a directory; seg 5 belongs
+	// to another user (when root).
+	wrong := testenv.WriteSegment(t, t.TempDir(), seg(7), sys, nil)
+	if err := os.Rename(wrong, filepath.Join(spool, seg(3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(spool, seg(4)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		p := testenv.WriteSegment(t, spool, seg(5), sys, nil)
+		if err := os.Chown(p, otherUID(t), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 3,
+		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	testenv.WaitFor(t, "3, 4 and 5 downloaded", 10*time.Second, func() bool { return ag.Stats().Downloads.Load() >= 3 })
+	want := t.TempDir()
+	for _, n := range []uint64{3, 4, 5} {
+		orig, _ := os.ReadFile(testenv.WriteSegment(t, want, seg(n), sys, nil))
+		fi, err := os.Lstat(filepath.Join(spool, seg(n)))
+		if err != nil || !fi.Mode().IsRegular() || fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()) {
+			t.Fatalf("%s in the spool: %v %v", seg(n), fi, err)
+		}
+		if got, _ := os.ReadFile(filepath.Join(spool, seg(n))); !bytes.Equal(got, orig) {
+			t.Fatalf("%s in the spool is not the archived segment", seg(n))
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

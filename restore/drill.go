@@ -79,28 +79,22 @@ func Drill(ctx context.Context, a *archive.Archive, o DrillOptions) (DrillResult
 			_ = os.RemoveAll(d)
 		}
 	}()
+	port, err := freePort()
+	if err != nil {
+		return res, fmt.Errorf("%w: pick a port for the drill: %w", archive.ErrLocal, err)
+	}
+	// The scratch server's own settings go into walship's block with the
+	// recovery settings, after them, so they override the backup's. It
+	// listens on no TCP address: the port only names its socket in the
+	// scratch directory, so picking it before a long restore is safe.
+	settings := []Setting{{"port", strconv.Itoa(port)}, {"listen_addresses", ""},
+		{"unix_socket_directories", o.Scratch}, {"hot_standby", "on"}}
 	err = Restore(ctx, a, plan, Options{PGData: dir, Target: target, RestoreCommand: o.RestoreCommand,
-		TablespaceMap: tsMap, ArchiveModeOff: true, Log: o.Log})
+		TablespaceMap: tsMap, ArchiveModeOff: true, Settings: settings, Log: o.Log})
 	if err != nil {
 		return res, err
 	}
 	res.Restore = time.Since(start)
-	port, err := freePort()
-	if err != nil {
-		return res, err
-	}
-	conf := fmt.Sprintf("\n# walship restore drill\nport = %d\nlisten_addresses = ''\nunix_socket_directories = '%s'\nhot_standby = on\n", port, o.Scratch)
-	f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return res, fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	_, err = f.WriteString(conf)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return res, fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
 	pgctl := filepath.Join(o.PGBin, "pg_ctl")
 	started := time.Now()
 	secs := strconv.Itoa(int(time.Until(deadline(ctx)).Seconds()))

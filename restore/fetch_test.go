@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -171,5 +172,113 @@ func TestFetchUnwritableDest(t *testing.T) {
 	_, err := restore.Fetch(context.Background(), a, "000000010000000000000004", filepath.Join(t.TempDir(), "no", "such", "dir"), quick)
 	if !errors.Is(err, archive.ErrLocal) {
 		t.Fatalf("unwritable dest: %v, want ErrLocal", err)
+	}
+}
+
+// stoppedAgentSpool returns a spool an agent filled with 3 and 4 (ahead 2)
+// from an archive holding 2 to 9, and the archive.
+func stoppedAgentSpool(t *testing.T) (*archive.Archive, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := archive.New(memory.New(), quiet())
+	slotAt3(t, a)
+	spool := t.TempDir()
+	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 2,
+		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	testenv.WaitFor(t, "two segments in the spool", 10*time.Second, func() bool { return ag.Stats().Downloads.Load() >= 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	return a, spool
+}
+
+// TestTakeFromSpoolChecksTheFile: fetch --spool takes only a regular file
+// of the segment size whose header agrees with its name; anything else
+// under a segment's name is left alone, and the archive serves the right
+// bytes.
+func TestTakeFromSpoolChecksTheFile(t *testing.T) {
+	a, spool := stoppedAgentSpool(t)
+	orig := t.TempDir()
+	want := func(n uint64) []byte {
+		b, err := os.ReadFile(testenv.WriteSegment(t, orig, seg(n), sys, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	put := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(spool, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 5: a directory; 6: a FIFO (a reader would block); 7: a short file;
+	// 8: segment 9's content (wrong header); 9: a symbolic link to a good
+	// copy elsewhere; 2: another cluster's segment.
+	if err := os.Mkdir(filepath.Join(spool, seg(5)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(spool, seg(6)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	put(seg(7), want(7)[:64<<10])
+	put(seg(8), want(9))
+	if err := os.Symlink(filepath.Join(orig, seg(9)), filepath.Join(spool, seg(9))); err != nil {
+		t.Fatal(err)
+	}
+	foreign, _ := os.ReadFile(testenv.WriteSegment(t, t.TempDir(), seg(2), sys+1, nil))
+	put(seg(2), foreign)
+
+	out := t.TempDir()
+	dest := filepath.Join(out, "RECOVERYXLOG")
+	for _, n := range []uint64{2, 5, 6, 7, 8, 9} {
+		took, err := restore.TakeFromSpool(spool, seg(n), dest)
+		if took || err == nil {
+			t.Errorf("%s: took %v, error %v; want refused with a reason", seg(n), took, err)
+		}
+		t.Logf("%s refused: %v", seg(n), err)
+		if _, err := os.Lstat(dest); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: something was put at dest: %v", seg(n), err)
+		}
+		if _, err := os.Lstat(filepath.Join(spool, seg(n))); err != nil {
+			t.Errorf("%s: a refused file left the spool: %v", seg(n), err)
+		}
+		// What fetch does next: the archive, with the right bytes.
+		if _, err := restore.Fetch(context.Background(), a, seg(n), dest, quick); err != nil {
+			t.Fatalf("%s from the archive: %v", seg(n), err)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, want(n)) {
+			t.Fatalf("%s: fetched bytes differ from the archived segment", seg(n))
+		}
+		if err := os.Remove(dest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What the agent placed is taken, by rename.
+	for _, n := range []uint64{3, 4} {
+		if took, err := restore.TakeFromSpool(spool, seg(n), dest); !took || err != nil {
+			t.Fatalf("%s placed by the agent: took %v, %v", seg(n), took, err)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, want(n)) {
+			t.Fatalf("%s: handed-over bytes differ", seg(n))
+		}
+		if _, err := os.Lstat(filepath.Join(spool, seg(n))); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s still in the spool after the hand-over", seg(n))
+		}
+	}
+	// Not there: not taken, no error.
+	if took, err := restore.TakeFromSpool(spool, seg(20), dest); took || err != nil {
+		t.Fatalf("absent from the spool: %v %v", took, err)
+	}
+	// Without the agent's state there is nothing to check a file against.
+	if err := os.Remove(filepath.Join(spool, ".walship-agent.json")); err != nil {
+		t.Fatal(err)
+	}
+	put(seg(4), want(4))
+	if took, err := restore.TakeFromSpool(spool, seg(4), filepath.Join(out, "x")); took || err == nil {
+		t.Fatalf("a spool file with no agent state was taken: %v %v", took, err)
 	}
 }

@@ -76,7 +76,8 @@ func LoadInventory(ctx context.Context, a *archive.Archive) (*Inventory, error) 
 		}
 		h, err := segment.ParseHistory(f.TLI, data)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
+			// Sealed and intact, but not a history file: damaged, status 4.
+			return nil, fmt.Errorf("%s: %w: %w", f, err, ErrDamaged)
 		}
 		inv.History[f.TLI] = h
 	}

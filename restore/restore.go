@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -43,10 +42,22 @@ type Options struct {
 	// ArchiveModeOff writes archive_mode = off, so that the restored
 	// server does not archive into the archive it came from.
 	ArchiveModeOff bool
-	Parallel       int
-	Progress       Progress
-	Log            *slog.Logger
+	// Settings go into walship's block of postgresql.auto.conf after the
+	// recovery settings (the drill's port and socket directory).
+	Settings []Setting
+	Parallel int
+	Progress Progress
+	Log      *slog.Logger
 }
+
+// ErrDamaged: what restore read from the archive is intact as stored but
+// not what it must be: a backup that is not a PostgreSQL base backup
+// walship wrote (a manifest without a base.tar, a chunk that is not tar, a
+// link, device or FIFO entry, a path outside the directory), or a history
+// file that does not parse. Fetching it again will not help: status 4,
+// like a failed checksum. It is archive.ErrDamaged, the one sentinel for
+// damaged archive content, under the name restore's callers know.
+var ErrDamaged = archive.ErrDamaged
 
 // CheckTarget refuses a directory that exists and is not empty. It runs
 // before anything is downloaded.
@@ -76,6 +87,12 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	m := p.Backup
+	if o.PGData == "" || !filepath.IsAbs(o.PGData) {
+		return fmt.Errorf("%w: the data directory %q must be an absolute path", ErrUsage, o.PGData)
+	}
+	if err := checkArchives(m); err != nil {
+		return err
+	}
 	dirs := map[string]string{} // archive name -> destination
 	for _, ar := range m.Archives {
 		dest := o.PGData
@@ -133,6 +150,9 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 		}
 	}
 	o.Progress.End(nil)
+	if err := checkDataDir(o.PGData); err != nil {
+		return fmt.Errorf("backup %s: %w", m.ID, err)
+	}
 	if err := finishDataDir(ctx, a.Storage(), p, o, dirs); err != nil {
 		return err
 	}
@@ -249,8 +269,12 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 	return untar(r, dir)
 }
 
+// maxChunk bounds the decoder's memory: the largest chunk, and at least
+// 1 MiB, since a zstd frame's window is never below 1 KiB, so a small
+// archive's only chunk (a new tablespace's one directory entry) would
+// otherwise be refused as damaged.
 func maxChunk(ar backup.Archive) int64 {
-	var m int64 = 1
+	var m int64 = 1 << 20
 	for _, c := range ar.Chunks {
 		m = max(m, c.Size)
 	}
@@ -324,61 +348,8 @@ func (r *orderedReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// untar unpacks a base backup tar stream into dir: directories and regular
-// files only, every path inside dir.
-func untar(r io.Reader, dir string) error {
-	tr := tar.NewReader(r)
-	buf := make([]byte, 1<<20)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("backup tar stream: %w", err)
-		}
-		name := strings.TrimSuffix(h.Name, "/")
-		if !filepath.IsLocal(name) {
-			return fmt.Errorf("backup holds a path outside the data directory: %q: %w", h.Name, segment.ErrChecksum)
-		}
-		dst := filepath.Join(dir, name)
-		mode := os.FileMode(h.Mode) & os.ModePerm
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(dst, mode|0o700); err != nil {
-				return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-			}
-		case tar.TypeReg:
-			if err := writeFile(dst, mode|0o600, tr, buf); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("backup holds %q of tar type %q, which walship does not restore", h.Name, h.Typeflag)
-		}
-	}
-}
-
-func writeFile(dst string, mode os.FileMode, r io.Reader, buf []byte) error {
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	if _, err := io.CopyBuffer(f, r, buf); err != nil {
-		f.Close()
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-		}
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	return nil
-}
-
 // finishDataDir writes the server's backup_manifest, the moved tablespace
-// map, the recovery settings and the signal file.
+// map, the recovery settings and the signal file (recoveryconf.go).
 func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Options, dirs map[string]string) error {
 	m := p.Backup
 	sm, err := readSealed(ctx, store, m.ServerManifest.Key)
@@ -391,26 +362,7 @@ func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Optio
 	if err := rewriteTablespaceMap(o.PGData, m, dirs); err != nil {
 		return err
 	}
-	conf := recoverySettings(p, o)
-	f, err := os.OpenFile(filepath.Join(o.PGData, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	if _, err := f.WriteString(conf); err != nil {
-		f.Close()
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	signal := "recovery.signal"
-	if o.Standby {
-		signal = "standby.signal"
-	}
-	if err := os.WriteFile(filepath.Join(o.PGData, signal), nil, 0o600); err != nil {
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	return nil
+	return writeRecoveryConfig(p, o)
 }
 
 // rewriteTablespaceMap points tablespace_map at the directories the
@@ -444,35 +396,6 @@ func rewriteTablespaceMap(pgdata string, m *backup.Manifest, dirs map[string]str
 		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
 	}
 	return nil
-}
-
-// recoverySettings are appended to postgresql.auto.conf.
-func recoverySettings(p *Plan, o Options) string {
-	var b strings.Builder
-	set := func(k, v string) { fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(v, "'", "''")) }
-	fmt.Fprintf(&b, "\n# Added by walship restore from backup %s.\n", p.Backup.ID)
-	set("restore_command", o.RestoreCommand)
-	if o.ArchiveModeOff {
-		set("archive_mode", "off")
-	}
-	t := o.Target
-	set("recovery_target_timeline", t.Timeline)
-	switch t.Kind {
-	case TargetTime:
-		set("recovery_target_time", t.Time.UTC().Format("2006-01-02 15:04:05.999999-07"))
-	case TargetLSN:
-		set("recovery_target_lsn", t.LSN.String())
-	case TargetXID:
-		set("recovery_target_xid", strconv.FormatUint(t.XID, 10))
-	case TargetName:
-		set("recovery_target_name", t.Name)
-	case TargetImmediate:
-		set("recovery_target", "immediate")
-	}
-	if t.Kind != TargetEnd {
-		set("recovery_target_action", t.Action)
-	}
-	return b.String()
 }
 
 // syncFS flushes the file system holding dir: one call instead of an

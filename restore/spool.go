@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,22 +14,59 @@ import (
 	"github.com/walship/walship/segment"
 )
 
-// TakeFromSpool hands a file the agent prefetched to PostgreSQL: a rename
-// into dest (a copy when the spool is on another file system). It reports
-// false, and does nothing, when the spool does not hold name.
+// TakeFromSpool hands a segment the agent prefetched to PostgreSQL: a
+// rename into dest (a copy when the spool is on another file system). It
+// takes only a segment that is a regular file it can read, of the archive's
+// segment size (from the state the agent publishes), whose page header
+// agrees with the name and the archive's cluster. It reports false, and
+// leaves dest alone, when the spool does not hold name; false and an error
+// saying why when what the spool holds is not taken (the caller fetches
+// from the archive instead).
 func TakeFromSpool(spool, name, dest string) (bool, error) {
-	if _, err := segment.ParseFile(name); err != nil {
+	f, err := segment.ParseFile(name)
+	if err != nil {
 		return false, err
 	}
+	if f.Kind != segment.KindSegment {
+		return false, nil // the agent places only segments
+	}
 	src := filepath.Join(spool, name)
-	err := os.Rename(src, dest)
+	lfi, err := os.Lstat(src)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err == nil && !lfi.Mode().IsRegular() {
+		return false, fmt.Errorf("spool file %s not taken: %s", src, notRegular(lfi.Mode()))
+	}
+	st, err := readState(spool)
+	if err == nil && (st.SegmentSize == 0 || st.SystemID == 0) {
+		err = errors.New("it names no archive identity")
+	}
+	if err != nil {
+		return false, fmt.Errorf("spool %s holds %s but the agent's state cannot be read to check it: %w", spool, name, err)
+	}
+	in, err := openSpoolFile(src)
+	if err != nil {
+		return false, fmt.Errorf("spool file %s not taken: %w", src, err)
+	}
+	defer in.Close()
+	fi, err := checkOpenSpoolFile(in, name, st.SegmentSize, st.SystemID)
+	if err != nil {
+		return false, fmt.Errorf("spool file %s not taken: %w", src, err)
+	}
+	err = os.Rename(src, dest)
 	switch {
 	case err == nil:
+		// Renamed by name: make sure it is the file that was checked.
+		if now, err := os.Lstat(dest); err != nil || !os.SameFile(fi, now) {
+			_ = os.Remove(dest)
+			return false, fmt.Errorf("spool file %s changed while it was taken", src)
+		}
 		return true, nil
 	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
+		return false, nil // taken by someone else meanwhile
 	case errors.Is(err, syscall.EXDEV):
-		if err := copyInto(src, dest); err != nil {
+		if err := copyInto(in, dest); err != nil {
 			return false, err
 		}
 		_ = os.Remove(src)
@@ -39,21 +75,13 @@ func TakeFromSpool(spool, name, dest string) (bool, error) {
 	return false, fmt.Errorf("%w: take %s from the spool: %w", archive.ErrLocal, name, err)
 }
 
-// copyInto copies src to dest under a temporary name, then renames it.
-func copyInto(src, dest string) error {
-	in, err := os.Open(src)
-	if errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-	}
-	defer in.Close()
+// copyInto copies in to dest under a temporary name, then renames it.
+func copyInto(in *os.File, dest string) error {
 	tmp, err := createTemp(filepath.Dir(dest), filepath.Base(dest))
 	if err != nil {
 		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
 	}
-	if _, err := io.Copy(tmp, in); err != nil {
+	if _, err := io.Copy(tmp, io.NewSectionReader(in, 0, 1<<62)); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
 		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
@@ -85,7 +113,7 @@ func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error
 	var out []spoolFile
 	for _, e := range ents {
 		if e.Name()[0] == '.' {
-			if removeTemps && e.Name() != agentStateFile {
+			if removeTemps && e.Name() != agentStateFile && e.Name() != agentLockFile {
 				_ = os.Remove(filepath.Join(dir, e.Name()))
 			}
 			continue
@@ -105,16 +133,16 @@ func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error
 
 // KnownAbsent answers, from the agent's last poll, whether name is surely
 // not in the archive yet: a segment after the head of the timeline the
-// agent follows, or the history file it just found absent. Only a fresh
-// poll counts. A standby asks for the next segment every few seconds while
-// it waits; this answer costs it no archive request.
+// agent follows, or the history file it just found absent. A standby asks
+// for the next segment every few seconds while it waits; this answer costs
+// it no archive request.
+//
+// The poll is trusted only while the agent that published it runs (it
+// holds the spool's lock: a stopped or killed agent's poll is never used)
+// and for trustPolls of its poll intervals (a hung agent's poll goes stale).
 func KnownAbsent(spool, name string, now time.Time) bool {
-	b, err := os.ReadFile(filepath.Join(spool, agentStateFile))
-	if err != nil {
-		return false
-	}
-	var st agentState
-	if json.Unmarshal(b, &st) != nil || st.Head == "" || now.Sub(st.Polled) > time.Duration(st.Fresh) || now.Before(st.Polled) {
+	st, err := readState(spool)
+	if err != nil || !st.trusted(now) || !agentAlive(spool) {
 		return false
 	}
 	f, err := segment.ParseFile(name)

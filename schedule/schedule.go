@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,7 +87,7 @@ func New(jobs []Job, clock Clock, log *slog.Logger) (*Scheduler, error) {
 			return nil, fmt.Errorf("schedule: job names must be unique and not empty (%q)", j.Name)
 		}
 		seen[j.Name] = true
-		sc, err := cron.ParseStandard(j.Cron)
+		sc, err := parseCron(j.Cron)
 		if err != nil {
 			return nil, fmt.Errorf("schedule: job %s: cron %q: %w", j.Name, j.Cron, err)
 		}
@@ -213,4 +214,20 @@ func (s *Scheduler) RunOnce(ctx context.Context, name string) error {
 		}
 	}
 	return fmt.Errorf("%w: %s", ErrNoJob, name)
+}
+
+// parseCron is cron.ParseStandard, except that "@every D" must name at
+// least one second: the library silently turns 0s, -5s and 300ms into
+// "every second", which would run a backup in a loop.
+func parseCron(expr string) (cron.Schedule, error) {
+	if d, ok := strings.CutPrefix(strings.TrimSpace(expr), "@every "); ok {
+		dur, err := time.ParseDuration(strings.TrimSpace(d))
+		if err != nil {
+			return nil, fmt.Errorf("@every: %w", err)
+		}
+		if dur < time.Second {
+			return nil, fmt.Errorf("@every %s: the interval must be at least 1s", dur)
+		}
+	}
+	return cron.ParseStandard(expr)
 }

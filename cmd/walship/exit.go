@@ -88,7 +88,8 @@ func exitCode(o op, err error) int {
 		return exitUsage
 	case errors.Is(err, archive.ErrLocal):
 		return exitLocal
-	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster),
+	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster), errors.Is(err, archive.ErrDamaged),
+		errors.Is(err, segment.ErrBadHistory),
 		errors.Is(err, segment.ErrBadHeader), errors.Is(err, segment.ErrChecksum), errors.Is(err, segment.ErrNotSealed):
 		return exitIntegrity
 	case o == opFetch && errors.Is(err, backends.ErrNotFound) && !errors.Is(err, archive.ErrNoIdentity):

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +48,9 @@ func TestExitCode(t *testing.T) {
 		{opRestore, wrap(restore.ErrUnreachable), exitUnreachable},
 		{opRestore, wrap(restore.ErrUsage), exitUsage},
 		{opRestore, wrap(archive.ErrLocal), exitLocal},
+		{opRestore, wrap(archive.ErrDamaged), exitIntegrity},
+		{opRestore, wrap(segment.ErrBadHistory), exitIntegrity},
+		{opAgent, wrap(archive.ErrDamaged), exitIntegrity},
 	}
 	for _, c := range cases {
 		if got := exitCode(c.op, c.err); got != c.want {
@@ -63,6 +65,13 @@ func TestExitCode(t *testing.T) {
 // runIn runs the CLI in dir and returns its status and stderr.
 func runIn(t *testing.T, dir string, env map[string]string, args ...string) (int, string) {
 	t.Helper()
+	code, _, stderr := runOut(t, dir, env, args...)
+	return code, stderr
+}
+
+// runOut is runIn that also returns stdout.
+func runOut(t *testing.T, dir string, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
 	for _, k := range []string{config.EnvArchive, config.EnvConfig, config.EnvCompression, config.EnvCompressionLevel} {
 		t.Setenv(k, "")
 	}
@@ -74,9 +83,9 @@ func runIn(t *testing.T, dir string, env map[string]string, args ...string) (int
 		t.Fatal(err)
 	}
 	defer func() { _ = os.Chdir(wd) }()
-	var stderr bytes.Buffer
-	code := run(append([]string{"walship"}, args...), io.Discard, &stderr)
-	return code, stderr.String()
+	var stdout, stderr bytes.Buffer
+	code := run(append([]string{"walship"}, args...), &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
 }
 
 func TestCLIUsageErrorsAreOneLine(t *testing.T) {
@@ -117,7 +126,10 @@ func TestCLIUsageErrorsAreOneLine(t *testing.T) {
 		{[]string{"retention", "plan", "--archive", arch}, nil, "no retention policy"},
 	}
 	for _, c := range cases {
-		code, out := runIn(t, dir, c.env, c.args...)
+		code, stdout, out := runOut(t, dir, c.env, c.args...)
+		if stdout != "" {
+			t.Errorf("%v: a usage error printed to stdout: %q", c.args, stdout)
+		}
 		if code != exitUsage {
 			t.Errorf("%v: status %d, want %d (%s)", c.args, code, exitUsage, out)
 		}

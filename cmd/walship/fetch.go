@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -38,10 +39,16 @@ func fetchCommand(env *appEnv) *cli.Command {
 			if c.IsSet("spool") {
 				spool = c.String("spool")
 			}
+			if spool != "" && !filepath.IsAbs(spool) {
+				// PostgreSQL runs restore_command in the data directory: a
+				// relative spool would be looked for inside it.
+				return env.fetchExit(usageErr("--spool %q: want an absolute directory", spool))
+			}
 			if spool != "" {
-				// The agent verified the file when it placed it: a rename
-				// hands it over. Anything wrong with the spool falls back
-				// to the archive.
+				// The agent verified the file when it placed it, and fetch
+				// checks it again (a regular file of the segment size with
+				// a page header for this name): a rename hands it over.
+				// Anything wrong with the spool falls back to the archive.
 				start := time.Now()
 				took, err := restore.TakeFromSpool(spool, name, dest)
 				if took {

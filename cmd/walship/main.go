@@ -128,6 +128,8 @@ func newApp(env *appEnv) *cli.App {
 			agentCommand(env), slotCommand(env), statusCommand(env), retentionCommand(env), verifyCommand(env), scheduleCommand(env),
 		},
 		OnUsageError: usageError,
+		Writer:       env.stdout,
+		ErrWriter:    env.stderr,
 	}
 	// A bad flag is one line on stderr and exit 2 at every level, not
 	// "Incorrect Usage" and a page of help in PostgreSQL's log.
@@ -135,6 +137,8 @@ func newApp(env *appEnv) *cli.App {
 	quiet = func(cmds []*cli.Command) {
 		for _, c := range cmds {
 			c.OnUsageError = usageError
+			ownRequired(c)
+			ownDefaults(c)
 			quiet(c.Subcommands)
 		}
 	}
@@ -152,7 +156,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "config", Usage: "YAML configuration file" + env(config.EnvConfig)},
 		&cli.StringFlag{Name: "archive", Usage: "archive location: /dir, file:///dir or s3://bucket/prefix" + env(config.EnvArchive)},
 		&cli.StringFlag{Name: "compression", Usage: "zstd (default), s2, gzip or none" + env(config.EnvCompression)},
-		&cli.IntFlag{Name: "compression-level", Usage: "codec level; 0 is the codec's default" + env(config.EnvCompressionLevel)},
+		&cli.IntFlag{Name: "compression-level", Usage: "codec level (0: the codec's default)" + env(config.EnvCompressionLevel)},
 		&cli.StringFlag{Name: "log-format", Usage: "text or json" + env(config.EnvLogFormat)},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error" + env(config.EnvLogLevel)},
 		&cli.StringFlag{Name: "s3-endpoint", Usage: "S3-compatible endpoint URL" + env(config.EnvS3Endpoint)},

@@ -22,11 +22,13 @@ func restoreCommand(env *appEnv) *cli.Command {
 		Description: "Picks the newest backup that can reach the target (or the one given with --backup), checks\n" +
 			"from the archive's listing that the WAL to get there is archived, downloads and verifies the\n" +
 			"backup into --pgdata, and writes recovery.signal (or standby.signal) and a restore_command\n" +
-			"calling this walship, so that starting PostgreSQL completes the recovery.\n" +
-			"Exit statuses: 2 usage (bad target, non-empty directory), 3 archive unreachable,\n" +
-			"4 a chunk failed its checksum, 5 local write error, 6 no backup and WAL reach the target.",
+			"calling this walship, so that starting PostgreSQL completes the recovery. Signal files and\n" +
+			"recovery settings the backup carried (a standby's, an earlier restore's) are replaced.\n" +
+			"Exit statuses: 2 usage (bad target, empty --pgdata, non-empty directory), 3 archive\n" +
+			"unreachable, 4 the backup is damaged (a chunk failed its checksum, not tar, a link or\n" +
+			"device entry), 5 local write error, 6 no backup and WAL reach the target.",
 		Flags: append(globalFlags(),
-			&cli.StringFlag{Name: "pgdata", Required: true, Usage: "data directory to create (must be absent or empty)"},
+			&cli.StringFlag{Name: "pgdata", Required: true, Usage: "data directory to create (must be absent or empty; a relative path is taken from the working directory)"},
 			&cli.StringFlag{Name: "target-time", Usage: "recover to this time (with a zone: 2026-11-26 10:00:00+00)"},
 			&cli.StringFlag{Name: "target-lsn", Usage: "recover to this WAL position"},
 			&cli.StringFlag{Name: "target-xid", Usage: "recover to this transaction's commit"},
@@ -60,9 +62,9 @@ func restoreCommand(env *appEnv) *cli.Command {
 			if mode != "preserve" && mode != "off" {
 				return usageErr("--archive-mode must be preserve or off, not %q", mode)
 			}
-			pgdata, err := filepath.Abs(c.String("pgdata"))
+			pgdata, err := dataDirPath(c.String("pgdata"))
 			if err != nil {
-				return usageErr("--pgdata: %v", err)
+				return err
 			}
 			if err := restore.CheckTarget(pgdata); err != nil {
 				return &exitError{code: exitCode(opRestore, err), err: err}
@@ -117,6 +119,27 @@ func restoreCommand(env *appEnv) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// dataDirPath resolves --pgdata to an absolute path, which restore logs
+// and writes into. It refuses an empty value (an unset shell variable) and
+// a path that is the working directory or /: a restore never unpacks into
+// the directory it was started from unless it is named as a new one.
+func dataDirPath(v string) (string, error) {
+	if strings.TrimSpace(v) == "" {
+		return "", usageErr("--pgdata is empty: give the data directory to create")
+	}
+	abs, err := filepath.Abs(v)
+	if err != nil {
+		return "", usageErr("--pgdata %q: %v", v, err)
+	}
+	if wd, err := os.Getwd(); err == nil && abs == filepath.Clean(wd) {
+		return "", usageErr("--pgdata %q is the working directory: give the data directory by its own path", v)
+	}
+	if abs == string(filepath.Separator) {
+		return "", usageErr("--pgdata %q is the root directory", v)
+	}
+	return abs, nil
 }
 
 // parseTarget reads the target flags; at most one target kind.
@@ -231,11 +254,16 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 	}
 	line := strings.Join(args, " ") + " %f %p"
 	if spool != "" {
-		// The agent verified every file it placed in the spool (SHA-256,
-		// page header, cluster) and placed it by rename, so taking one is
-		// a rename too: mv does it without starting walship, which costs
-		// about 11 ms a segment (docs/BENCHMARKS.md). When the file is not
-		// there, walship fetch answers as usual.
+		// Taking a file from the spool is a rename: mv does it without
+		// starting walship, which costs about 11 ms a segment
+		// (docs/BENCHMARKS.md). mv checks nothing, and need not: the agent
+		// runs only as the spool's owner, never as root, on a spool nobody
+		// else may write into, so mv can succeed only for that user, whose
+		// files they are (PostgreSQL never runs as root); and a file is
+		// under a segment's name only once the agent verified it (SHA-256,
+		// page header, cluster); anything else it finds there it removes.
+		// When the file is not there, walship fetch answers as usual and
+		// checks any spool file it takes (docs/RELIABILITY.md).
 		line = "mv -f " + shellQuote(spool) + "/%f %p 2>/dev/null || " + line
 	}
 	return line, nil

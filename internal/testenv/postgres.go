@@ -34,8 +34,11 @@ func PGBin(t testing.TB) string {
 // run as root, so when the tests run as root the server runs as the
 // "postgres" user and the directory is handed to it.
 type Workdir struct {
-	Dir  string
-	user *user.User // nil when not root
+	Dir string
+	// Major is the PostgreSQL major of the clusters InitDB and
+	// EmptyCluster make here; 0 is DefaultPGMajor (15).
+	Major int
+	user  *user.User // nil when not root
 }
 
 // NewWorkdir makes a scratch directory, removed when the test ends.
@@ -120,18 +123,28 @@ func (w *Workdir) Run(t testing.TB, env []string, name string, args ...string) s
 // Cluster is one PostgreSQL server listening on 127.0.0.1 and a socket in
 // its work directory.
 type Cluster struct {
-	W    *Workdir
-	Bin  string
-	Data string
-	Port int
-	Env  []string // extra environment for the postmaster (archive_command inherits it)
-	t    testing.TB
+	W     *Workdir
+	Bin   string // the server's binaries (initdb, pg_ctl, postgres)
+	Major int
+	Data  string
+	Port  int
+	Env   []string // extra environment for the postmaster (archive_command inherits it)
+	t     testing.TB
 }
 
-// InitDB creates a cluster in w/name.
+func newCluster(t testing.TB, w *Workdir, name string) *Cluster {
+	t.Helper()
+	major := w.Major
+	if major == 0 {
+		major = DefaultPGMajor
+	}
+	return &Cluster{W: w, Bin: PGBinFor(t, major), Major: major, Data: filepath.Join(w.Dir, name), Port: FreePort(t), t: t}
+}
+
+// InitDB creates a cluster in w/name, of PostgreSQL w.Major.
 func InitDB(t testing.TB, w *Workdir, name string) *Cluster {
 	t.Helper()
-	c := &Cluster{W: w, Bin: PGBin(t), Data: filepath.Join(w.Dir, name), Port: FreePort(t), t: t}
+	c := newCluster(t, w, name)
 	w.Run(t, nil, filepath.Join(c.Bin, "initdb"), "-D", c.Data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
 	return c
 }
@@ -139,7 +152,23 @@ func InitDB(t testing.TB, w *Workdir, name string) *Cluster {
 // EmptyCluster is a cluster whose data directory another tool fills
 // (pg_basebackup, a restore).
 func EmptyCluster(t testing.TB, w *Workdir, name string) *Cluster {
-	return &Cluster{W: w, Bin: PGBin(t), Data: filepath.Join(w.Dir, name), Port: FreePort(t), t: t}
+	t.Helper()
+	return newCluster(t, w, name)
+}
+
+// Ships reports whether the server's own installation has the client
+// tool name. The packages of 16 and up carry only the server.
+func (c *Cluster) Ships(name string) bool { return isExec(filepath.Join(c.Bin, name)) }
+
+// Tool is the path of a client tool (psql, pgbench, pg_basebackup) to use
+// with this server: its own, else PostgreSQL 15's. psql and pgbench 15
+// work against the newer servers for what the tests do; pg_basebackup 15
+// refuses servers newer than itself (check Ships).
+func (c *Cluster) Tool(name string) string {
+	if c.Ships(name) {
+		return filepath.Join(c.Bin, name)
+	}
+	return filepath.Join(PGBin(c.t), name)
 }
 
 // Configure appends settings to postgresql.auto.conf.
@@ -174,6 +203,9 @@ func (c *Cluster) Start(t testing.TB) {
 		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, tail(string(log), 3000))
 	}
 	t.Cleanup(func() { c.Stop() })
+	if v := c.SQL(t, "SELECT current_setting('server_version_num')::int / 10000"); v != strconv.Itoa(c.Major) {
+		t.Fatalf("%s runs PostgreSQL %s, want %d", c.Bin, v, c.Major)
+	}
 }
 
 // Stop stops the server (fast mode); calling it twice is harmless.
@@ -197,7 +229,7 @@ func (c *Cluster) ConnArgs() []string {
 func (c *Cluster) SQL(t testing.TB, query string) string {
 	t.Helper()
 	args := append(c.ConnArgs(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", query)
-	return strings.TrimSpace(c.W.Run(t, nil, filepath.Join(c.Bin, "psql"), args...))
+	return strings.TrimSpace(c.W.Run(t, nil, c.Tool("psql"), args...))
 }
 
 // WaitSQL waits until query returns want.
@@ -208,7 +240,7 @@ func (c *Cluster) WaitSQL(t testing.TB, query, want string, timeout time.Duratio
 	defer tick.Stop()
 	for {
 		args := append(c.ConnArgs(), "-X", "-At", "-d", "postgres", "-c", query)
-		out, err := c.W.Command(nil, filepath.Join(c.Bin, "psql"), args...).Output()
+		out, err := c.W.Command(nil, c.Tool("psql"), args...).Output()
 		last := strings.TrimSpace(string(out))
 		if err == nil && last == want {
 			return

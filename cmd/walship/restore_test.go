@@ -1,0 +1,176 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/backends/fs"
+	"github.com/walship/walship/backup"
+	"github.com/walship/walship/segment"
+)
+
+// fsBackup makes a directory archive holding WAL segment 2 and one backup
+// (id 20260101T000000Z) whose base.tar is built from entries by add; mutate
+// may change the manifest before it is written.
+func fsBackup(t *testing.T, add func(tw *tar.Writer), mutate func(*backup.Manifest)) string {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := fs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := archive.New(store, slog.New(slog.DiscardHandler))
+	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: 42, PGVersion: "15", SegmentSize: 16 << 20, BlockSize: 8192}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.PutIfAbsent(ctx, archive.SegmentKey(segment.Name{TLI: 1, SegNo: 2}, 16<<20), strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	reg := func(name, data string) {
+		_ = tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(data))})
+		_, _ = tw.Write([]byte(data))
+	}
+	reg("backup_label", "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+	reg("PG_VERSION", "15\n")
+	add(tw)
+	reg("global/pg_control", strings.Repeat("c", 8192))
+	_ = tw.Close()
+	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id = "20260101T000000Z"
+	put := func(key string, raw []byte) backup.Chunk {
+		s, err := sl.Seal(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.PutIfAbsent(ctx, key, s.Reader(), s.Size()); err != nil {
+			t.Fatal(err)
+		}
+		return backup.Chunk{Key: key, Size: int64(len(raw)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
+	}
+	m := &backup.Manifest{Format: backup.ManifestFormat, ID: id, SystemIdentifier: 42, SegmentSize: 16 << 20,
+		Timeline: 1, StopTimeline: 1, StartLSN: 0x2000028, StopLSN: 0x2000100, WALRanges: []backup.WALRange{{Timeline: 1, Start: 0x2000028, End: 0x2000100}},
+		Archives: []backup.Archive{{Name: "base.tar", Size: int64(b.Len()),
+			Chunks: []backup.Chunk{put(backup.Prefix+id+"/base.tar.00000", b.Bytes())}}},
+		ServerManifest: put(backup.Prefix+id+"/backup_manifest", []byte("{}")),
+	}
+	if mutate != nil {
+		mutate(m)
+	}
+	mb, _ := json.Marshal(m)
+	if err := store.PutIfAbsent(ctx, backup.Prefix+id+"/manifest.json", bytes.NewReader(mb), int64(len(mb))); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Damaged or hostile backup content is status 4 (damaged), never 3
+// (unreachable), and leaves no data directory behind.
+func TestRestoreDamagedBackupStatus(t *testing.T) {
+	hdr := func(h tar.Header) func(*tar.Writer) {
+		return func(tw *tar.Writer) { _ = tw.WriteHeader(&h) }
+	}
+	cases := []struct {
+		name   string
+		add    func(*tar.Writer)
+		mutate func(*backup.Manifest)
+		want   string
+	}{
+		{"symlink", hdr(tar.Header{Name: "pg_tblspc/16385", Typeflag: tar.TypeSymlink, Linkname: "/etc"}), nil, "symbolic link"},
+		{"hard link", hdr(tar.Header{Name: "x", Typeflag: tar.TypeLink, Linkname: "PG_VERSION"}), nil, "hard link"},
+		{"device", hdr(tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}), nil, "device"},
+		{"fifo", hdr(tar.Header{Name: "pipe", Typeflag: tar.TypeFifo}), nil, "FIFO"},
+		{"no archives", func(*tar.Writer) {}, func(m *backup.Manifest) { m.Archives = nil }, "base.tar"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			arch := fsBackup(t, c.add, c.mutate)
+			pgdata := filepath.Join(t.TempDir(), "pgdata")
+			code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", pgdata, "--target-immediate")
+			if code != exitIntegrity || !strings.Contains(out, c.want) {
+				t.Errorf("status %d, want %d, naming %q: %s", code, exitIntegrity, c.want, out)
+			}
+			if _, err := os.Stat(pgdata); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("left %s behind (%v)", pgdata, err)
+			}
+		})
+	}
+	t.Run("not tar", func(t *testing.T) {
+		// A chunk that is sealed correctly but holds no tar stream.
+		arch := fsBackup(t, func(*tar.Writer) {}, nil)
+		store, _ := fs.New(arch)
+		sl, _ := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+		junk := bytes.Repeat([]byte("not a tar stream "), 200)
+		s, _ := sl.Seal(junk)
+		key := backup.Prefix + "20260101T000000Z/base.tar.00000"
+		if err := store.Put(context.Background(), key, s.Reader(), s.Size()); err != nil {
+			t.Fatal(err)
+		}
+		mkey := backup.Prefix + "20260101T000000Z/manifest.json"
+		mb, _ := os.ReadFile(filepath.Join(arch, mkey))
+		var m backup.Manifest
+		_ = json.Unmarshal(mb, &m)
+		m.Archives[0].Chunks[0] = backup.Chunk{Key: key, Size: int64(len(junk)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
+		mb, _ = json.Marshal(m)
+		if err := store.Put(context.Background(), mkey, bytes.NewReader(mb), int64(len(mb))); err != nil {
+			t.Fatal(err)
+		}
+		code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", filepath.Join(t.TempDir(), "p"), "--target-immediate")
+		if code != exitIntegrity || !strings.Contains(out, "not a valid tar") {
+			t.Errorf("status %d, want %d: %s", code, exitIntegrity, out)
+		}
+	})
+	t.Run("intact", func(t *testing.T) {
+		arch := fsBackup(t, func(*tar.Writer) {}, nil)
+		pgdata := filepath.Join(t.TempDir(), "pgdata")
+		if code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", pgdata, "--target-immediate"); code != 0 {
+			t.Fatalf("status %d: %s", code, out)
+		}
+		if _, err := os.Stat(filepath.Join(pgdata, "recovery.signal")); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// --pgdata never means the working directory by accident.
+func TestRestoreDataDirFlag(t *testing.T) {
+	arch := fsBackup(t, func(*tar.Writer) {}, nil)
+	wd := t.TempDir()
+	for _, v := range []string{"", " ", ".", wd, "/"} {
+		code, out := runIn(t, wd, nil, "restore", "--archive", arch, "--pgdata", v, "--target-immediate")
+		if code != exitUsage || !strings.Contains(out, "--pgdata") {
+			t.Errorf("--pgdata %q: status %d, want %d: %s", v, code, exitUsage, out)
+		}
+		if ents, _ := os.ReadDir(wd); len(ents) != 0 {
+			t.Fatalf("--pgdata %q: restore wrote into the working directory: %v", v, ents)
+		}
+	}
+	// A relative path is taken from the working directory.
+	code, out := runIn(t, wd, nil, "restore", "--archive", arch, "--pgdata", "sub/pgdata", "--target-immediate")
+	if code != 0 {
+		t.Fatalf("relative --pgdata: status %d: %s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(wd, "sub", "pgdata", "PG_VERSION")); err != nil {
+		t.Errorf("relative --pgdata: %v", err)
+	}
+	b, _ := os.ReadFile(filepath.Join(wd, "sub", "pgdata", "postgresql.auto.conf"))
+	if !strings.Contains(string(b), fmt.Sprintf("--archive %s ", arch)) {
+		t.Errorf("restore_command: %s", b)
+	}
+}
