@@ -6,9 +6,11 @@
 //	backups/<id>/<archive>.<seq>     sealed chunks of each tar stream
 //	backups/<id>/backup_manifest     the server's manifest, sealed
 //	backups/<id>/manifest.json       walship's manifest, written last
+//	backups/<id>/lease.json          the running backup's lease (package archive)
 //
-// A backup exists only once manifest.json does; everything else under its
-// prefix without one is debris of a failed run.
+// A backup exists only once manifest.json does. A prefix without one is a
+// running backup while its lease is live, and otherwise debris of a failed
+// run.
 package backup
 
 import (
@@ -45,6 +47,9 @@ var (
 	// ErrIncomplete: the server's data did not verify, or the WAL the backup
 	// needs did not reach the archive in time.
 	ErrIncomplete = errors.New("backup incomplete")
+	// ErrLost: an object the backup wrote is no longer in the archive as
+	// it was stored (removed or changed while the backup ran).
+	ErrLost = errors.New("backup data lost from the archive while the backup ran")
 )
 
 var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`)

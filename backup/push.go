@@ -55,6 +55,10 @@ type Options struct {
 	// PollInterval is the first wait between checks for the WAL; it
 	// doubles up to 5 s. Default 200 ms.
 	PollInterval time.Duration
+	// LeaseTTL and LeaseRenew set the backup's lease: how long it protects
+	// the backup without a renewal, how often it is renewed. Defaults
+	// archive.DefaultLeaseTTL (10m) and archive.DefaultLeaseRenew (1m).
+	LeaseTTL, LeaseRenew time.Duration
 }
 
 func (o *Options) defaults() {
@@ -83,9 +87,13 @@ func (o *Options) defaults() {
 
 // Push takes a base backup of src into a. The backup is complete, and
 // listed, only once its manifest is written, which happens only after the
-// server's own manifest verified against the data received and the WAL
-// from the start to the stop position is in the archive. On failure
-// everything written under the backup's prefix is removed.
+// server's own manifest verified against the data received, the WAL from
+// the start to the stop position is in the archive, and every object the
+// backup wrote is confirmed present at its stored size. While it runs the
+// backup holds a lease (backups/<id>/lease.json, renewed every
+// LeaseRenew) that tells retention it is alive; a lost lease fails the
+// backup, since retention may have removed its data. On failure everything
+// under the backup's prefix is removed.
 func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Manifest, error) {
 	o.defaults()
 	if err := o.Compression.Validate(); err != nil {
@@ -103,39 +111,84 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 	}); err != nil {
 		return nil, err
 	}
-	store := a.Storage()
+	id, began, lease, err := claimID(ctx, a, o)
+	if err != nil {
+		return nil, err
+	}
+	if o.Label == "" {
+		o.Label = "walship " + id
+	}
+	o.Log.Info("backup started", "id", id, "archive", a.Storage().String(), "system_identifier", sys.SystemIdentifier,
+		"timeline", sys.Timeline, "from_standby", sys.InRecovery, "lease_ttl", lease.TTL(), "lease_renew", lease.Renew())
+	// Everything the backup does runs under pctx, which a lost lease
+	// cancels with ErrLeaseLost as its cause.
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	lease.Keep(pctx, cancel)
+	m, s, err := take(pctx, a.Storage(), src, sys, id, began, lease, o)
+	if err == nil {
+		err = finish(pctx, a.Storage(), m, lease)
+	}
+	if err != nil && ctx.Err() == nil && pctx.Err() != nil {
+		err = context.Cause(pctx)
+	}
+	if err != nil {
+		cleanup(a.Storage(), id, s.keys(m), lease, o.Log)
+		return nil, err
+	}
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer rcancel()
+	if err := lease.Release(rctx); err != nil {
+		o.Log.Warn("backup complete, but its lease could not be removed (harmless: it expires, and goes with the backup)",
+			"id", id, "error", err)
+	}
+	o.Log.Info("backup complete", "id", id, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "bytes", m.Size,
+		"stored_bytes", m.StoredSize, "files", m.Files, "seconds", o.Now().Sub(began).Seconds())
+	return m, nil
+}
+
+// claimID picks the backup's id (its start time to the second) and takes
+// the lease on it, which also claims the id: a backup started in the same
+// second as another waits for the next one.
+func claimID(ctx context.Context, a *archive.Archive, o Options) (string, time.Time, *archive.HeldLease, error) {
+	lo := archive.LeaseOptions{Kind: "backup push", TTL: o.LeaseTTL, Renew: o.LeaseRenew, Now: o.Now}
 	began := o.Now()
-	id := began.UTC().Format(idLayout)
-	// Ids are start times to the second: a backup started in the same
-	// second as another waits for the next one.
 	for try := 0; ; try++ {
-		err := checkFreeID(ctx, store, id)
+		id := began.UTC().Format(idLayout)
+		err := checkFreeID(ctx, a.Storage(), id)
 		if err == nil {
-			break
+			var lease *archive.HeldLease
+			lease, err = a.AcquireLease(ctx, archive.BackupLeaseKey(id), lo)
+			if err == nil {
+				return id, began, lease, nil
+			}
+			if errors.Is(err, archive.ErrLeaseHeld) {
+				err = fmt.Errorf("%w: %s", errIDTaken, id)
+			}
 		}
 		if try == 2 || !errors.Is(err, errIDTaken) {
-			return nil, err
+			return "", began, nil, err
 		}
 		t := time.NewTimer(time.Until(began.Truncate(time.Second).Add(time.Second)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err()
+			return "", began, nil, ctx.Err()
 		case <-t.C:
 		}
 		began = o.Now()
-		id = began.UTC().Format(idLayout)
 	}
-	if o.Label == "" {
-		o.Label = "walship " + id
-	}
-	o.Log.Info("backup started", "id", id, "archive", store.String(), "system_identifier", sys.SystemIdentifier,
-		"timeline", sys.Timeline, "from_standby", sys.InRecovery)
+}
 
+// take streams the backup, verifies it, stores the server's manifest and
+// waits for its WAL. The streamer is returned even on failure: it knows
+// what was written.
+func take(ctx context.Context, store backends.Storage, src Source, sys postgres.System, id string, began time.Time,
+	lease *archive.HeldLease, o Options) (*Manifest, *streamer, error) {
 	s := newStreamer(ctx, store, id, o)
 	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{
 		Label: o.Label, FastCheckpoint: o.FastCheckpoint, MaxRateKB: o.MaxRateKB,
-	}, s)
+	}, leasedStream{s, lease, sys.SegmentSize})
 	if err != nil {
 		s.fail(err)
 	}
@@ -162,16 +215,101 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Mani
 			"stop_wal", m.StopWAL, "timeout", o.WALTimeout)
 		err = waitWAL(ctx, store, m, o)
 	}
-	if err == nil {
-		err = putManifest(ctx, store, m)
+	return m, s, err
+}
+
+// leasedStream records the backup's start segment in its lease as soon as
+// the server names it, so that retention keeps the WAL the running backup
+// needs.
+type leasedStream struct {
+	*streamer
+	lease   *archive.HeldLease
+	segSize uint64
+}
+
+func (l leasedStream) Started(start segment.LSN, tli uint32, spaces []postgres.Tablespace) error {
+	if err := l.streamer.Started(start, tli, spaces); err != nil {
+		return err
 	}
+	l.lease.SetWAL(segment.Name{TLI: tli, SegNo: start.SegNo(l.segSize)}.String(l.segSize))
+	// A transient failure leaves it to the next periodic renewal.
+	if err := l.lease.RenewOnce(l.streamer.ctx); errors.Is(err, archive.ErrLeaseLost) {
+		return err
+	}
+	return nil
+}
+
+// finish makes the backup exist: with the lease just renewed, one listing
+// of the backup's prefix must show the lease and every object the manifest
+// names at its stored size; the manifest is then written before the lease
+// could lapse.
+func finish(ctx context.Context, store backends.Storage, m *Manifest, lease *archive.HeldLease) error {
+	// A renewal that fails for a transient reason leaves the lease as
+	// long as the last one did; Remaining says whether that is enough.
+	if err := lease.RenewOnce(ctx); err != nil && (errors.Is(err, archive.ErrLeaseLost) || ctx.Err() != nil) {
+		return fmt.Errorf("before writing the manifest: %w", err)
+	}
+	if err := confirmStored(ctx, store, m, lease.Key()); err != nil {
+		return err
+	}
+	left, err := lease.Remaining()
 	if err != nil {
-		cleanup(store, s.keys(m), o.Log)
-		return nil, err
+		return err
 	}
-	o.Log.Info("backup complete", "id", id, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "bytes", m.Size,
-		"stored_bytes", m.StoredSize, "files", m.Files, "seconds", elapsed.Seconds())
-	return m, nil
+	if left <= 0 {
+		return fmt.Errorf("%w: it lapsed before the manifest could be written", archive.ErrLeaseLost)
+	}
+	mctx, cancel := context.WithTimeout(ctx, left)
+	defer cancel()
+	if err := putManifest(mctx, store, m); err != nil {
+		if mctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("%w: the lease would have lapsed before the manifest was written: %w", archive.ErrLeaseLost, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// confirmStored lists the backup's prefix once and checks that its lease
+// and every chunk and the server manifest it wrote are there, each at the
+// size it was stored with.
+func confirmStored(ctx context.Context, store backends.Storage, m *Manifest, leaseKey string) error {
+	sizes := map[string]int64{}
+	err := store.List(ctx, Prefix+m.ID+"/", func(o backends.ObjectInfo) error {
+		sizes[o.Key] = o.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("confirm the backup's objects: list %s%s/: %w", Prefix, m.ID, err)
+	}
+	if _, ok := sizes[leaseKey]; !ok {
+		return fmt.Errorf("%w: %s was removed (by retention or backup delete?)", archive.ErrLeaseLost, leaseKey)
+	}
+	chunks := []Chunk{m.ServerManifest}
+	for _, a := range m.Archives {
+		chunks = append(chunks, a.Chunks...)
+	}
+	bad, first := 0, ""
+	for _, c := range chunks {
+		size, ok := sizes[c.Key]
+		switch {
+		case !ok:
+			bad++
+			if first == "" {
+				first = c.Key + " is missing"
+			}
+		case size != c.StoredSize:
+			bad++
+			if first == "" {
+				first = fmt.Sprintf("%s has %d bytes, %d were stored", c.Key, size, c.StoredSize)
+			}
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("%w: %d of the %d objects it wrote are not in the archive as stored (%s); was it removed by retention or backup delete while running?",
+			ErrLost, bad, len(chunks), first)
+	}
+	return nil
 }
 
 var errIDTaken = errors.New("a backup with this id already exists or is running")
@@ -354,23 +492,52 @@ func waitWAL(ctx context.Context, store backends.Storage, m *Manifest, o Options
 
 // keys lists what the failed backup wrote.
 func (s *streamer) keys(m *Manifest) []string {
+	if s == nil {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	keys := append([]string(nil), s.written...)
-	if m.ServerManifest.Key != "" {
+	if m != nil && m.ServerManifest.Key != "" {
 		keys = append(keys, m.ServerManifest.Key)
 	}
 	return keys
 }
 
-// cleanup removes a failed backup's objects, even if ctx was cancelled.
-func cleanup(store backends.Storage, keys []string, log *slog.Logger) {
-	if len(keys) == 0 {
-		return
-	}
+// cleanup removes a failed backup's objects, even if ctx was cancelled:
+// its manifest first (in case a write that seemed to fail went through),
+// then everything under its prefix (the id is the backup's own, claimed by
+// its lease), then the lease. If anything is left, the lease expires and
+// retention removes the rest as debris.
+func cleanup(store backends.Storage, id string, written []string, lease *archive.HeldLease, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := store.Delete(ctx, keys...); err != nil {
-		log.Error("could not remove the failed backup's objects; delete them with walship backup delete", "error", err)
+	keys := map[string]bool{}
+	for _, k := range written {
+		keys[k] = true
+	}
+	err := store.List(ctx, Prefix+id+"/", func(o backends.ObjectInfo) error {
+		keys[o.Key] = true
+		return nil
+	})
+	delete(keys, lease.Key())
+	all := []string{manifestKey(id)}
+	for k := range keys {
+		if k != manifestKey(id) {
+			all = append(all, k)
+		}
+	}
+	if err == nil {
+		err = store.Delete(ctx, all[:1]...)
+	}
+	if err == nil {
+		err = store.Delete(ctx, all[1:]...)
+	}
+	if err == nil {
+		err = lease.Release(ctx)
+	}
+	if err != nil {
+		log.Error("could not remove the failed backup's objects; retention removes them once its lease expires, or run walship backup delete",
+			"id", id, "error", err)
 	}
 }

@@ -108,14 +108,20 @@ type span struct {
 	Begin, End segment.LSN // End is exclusive; MaxUint64 for the target
 }
 
-// path is the list of timelines recovery follows to reach tli.
-func (inv *Inventory) path(tli uint32) ([]span, error) {
-	if tli == 1 {
-		return []span{{TLI: 1, End: math.MaxUint64}}, nil
-	}
+// path is the list of timelines recovery follows from timeline from (a
+// backup's start) to reach tli. A history file is needed only to cross
+// onto a newer timeline: a backup on tli recovering along tli reads none
+// (PostgreSQL takes a missing history file as "no parents"), which is how
+// an archive started by a copy promoted with archiving off begins.
+func (inv *Inventory) path(from, tli uint32) ([]span, error) {
 	h, ok := inv.History[tli]
-	if !ok {
-		return nil, fmt.Errorf("timeline %d has no history file in the archive", tli)
+	switch {
+	case tli == 1:
+		return []span{{TLI: 1, End: math.MaxUint64}}, nil
+	case !ok && from == tli:
+		return []span{{TLI: tli, End: math.MaxUint64}}, nil
+	case !ok:
+		return nil, fmt.Errorf("timeline %d has no history file in the archive, and recovery from timeline %d must cross onto it", tli, from)
 	}
 	var out []span
 	var begin segment.LSN
@@ -245,7 +251,7 @@ func (inv *Inventory) MissingWAL(b *backup.Manifest) (missing segment.Name, gap 
 	if err != nil {
 		return missing, false, last, err
 	}
-	spans, err := inv.path(tli)
+	spans, err := inv.path(b.Timeline, tli)
 	if err != nil {
 		return missing, false, last, err
 	}

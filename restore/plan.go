@@ -187,7 +187,7 @@ func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, kind refusal, 
 	if err != nil {
 		return nil, cannot, err.Error()
 	}
-	spans, err := inv.path(tli)
+	spans, err := inv.path(b.Timeline, tli)
 	if err != nil {
 		return nil, cannot, err.Error()
 	}

@@ -2,10 +2,12 @@ package retention
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
@@ -31,6 +33,9 @@ func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, e
 			return inv, nil, fmt.Errorf("list %s: %w", prefix, err)
 		}
 	}
+	if inv.Leases, err = loadLeases(ctx, a, inv.Objects); err != nil {
+		return inv, nil, err
+	}
 	l, err := backup.List(ctx, store)
 	if err != nil {
 		return inv, nil, err
@@ -41,6 +46,38 @@ func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, e
 		return inv, nil, err
 	}
 	return inv, slots, nil
+}
+
+// loadLeases reads every backup lease the listing found. A damaged one
+// counts from its modification time; one gone since the listing counts as
+// live for this run (its backup just ended); any other read failure fails.
+func loadLeases(ctx context.Context, a *archive.Archive, objects []Object) (map[string]BackupLease, error) {
+	leases := map[string]BackupLease{}
+	for _, o := range objects {
+		id, name, ok := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
+		if !ok || name != archive.LeaseName || !strings.HasPrefix(o.Key, backup.Prefix) || backup.ValidID(id) != nil {
+			continue
+		}
+		l, info, err := a.ReadLease(ctx, o.Key)
+		switch {
+		case errors.Is(err, backends.ErrNotFound):
+			leases[id] = BackupLease{Modified: o.Modified, Vanished: true}
+		case errors.Is(err, archive.ErrLeaseDamaged):
+			leases[id] = BackupLease{Modified: later(o.Modified, info.Modified), Damaged: true}
+		case err != nil:
+			return nil, err
+		default:
+			leases[id] = BackupLease{Lease: l, Modified: later(o.Modified, info.Modified)}
+		}
+	}
+	return leases, nil
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // Apply deletes what the plan deletes: first each deleted backup's

@@ -1,8 +1,9 @@
 // Package retention decides what an archive keeps. The planner is a pure
-// function of the archive's inventory, the followers' slots, the policy and
-// the time: it returns every object with keep or delete and the reason.
-// Apply executes a plan. Nothing here deletes an object a kept backup or a
-// live slot needs.
+// function of the archive's inventory (with the running backups' leases),
+// the followers' slots, the policy and the time: it returns every object
+// with keep or delete and the reason. Apply executes a plan. Nothing here
+// deletes an object a kept backup, a running backup or a live slot needs,
+// nor a timeline history file recovery may have to read.
 package retention
 
 import (
@@ -41,11 +42,34 @@ type Object struct {
 }
 
 // Inventory is what the archive holds: every object under wal/, history/
-// and backups/, and the complete backups' manifests.
+// and backups/, the complete backups' manifests and the leases found under
+// backups/, by backup id.
 type Inventory struct {
 	SegmentSize uint64
 	Objects     []Object
 	Backups     []*backup.Manifest
+	Leases      map[string]BackupLease
+}
+
+// BackupLease is a backup's lease as Load found it.
+type BackupLease struct {
+	Lease    archive.Lease
+	Modified time.Time // the store's time for the lease object
+	// Damaged: the lease could not be parsed; it counts as renewed at
+	// Modified with the default TTL.
+	Damaged bool
+	// Vanished: listed, then gone when read (the backup just finished or
+	// failed). It counts as live for this run; the next run sees why.
+	Vanished bool
+}
+
+// live reports whether l protects its backup at now, and until when.
+func (l BackupLease) live(now time.Time) (bool, time.Time) {
+	if l.Vanished {
+		return true, now
+	}
+	exp := l.Lease.Expires(l.Modified)
+	return now.Before(exp), exp
 }
 
 // Item is one object's fate.
@@ -62,12 +86,15 @@ type Plan struct {
 	Policy         Policy    `json:"policy"`
 	KeptBackups    []string  `json:"kept_backups"`
 	DeletedBackups []string  `json:"deleted_backups"`
-	Notes          []string  `json:"notes"`
-	Items          []Item    `json:"items"`
-	DeleteCount    int       `json:"delete_count"`
-	DeleteBytes    int64     `json:"delete_bytes"`
-	KeepCount      int       `json:"keep_count"`
-	KeepBytes      int64     `json:"keep_bytes"`
+	// RunningBackups are backups without a manifest that are kept because
+	// their lease is live or they were written to within the grace period.
+	RunningBackups []string `json:"running_backups"`
+	Notes          []string `json:"notes"`
+	Items          []Item   `json:"items"`
+	DeleteCount    int      `json:"delete_count"`
+	DeleteBytes    int64    `json:"delete_bytes"`
+	KeepCount      int      `json:"keep_count"`
+	KeepBytes      int64    `json:"keep_bytes"`
 }
 
 // guard is something that keeps WAL from a position on: a kept backup or a
@@ -89,54 +116,38 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 	if err := segment.ValidSegmentSize(inv.SegmentSize); err != nil && (len(inv.Objects) > 0 || len(inv.Backups) > 0) {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
-	ss := inv.SegmentSize
-	plan := &Plan{Now: now, Policy: p, KeptBackups: []string{}, DeletedBackups: []string{}, Notes: []string{}}
+	plan := &Plan{Now: now, Policy: p, KeptBackups: []string{}, DeletedBackups: []string{}, RunningBackups: []string{}, Notes: []string{}}
 	backups := append([]*backup.Manifest(nil), inv.Backups...)
 	sort.SliceStable(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
 
-	keptWhy := keptBackups(backups, p, now)
-	var guards []guard
-	byID := map[string]*backup.Manifest{}
+	pl := &planner{ss: inv.SegmentSize, keptWhy: keptBackups(backups, p, now), byID: map[string]*backup.Manifest{}}
 	for _, b := range backups {
-		byID[b.ID] = b
-		if why, ok := keptWhy[b.ID]; ok {
+		pl.byID[b.ID] = b
+		if why, ok := pl.keptWhy[b.ID]; ok {
 			plan.KeptBackups = append(plan.KeptBackups, b.ID)
-			guards = append(guards, guard{TLI: b.Timeline, SegNo: b.StartLSN.SegNo(ss),
+			pl.guards = append(pl.guards, guard{TLI: b.Timeline, SegNo: b.StartLSN.SegNo(pl.ss),
 				Reason: fmt.Sprintf("WAL of kept backup %s (%s)", b.ID, why)})
 		} else {
 			plan.DeletedBackups = append(plan.DeletedBackups, b.ID)
 		}
 	}
-	keepAllWAL := ""
 	if len(backups) == 0 {
-		keepAllWAL = "no complete backup in the archive: WAL is never deleted without one"
+		pl.keepAllWAL = "no complete backup in the archive: WAL is never deleted without one"
 	}
-	for _, s := range slots {
-		switch {
-		case s.Expired(now):
-			plan.Notes = append(plan.Notes, fmt.Sprintf("slot %s expired (last heartbeat %s, TTL %s): it protects nothing",
-				s.Name, s.Heartbeat.UTC().Format(time.RFC3339), time.Duration(s.TTL)))
-		case s.Position == "":
-			if keepAllWAL == "" {
-				keepAllWAL = fmt.Sprintf("live slot %s has no position yet: it may need any WAL", s.Name)
-			}
-		default:
-			n, err := segment.ParseName(s.Position, ss)
-			if err != nil {
-				keepAllWAL = fmt.Sprintf("live slot %s has an unreadable position %q", s.Name, s.Position)
-				continue
-			}
-			guards = append(guards, guard{TLI: n.TLI, SegNo: n.SegNo, Reason: "needed by live slot " + s.Name + " (position " + s.Position + ")"})
-		}
+	pl.slotGuards(plan, slots, now)
+	if pl.keepAllWAL != "" {
+		plan.Notes = append(plan.Notes, pl.keepAllWAL)
 	}
-	if keepAllWAL != "" {
-		plan.Notes = append(plan.Notes, keepAllWAL)
+	var running []guard
+	pl.running, pl.debris, running = incompleteBackups(inv, pl.byID, p.Grace, now)
+	pl.guards = append(pl.guards, running...)
+	for id, why := range pl.running {
+		plan.RunningBackups = append(plan.RunningBackups, id)
+		plan.Notes = append(plan.Notes, why)
 	}
+	sort.Strings(plan.RunningBackups)
+	sort.Strings(plan.Notes[len(plan.Notes)-len(pl.running):])
 
-	maxTLI := uint32(0)
-	for _, g := range guards {
-		maxTLI = max(maxTLI, g.TLI)
-	}
 	cutoff := now.Add(-p.Grace)
 	add := func(o Object, keep bool, reason string) {
 		if !keep && o.Modified.After(cutoff) {
@@ -150,20 +161,13 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 			histories = append(histories, o)
 			continue
 		}
-		keep, reason := decide(o, ss, guards, keepAllWAL, keptWhy, byID)
+		keep, reason := pl.decide(o)
 		add(o, keep, reason)
 	}
-	maxKept := maxKeptTimeline(plan.Items, guards, keepAllWAL != "")
+	keepHistory := historyRule(plan.Items, pl.guards, pl.keepAllWAL, histories)
 	for _, o := range histories {
-		f, err := segment.ParseFile(strings.TrimPrefix(o.Key, "history/"))
-		switch {
-		case err != nil:
-			add(o, true, "not a history file name: left alone")
-		case f.TLI <= maxKept:
-			add(o, true, fmt.Sprintf("history of timeline %d, which kept WAL or backups need", f.TLI))
-		default:
-			add(o, false, "history of a timeline nothing kept is on")
-		}
+		keep, reason := keepHistory(o)
+		add(o, keep, reason)
 	}
 	sort.Slice(plan.Items, func(i, j int) bool { return plan.Items[i].Key < plan.Items[j].Key })
 	for _, it := range plan.Items {
@@ -176,6 +180,82 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 		}
 	}
 	return plan, nil
+}
+
+// planner holds what decide needs.
+type planner struct {
+	ss         uint64
+	guards     []guard
+	keepAllWAL string
+	keptWhy    map[string]string
+	byID       map[string]*backup.Manifest
+	running    map[string]string // manifest-less backups kept, and why
+	debris     map[string]string // manifest-less backups deleted, and why
+}
+
+// slotGuards adds a guard for every live slot with a position.
+func (pl *planner) slotGuards(plan *Plan, slots []archive.Slot, now time.Time) {
+	for _, s := range slots {
+		switch {
+		case s.Expired(now):
+			plan.Notes = append(plan.Notes, fmt.Sprintf("slot %s expired (last heartbeat %s, TTL %s): it protects nothing",
+				s.Name, s.Heartbeat.UTC().Format(time.RFC3339), time.Duration(s.TTL)))
+		case s.Position == "":
+			if pl.keepAllWAL == "" {
+				pl.keepAllWAL = fmt.Sprintf("live slot %s has no position yet: it may need any WAL", s.Name)
+			}
+		default:
+			n, err := segment.ParseName(s.Position, pl.ss)
+			if err != nil {
+				pl.keepAllWAL = fmt.Sprintf("live slot %s has an unreadable position %q", s.Name, s.Position)
+				continue
+			}
+			pl.guards = append(pl.guards, guard{TLI: n.TLI, SegNo: n.SegNo, Reason: "needed by live slot " + s.Name + " (position " + s.Position + ")"})
+		}
+	}
+}
+
+// incompleteBackups sorts the backups without a manifest into running
+// (a live lease, or written to within the grace period: every one of their
+// objects is kept) and debris (neither: every one is deleted). A live
+// lease that names the backup's start segment guards WAL from it on.
+func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grace time.Duration, now time.Time) (running, debris map[string]string, guards []guard) {
+	running, debris = map[string]string{}, map[string]string{}
+	newest := map[string]time.Time{}
+	for _, o := range inv.Objects {
+		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
+		if !ok || !strings.HasPrefix(o.Key, backup.Prefix) || complete[id] != nil {
+			continue
+		}
+		if t, seen := newest[id]; !seen || o.Modified.After(t) {
+			newest[id] = o.Modified
+		}
+	}
+	for id, last := range newest {
+		l, hasLease := inv.Leases[id]
+		live, exp := l.live(now)
+		switch {
+		case hasLease && live && l.Vanished:
+			running[id] = fmt.Sprintf("backup %s had a lease when listed that was gone when read (it just ended): kept until the next run", id)
+		case hasLease && live:
+			holder := l.Lease.Holder
+			if l.Damaged {
+				holder = "unknown (the lease is damaged)"
+			}
+			running[id] = fmt.Sprintf("backup %s is running: its lease (held by %s) is live until %s", id, holder, exp.UTC().Format(time.RFC3339))
+			if n, err := segment.ParseName(l.Lease.WAL, inv.SegmentSize); err == nil {
+				guards = append(guards, guard{TLI: n.TLI, SegNo: n.SegNo, Reason: "WAL of running backup " + id + " (from " + l.Lease.WAL + ")"})
+			}
+		case last.After(now.Add(-grace)):
+			running[id] = fmt.Sprintf("backup %s has no manifest and no live lease, but was written to within the grace period (%s): it may still be running", id, grace)
+		case hasLease:
+			debris[id] = fmt.Sprintf("incomplete backup %s (no manifest, lease expired %s): debris of a failed or interrupted backup push", id, exp.UTC().Format(time.RFC3339))
+		default:
+			debris[id] = "incomplete backup " + id + " (no manifest, no lease): debris of a failed or interrupted backup push"
+		}
+	}
+	sort.Slice(guards, func(i, j int) bool { return guards[i].Reason < guards[j].Reason })
+	return running, debris, guards
 }
 
 // keptBackups applies the policy to backups (oldest first) and says why
@@ -211,30 +291,36 @@ func keptBackups(backups []*backup.Manifest, p Policy, now time.Time) map[string
 }
 
 // decide keeps or deletes one object (before the grace period).
-func decide(o Object, ss uint64, guards []guard, keepAllWAL string, keptWhy map[string]string, byID map[string]*backup.Manifest) (bool, string) {
+func (pl *planner) decide(o Object) (bool, string) {
 	switch {
 	case strings.HasPrefix(o.Key, backup.Prefix):
 		id, _, _ := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
-		if why, ok := keptWhy[id]; ok {
+		if why, ok := pl.keptWhy[id]; ok {
 			return true, "kept backup " + id + " (" + why + ")"
 		}
-		if _, ok := byID[id]; ok {
+		if _, ok := pl.byID[id]; ok {
 			return false, "backup " + id + " is outside the policy"
 		}
-		return false, "incomplete backup " + id + " (no manifest): debris of a failed or interrupted backup push"
+		if why, ok := pl.running[id]; ok {
+			return true, why
+		}
+		if why, ok := pl.debris[id]; ok {
+			return false, why
+		}
+		return true, "not a backup's object: left alone"
 	case strings.HasPrefix(o.Key, "wal/"):
 		f, err := segment.ParseFile(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
 		if err != nil {
 			return true, "not a WAL file name: left alone"
 		}
-		if keepAllWAL != "" {
-			return true, keepAllWAL
+		if pl.keepAllWAL != "" {
+			return true, pl.keepAllWAL
 		}
-		n, err := f.SegNo(ss)
+		n, err := f.SegNo(pl.ss)
 		if err != nil {
 			return true, "not a WAL file name for this segment size: left alone"
 		}
-		for _, g := range guards {
+		for _, g := range pl.guards {
 			if f.TLI >= g.TLI && n >= g.SegNo {
 				return true, g.Reason
 			}
@@ -244,24 +330,50 @@ func decide(o Object, ss uint64, guards []guard, keepAllWAL string, keptWhy map[
 	return true, "not managed by retention"
 }
 
-// maxKeptTimeline is the newest timeline anything kept is on. A history
-// file is kept up to it: recovery reads its target timeline's history and
-// probes the files in order to find the latest timeline.
-func maxKeptTimeline(items []Item, guards []guard, keepAll bool) uint32 {
-	if keepAll {
-		return math.MaxUint32
+// historyRule decides the history files. Recovery needs a timeline's
+// history file to move onto it, and PostgreSQL finds the latest timeline
+// by probing history files one after another from its own timeline up: a
+// missing one stops it there, and it silently stays on the older timeline.
+// So every history file from the lowest timeline anything kept is on (a
+// kept backup, a live slot, any kept WAL) upward is kept, sibling branches
+// included, and always the newest one: right after a promotion it is
+// archived long before the first WAL of its timeline.
+func historyRule(items []Item, guards []guard, keepAll string, histories []Object) func(Object) (bool, string) {
+	low, lowWhy := uint32(math.MaxUint32), ""
+	for _, g := range guards {
+		if g.TLI < low {
+			low, lowWhy = g.TLI, g.Reason
+		}
 	}
-	m := uint32(0)
 	for _, it := range items {
 		if it.Delete || !strings.HasPrefix(it.Key, "wal/") {
 			continue
 		}
-		if f, err := segment.ParseFile(it.Key[strings.LastIndexByte(it.Key, '/')+1:]); err == nil {
-			m = max(m, f.TLI)
+		if f, err := segment.ParseFile(it.Key[strings.LastIndexByte(it.Key, '/')+1:]); err == nil && f.TLI < low {
+			low, lowWhy = f.TLI, "kept "+it.Key
 		}
 	}
-	for _, g := range guards {
-		m = max(m, g.TLI)
+	newest := uint32(0)
+	for _, o := range histories {
+		if f, err := segment.ParseFile(strings.TrimPrefix(o.Key, "history/")); err == nil && f.Kind == segment.KindHistory {
+			newest = max(newest, f.TLI)
+		}
 	}
-	return m
+	return func(o Object) (bool, string) {
+		f, err := segment.ParseFile(strings.TrimPrefix(o.Key, "history/"))
+		switch {
+		case err != nil || f.Kind != segment.KindHistory:
+			return true, "not a history file name: left alone"
+		case keepAll != "":
+			return true, keepAll
+		case f.TLI == newest:
+			return true, "the newest history file: a new timeline's history is archived before its first WAL"
+		case f.TLI == low:
+			return true, fmt.Sprintf("history of timeline %d, which kept WAL, backups or slots are on (%s)", f.TLI, lowWhy)
+		case f.TLI > low:
+			return true, fmt.Sprintf("history of timeline %d: recovery from timeline %d (%s) probes every history file after it to find the latest timeline",
+				f.TLI, low, lowWhy)
+		}
+		return false, "history of a timeline older than everything kept"
+	}
 }

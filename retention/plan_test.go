@@ -31,9 +31,11 @@ func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *backup.Ma
 // inventory: timeline 1 has segments 1..0x14 except 5 (a gap), a .backup
 // file and the .partial of the switch; timeline 2 branched at 0/10000000
 // and has 0x10..0x18. Backups B1 and B2 on timeline 1, B3 on timeline 2.
-// An old incomplete backup is debris; a young one may be running.
+// An old incomplete backup is debris; a young one may be running; one
+// that started hours ago holds a live lease; one whose lease expired a day
+// ago is debris.
 func inventory() Inventory {
-	inv := Inventory{SegmentSize: segSize}
+	inv := Inventory{SegmentSize: segSize, Leases: map[string]BackupLease{}}
 	add := func(key string, size int64, mod time.Time) {
 		inv.Objects = append(inv.Objects, Object{Key: key, Size: size, Modified: mod})
 	}
@@ -61,7 +63,20 @@ func inventory() Inventory {
 	}
 	add(backup.Prefix+"20261120T000000Z/base.tar.00000", 10<<20, now.Add(-150*time.Hour))
 	add(backup.Prefix+"20261126T115800Z/base.tar.00000", 10<<20, now.Add(-2*time.Minute))
+	running, dead := "20261126T090000Z", "20261125T000000Z"
+	add(backup.Prefix+running+"/base.tar.00000", 10<<20, now.Add(-3*time.Hour))
+	add(backup.Prefix+running+"/base.tar.00001", 10<<20, now.Add(-2*time.Hour))
+	add(backup.Prefix+running+"/lease.json", 200, now.Add(-40*time.Second))
+	inv.Leases[running] = lease(now.Add(-40*time.Second), now.Add(-40*time.Second))
+	add(backup.Prefix+dead+"/base.tar.00000", 10<<20, now.Add(-36*time.Hour))
+	add(backup.Prefix+dead+"/lease.json", 200, now.Add(-35*time.Hour))
+	inv.Leases[dead] = lease(now.Add(-35*time.Hour), now.Add(-35*time.Hour))
 	return inv
+}
+
+func lease(renewed, modified time.Time) BackupLease {
+	return BackupLease{Modified: modified, Lease: archive.Lease{Kind: "backup push", Holder: "db1:4242", Token: "t",
+		TTL: archive.Duration(archive.DefaultLeaseTTL), Acquired: renewed.Add(-3 * time.Hour), Renewed: renewed}}
 }
 
 func slot(name, pos string, heartbeat time.Time) archive.Slot {

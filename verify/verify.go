@@ -1,7 +1,8 @@
 // Package verify proves an archive whole: every object's checksum (or,
 // quick, its presence), the continuity of WAL from each backup's start to
-// the head through the timeline history, and each backup's manifest
-// against its chunks.
+// the head through the timeline history, the history files recovery needs
+// to reach every archived timeline, and each backup's manifest against its
+// chunks.
 package verify
 
 import (
@@ -22,7 +23,7 @@ import (
 
 // Problem is one thing wrong with the archive.
 type Problem struct {
-	Kind   string `json:"kind"` // gap, missing, size, checksum, unreadable
+	Kind   string `json:"kind"` // gap, history, missing, size, checksum, unreadable
 	Key    string `json:"key,omitempty"`
 	Detail string `json:"detail"`
 }
@@ -98,11 +99,42 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (*Report, error) {
 		}
 	}
 	timelineGaps(inv, r)
+	if err := historyProblems(ctx, a, inv, r); err != nil {
+		return nil, err
+	}
 	if !o.Quick {
 		checksums(ctx, store, keys, want, o.Parallel, r)
 	}
 	sort.SliceStable(r.Problems, func(i, j int) bool { return r.Problems[i].Key < r.Problems[j].Key })
 	return r, nil
+}
+
+// historyProblems reports the history files recovery from the archive's
+// backups and slots needs and the archive lacks.
+func historyProblems(ctx context.Context, a *archive.Archive, inv *restore.Inventory, r *Report) error {
+	slots, err := a.ListSlots(ctx)
+	if err != nil {
+		return err
+	}
+	starts, have, hist := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
+	for tli := range inv.WAL {
+		have[tli] = true
+	}
+	for _, b := range inv.Backups {
+		starts[b.Timeline], have[b.StopTimeline] = true, true
+	}
+	for _, s := range slots {
+		if n, err := segment.ParseName(s.Position, inv.SegSize); err == nil {
+			starts[n.TLI] = true
+		}
+	}
+	for tli := range inv.History {
+		hist[tli] = true
+	}
+	for _, p := range MissingHistory(starts, have, hist) {
+		r.add(p.Kind, p.Key, p.Detail)
+	}
+	return nil
 }
 
 func (r *Report) add(kind, key, detail string) {
@@ -136,6 +168,53 @@ func timelineGaps(inv *restore.Inventory, r *Report) {
 	}
 }
 
+// MissingHistory finds the history files recovery needs and the archive
+// lacks. starts are the timelines a restore or a follower starts from (the
+// backups' start timelines, the slots' positions), have the timelines the
+// archive holds WAL or backups of, history those it has history files of.
+// Recovery moves onto timeline N only through N's history file, and
+// PostgreSQL finds the latest timeline by probing history files one after
+// another from its own timeline up, stopping at the first missing one. So
+// from the lowest start to the highest timeline the archive knows, every
+// history file must be there; otherwise a restore or a follower silently
+// stays on an older timeline. An archive whose backups and slots are all
+// on its newest timeline needs none (a copy promoted with archiving off
+// starts such an archive, perhaps with a stray segment of its old
+// timeline).
+func MissingHistory(starts, have, history map[uint32]bool) []Problem {
+	low, high := uint32(0), uint32(0)
+	for tli := range starts {
+		if low == 0 || tli < low {
+			low = tli
+		}
+	}
+	if low == 0 {
+		return nil
+	}
+	for _, set := range []map[uint32]bool{starts, have, history} {
+		for tli := range set {
+			high = max(high, tli)
+		}
+	}
+	var out []Problem
+	for tli := low + 1; tli <= high && tli-low <= 1<<16; tli++ {
+		if history[tli] {
+			continue
+		}
+		f := segment.File{Kind: segment.KindHistory, TLI: tli}
+		var detail string
+		if have[tli] || starts[tli] {
+			detail = fmt.Sprintf("timeline %d has WAL or backups in the archive but no history file %s: a restore or follower starting on timeline %d (a backup or slot is there) "+
+				"cannot reach it and silently stays on an older timeline; push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, f)
+		} else {
+			detail = fmt.Sprintf("timeline %d has no history file %s: PostgreSQL looking for the latest timeline from timeline %d stops there and never reaches timeline %d; "+
+				"push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, high, f)
+		}
+		out = append(out, Problem{Kind: "history", Key: archive.Key(f), Detail: detail})
+	}
+	return out
+}
+
 // checksums reads every object through the sealed format's checks, and
 // backup chunks against their manifest's SHA-256 too.
 func checksums(ctx context.Context, store backends.Storage, keys []string, want map[string]string, parallel int, r *Report) {
@@ -146,8 +225,8 @@ func checksums(ctx context.Context, store backends.Storage, keys []string, want 
 		go func() {
 			defer wg.Done()
 			for k := range work {
-				if strings.HasSuffix(k, "/manifest.json") {
-					continue // parsed when the backups were listed
+				if strings.HasSuffix(k, "/manifest.json") || strings.HasSuffix(k, "/"+archive.LeaseName) {
+					continue // parsed when the backups were listed; a running backup's lease
 				}
 				if err := checkObject(ctx, store, k, want[k]); err != nil {
 					kind := "checksum"

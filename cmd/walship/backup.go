@@ -33,9 +33,12 @@ func backupPushCommand(env *appEnv) *cli.Command {
 		Usage: "take a base backup over the replication protocol into the archive",
 		Description: "Connects like pg_basebackup (PG* environment variables, or --pg), streams the backup\n" +
 			"through compression into the archive, checks the files against the server's backup_manifest,\n" +
-			"waits until the WAL from start to stop is archived, then writes the manifest that makes the\n" +
-			"backup exist. Prints the backup id on stdout.\n" +
-			"Exit statuses: 2 usage, 3 archive unreachable, 4 data failed a checksum,\n" +
+			"waits until the WAL from start to stop is archived, confirms every object it wrote is in the\n" +
+			"archive at its stored size, then writes the manifest that makes the backup exist. While it runs\n" +
+			"it holds a lease (backups/<id>/lease.json, renewed every minute, 10 minutes TTL) that retention\n" +
+			"honours. Prints the backup id on stdout; on failure it removes what it wrote.\n" +
+			"Exit statuses: 2 usage, 3 archive unreachable, or the backup's data or lease went from the archive\n" +
+			"while it ran (run it again), 4 data failed a checksum,\n" +
 			"7 PostgreSQL: connection or server error, or the WAL did not reach the archive in --wal-timeout.",
 		Flags: append(globalFlags(),
 			&cli.StringFlag{Name: "pg", Usage: "connection string (no password: use PGPASSWORD or ~/.pgpass); default from PG* variables"},
@@ -100,7 +103,7 @@ func backupListCommand(env *appEnv) *cli.Command {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}
 			for _, id := range l.Incomplete {
-				env.logger().Warn("incomplete backup (running, or failed: remove with walship backup delete)", "id", id)
+				env.logger().Warn("backup without a manifest: running, or failed (retention removes it once its lease has expired)", "id", id)
 			}
 			if c.Bool("json") {
 				if l.Backups == nil {

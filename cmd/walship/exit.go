@@ -73,6 +73,10 @@ func exitCode(o op, err error) int {
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.Is(err, archive.ErrLeaseLost), errors.Is(err, backup.ErrLost):
+		// backup push: its data or lease went from the archive while it
+		// ran; a new run writes everything again.
+		return exitArchive
 	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey),
 		errors.Is(err, backup.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage):
 		return exitUsage

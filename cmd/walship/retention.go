@@ -22,10 +22,13 @@ func retentionCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:  "retention",
 		Usage: "delete what no kept backup and no live slot needs",
-		Description: "The plan is a pure function of the archive's listing, the slots, the policy and the time;\n" +
-			"every object gets keep or delete and a reason. WAL is kept from the start of the oldest kept\n" +
-			"backup and from every live slot's position. A listing or read failure aborts before anything\n" +
-			"is deleted. Exit statuses: 2 usage or no policy; 3 archive unreachable.",
+		Description: "The plan is a pure function of the archive's listing, the slots, the running backups' leases,\n" +
+			"the policy and the time; every object gets keep or delete and a reason. WAL is kept from the start\n" +
+			"of the oldest kept backup, of every running backup and from every live slot's position. A backup\n" +
+			"without a manifest is kept while its lease is live or anything under it is younger than --grace,\n" +
+			"and is debris otherwise. Every history file from the lowest kept timeline up, and the newest one,\n" +
+			"are kept. A listing or read failure aborts before anything is deleted.\n" +
+			"Exit statuses: 2 usage or no policy; 3 archive unreachable.",
 		Subcommands: []*cli.Command{
 			{Name: "plan", Usage: "print what apply would do", Flags: flags(), Action: func(c *cli.Context) error { return env.retention(c, false) }},
 			{Name: "apply", Usage: "delete what the plan deletes", Flags: flags(), Action: func(c *cli.Context) error { return env.retention(c, true) }},
@@ -77,8 +80,8 @@ func (e *appEnv) retention(c *cli.Context, apply bool) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", act, it.Key, it.Reason)
 		}
 		_ = tw.Flush()
-		fmt.Fprintf(e.stdout, "\nkept backups: %v\ndeleted backups: %v\ndelete %d objects (%s), keep %d (%s)\n",
-			plan.KeptBackups, plan.DeletedBackups, plan.DeleteCount, human(plan.DeleteBytes), plan.KeepCount, human(plan.KeepBytes))
+		fmt.Fprintf(e.stdout, "\nkept backups: %v\nrunning backups: %v\ndeleted backups: %v\ndelete %d objects (%s), keep %d (%s)\n",
+			plan.KeptBackups, plan.RunningBackups, plan.DeletedBackups, plan.DeleteCount, human(plan.DeleteBytes), plan.KeepCount, human(plan.KeepBytes))
 	}
 	if !apply {
 		return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/verify"
 )
 
 // timelineRange is a timeline's first and last archived segment.
@@ -44,7 +45,8 @@ func statusCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:        "status",
 		Usage:       "the archive at a glance: identity, timeline heads, backups, slots and their problems",
-		Description: "Exit statuses: 0 no problems; 8 a gap in the WAL, or a slot that expired or reports a problem;\n3 archive unreachable.",
+		Description: "Exit statuses: 0 no problems; 8 a gap in the WAL, a timeline whose history file is missing,\n" +
+			"or a slot that expired or reports a problem; 3 archive unreachable.",
 		Flags:       append(globalFlags(), &cli.BoolFlag{Name: "json", Usage: "JSON"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 0)
@@ -56,9 +58,16 @@ func statusCommand(env *appEnv) *cli.Command {
 				return &exitError{code: exitCode(opStatus, err), err: err}
 			}
 			ranges := map[uint32]*timelineRange{}
+			histories := map[uint32]bool{}
 			err = a.Storage().List(c.Context, "", func(o backends.ObjectInfo) error {
 				r.Objects++
 				r.Bytes += o.Size
+				if h, ok := strings.CutPrefix(o.Key, "history/"); ok {
+					if f, err := segment.ParseFile(h); err == nil && f.Kind == segment.KindHistory {
+						histories[f.TLI] = true
+					}
+					return nil
+				}
 				if !strings.HasPrefix(o.Key, "wal/") {
 					return nil
 				}
@@ -118,6 +127,7 @@ func statusCommand(env *appEnv) *cli.Command {
 				r.Problems = append(r.Problems, fmt.Sprintf("gap on timeline %d: %s to %s were never archived (found when %s was pushed at %s)",
 					g.Timeline, g.From, g.To, g.Before, g.Detected.Format(time.RFC3339)))
 			}
+			r.Problems = append(r.Problems, missingHistory(ranges, l.Backups, r.Slots, histories, r.Identity.SegmentSize)...)
 			for _, s := range r.Slots {
 				if s.Expired {
 					r.Problems = append(r.Problems, fmt.Sprintf("slot %s expired (last heartbeat %s): it no longer protects WAL",
@@ -168,6 +178,28 @@ func statusCommand(env *appEnv) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// missingHistory reports the history files a restore or a follower
+// starting on a backup's or a slot's timeline needs and the archive lacks.
+func missingHistory(wal map[uint32]*timelineRange, backups []*backup.Manifest, slots []slotRow, histories map[uint32]bool, segSize uint64) []string {
+	starts, have := map[uint32]bool{}, map[uint32]bool{}
+	for tli := range wal {
+		have[tli] = true
+	}
+	for _, b := range backups {
+		starts[b.Timeline], have[b.StopTimeline] = true, true
+	}
+	for _, s := range slots {
+		if n, err := segment.ParseName(s.Position, segSize); err == nil {
+			starts[n.TLI] = true
+		}
+	}
+	var out []string
+	for _, p := range verify.MissingHistory(starts, have, histories) {
+		out = append(out, p.Detail)
+	}
+	return out
 }
 
 // openGaps reads the gaps push recorded and keeps those whose first
