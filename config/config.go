@@ -40,6 +40,7 @@ type Config struct {
 	StallTimeout time.Duration `yaml:"stall_timeout"`
 	// Spool is the directory walship agent fills and fetch takes from.
 	Spool     string    `yaml:"spool"`
+	Fetch     Fetch     `yaml:"fetch"`
 	Agent     Agent     `yaml:"agent"`
 	Retention Retention `yaml:"retention"`
 	Schedule  Schedule  `yaml:"schedule"`
@@ -119,6 +120,7 @@ func DefaultTimeout(command string) time.Duration {
 // Default is the configuration before any file, environment or flag.
 func Default() Config {
 	return Config{Compression: "zstd", LogFormat: "text", LogLevel: "info", S3: S3{Region: "us-east-1", MaxAttempts: 5},
+		Fetch:     defaultFetch(),
 		Agent:     Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute},
 		Retention: Retention{Grace: 10 * time.Minute},
 		Schedule:  Schedule{StopTimeout: 10 * time.Minute}, StallTimeout: 30 * time.Second}
@@ -227,6 +229,9 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	str(EnvS3SSE, &c.S3.SSE)
 	str(EnvS3SSEKMSKeyID, &c.S3.SSEKMSKeyID)
 	str(EnvSpool, &c.Spool)
+	if err := c.Fetch.applyEnv(getenv); err != nil {
+		return err
+	}
 	if err := num(EnvCompressionLevel, &c.CompressionLevel); err != nil {
 		return err
 	}
@@ -293,6 +298,9 @@ func (c Config) Validate() error {
 	}
 	if c.StallTimeout < 100*time.Millisecond || c.StallTimeout > time.Hour {
 		return &Error{"stall_timeout", fmt.Sprintf("%s: want 100ms..1h", c.StallTimeout)}
+	}
+	if err := c.Fetch.validate(); err != nil {
+		return err
 	}
 	if c.Spool != "" && !filepath.IsAbs(c.Spool) {
 		return &Error{"spool", fmt.Sprintf("%q: want an absolute directory", c.Spool)}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -57,6 +58,10 @@ type agentState struct {
 	NoHistory   uint32    `json:"no_history,omitempty"` // this timeline's history file was absent
 	Polled      time.Time `json:"polled"`               // when Head and NoHistory were true
 	Interval    Duration  `json:"interval,omitempty"`   // the wait until the poll after that one
+	// Archive names the archive a prefetcher (prefetch.go) downloads
+	// from; fetch takes from a prefetcher's spool only for that archive.
+	// The agent leaves it empty.
+	Archive string `json:"archive,omitempty"`
 }
 
 // readState reads the state the agent published in spool.
@@ -228,21 +233,30 @@ func (g *Agent) saveState(publish bool) {
 	if st == g.lastState {
 		return
 	}
-	b, _ := json.Marshal(st)
-	tmp := filepath.Join(g.o.Spool, agentStateFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err == nil {
-		err = os.Rename(tmp, filepath.Join(g.o.Spool, agentStateFile))
-		if err == nil {
-			g.lastState = st
-			return
-		}
+	if writeState(g.o.Spool, st) == nil {
+		g.lastState = st
+		return
 	}
-	_ = os.Remove(tmp)
 	if !publish {
 		// The poll could not be withdrawn: remove the state, so that
 		// nothing trusts it (the next start begins from the slot).
 		_ = os.Remove(filepath.Join(g.o.Spool, agentStateFile))
 	}
+}
+
+// writeState publishes st in spool under a temporary name, then renames it.
+func writeState(spool string, st agentState) error {
+	b, _ := json.Marshal(st)
+	tmp := filepath.Join(spool, agentStateFile+".tmp")
+	err := os.WriteFile(tmp, b, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(spool, agentStateFile))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("%w: spool state: %w", archive.ErrLocal, err)
+	}
+	return nil
 }
 
 // checkSpoolFile looks at what the spool holds under a segment's name
@@ -252,7 +266,13 @@ func (g *Agent) saveState(publish bool) {
 // Anything else is removed, so that no restore_command, not even a plain
 // mv, can hand it to PostgreSQL. It reports whether a good file is there.
 func (g *Agent) checkSpoolFile(name string) bool {
-	p := filepath.Join(g.o.Spool, name)
+	return checkSpoolEntry(g.o.Spool, name, g.segSize, g.sysID, g.o.Log)
+}
+
+// checkSpoolEntry is checkSpoolFile for any spool: the agent's or a
+// prefetcher's.
+func checkSpoolEntry(spool, name string, segSize, sysID uint64, log *slog.Logger) bool {
+	p := filepath.Join(spool, name)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false
@@ -263,12 +283,12 @@ func (g *Agent) checkSpoolFile(name string) bool {
 		why = err.Error()
 	case !fi.Mode().IsRegular():
 		why = notRegular(fi.Mode())
-	case uint64(fi.Size()) != g.segSize:
-		why = fmt.Sprintf("%d bytes, segments are %d", fi.Size(), g.segSize)
+	case uint64(fi.Size()) != segSize:
+		why = fmt.Sprintf("%d bytes, segments are %d", fi.Size(), segSize)
 	case !ownedByMe(fi):
 		why = "owned by another user"
 	default:
-		if err := verifySpoolFile(p, name, g.segSize, g.sysID); err != nil {
+		if err := verifySpoolFile(p, name, segSize, sysID); err != nil {
 			why = err.Error()
 		}
 	}
@@ -276,7 +296,7 @@ func (g *Agent) checkSpoolFile(name string) bool {
 		return true
 	}
 	err = os.Remove(p)
-	g.o.Log.Warn("removed a file from the spool that is not a segment the agent placed", "file", name, "why", why, "error", err)
+	log.Warn("removed a file from the spool that is not a segment the agent placed", "file", name, "why", why, "error", err)
 	return false
 }
 

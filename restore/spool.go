@@ -113,7 +113,7 @@ func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error
 	var out []spoolFile
 	for _, e := range ents {
 		if e.Name()[0] == '.' {
-			if removeTemps && e.Name() != agentStateFile && e.Name() != agentLockFile {
+			if removeTemps && !keptDotFile(e.Name()) {
 				_ = os.Remove(filepath.Join(dir, e.Name()))
 			}
 			continue
@@ -129,6 +129,17 @@ func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error
 		out = append(out, spoolFile{name: n, size: info.Size()})
 	}
 	return out, nil
+}
+
+// keptDotFile: the spool's own files, which scanSpool never removes as
+// temporary: the agent's (or prefetcher's) state and lock, fetch's note to
+// a prefetcher and the prefetcher's log.
+func keptDotFile(name string) bool {
+	switch name {
+	case agentStateFile, agentLockFile, prefetchNoteFile, PrefetchLogFile:
+		return true
+	}
+	return false
 }
 
 // KnownAbsent answers, from the agent's last poll, whether name is surely

@@ -237,6 +237,21 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 			return "", usageErr("--spool %q: want an absolute directory", spool)
 		}
 		args = append(args, "--spool", spool)
+	} else {
+		// A recovery without walship agent: fetch's own prefetcher,
+		// with this walship's settings (the server does not read this
+		// shell's environment), 0 if turned off here.
+		f := e.cfg.Fetch
+		args = append(args, "--prefetch", strconv.Itoa(f.Prefetch))
+		if f.Prefetch > 0 && f.PrefetchBytes != config.DefaultPrefetchBytes {
+			args = append(args, "--prefetch-bytes", f.PrefetchBytes.String())
+		}
+		if f.Prefetch > 0 && f.PrefetchDir != "" {
+			args = append(args, "--prefetch-dir", f.PrefetchDir)
+		}
+		if f.Prefetch > 0 && f.PrefetchIdle != config.DefaultPrefetchIdle {
+			args = append(args, "--prefetch-idle", f.PrefetchIdle.String())
+		}
 	}
 	if s := e.cfg.S3; strings.HasPrefix(archive, "s3://") {
 		if s.Endpoint != "" {
