@@ -1,0 +1,316 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/restore"
+	"github.com/walship/walship/segment"
+)
+
+// prefetchers lists the pids of the walship prefetchers started for the
+// data directory pgdata (walship fetch --prefetch-run PGDATA) that are
+// still running; a zombie has no command line and is not listed.
+func prefetchers(t *testing.T, pgdata string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		for i, a := range args {
+			if a == "--prefetch-run" && i+1 < len(args) && args[i+1] == pgdata && args[0] == walshipBin {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// prefetchSpoolOf is the default spool of a data directory.
+func prefetchSpoolOf(pgdata string) string {
+	return filepath.Join(pgdata, "pg_wal", restore.PrefetchDirName)
+}
+
+// spoolSegments lists the segment files in a spool.
+func spoolSegments(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if _, err := segment.ParseFile(e.Name()); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// assertPrefetcherGone waits until no prefetcher runs for pgdata and
+// checks it removed its segments and said why it stopped.
+func assertPrefetcherGone(t *testing.T, pgdata, why string) {
+	t.Helper()
+	testenv.WaitFor(t, "the prefetcher to exit", 30*time.Second, func() bool { return len(prefetchers(t, pgdata)) == 0 })
+	spool := prefetchSpoolOf(pgdata)
+	if segs := spoolSegments(spool); len(segs) != 0 {
+		t.Errorf("the prefetcher left segments in %s: %v", spool, segs)
+	}
+	log, _ := os.ReadFile(filepath.Join(spool, restore.PrefetchLogFile))
+	if !strings.Contains(string(log), "prefetcher stopped") || !strings.Contains(string(log), why) {
+		t.Errorf("the prefetcher's log does not say it stopped (%s):\n%s", why, log)
+	}
+	if strings.Contains(string(log), "level=ERROR") {
+		t.Errorf("the prefetcher logged an error:\n%s", log)
+	}
+}
+
+// TestPrefetchPITR: a point-in-time recovery with the restore_command
+// walship restore writes, prefetch on by default: it reaches the target
+// with the right rows, segments come from the prefetch spool, and the
+// prefetcher is gone after promotion.
+func TestPrefetchPITR(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	primary, _ := archivingPrimary(t, w, target)
+	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
+	for n := 1; n <= 8; n++ {
+		commitBatch(t, primary, n)
+		if n == 6 {
+			primary.SQL(t, "SELECT pg_create_restore_point('pf-6')")
+		}
+		switchAndWait(t, primary)
+	}
+	c, _ := restoreAndStart(t, w, target, "pf", "--target-name", "pf-6")
+	if got := c.SQL(t, "SELECT count(*) FROM rows"); got != rowsUpTo(6) {
+		t.Fatalf("recovered %s rows, want %s (to the restore point after batch 6)", got, rowsUpTo(6))
+	}
+	conf, _ := os.ReadFile(filepath.Join(c.Data, "postgresql.auto.conf"))
+	if !strings.Contains(string(conf), " --prefetch 16 %f %p") {
+		t.Fatalf("restore wrote no prefetching restore_command:\n%s", conf)
+	}
+	if n := strings.Count(c.Log(), "fetched from the prefetch spool"); n < 4 {
+		t.Errorf("%d segments came from the prefetch spool, want at least 4 of the 8 or so replayed:\n%s", n, c.Log())
+	}
+	assertPrefetcherGone(t, c.Data, "recovery ended")
+	restartPromoted(t, c, "SELECT count(*) FROM rows", rowsUpTo(6))
+}
+
+// TestPrefetchBeliefNeverEndsRecovery: the prefetcher looks for a segment
+// before it is in the archive (here: it is hidden, and PostgreSQL is held
+// before asking for it); once it is back, the recovery fetches it from the
+// archive and replays past it to the target. A prefetcher's "not there"
+// never ends a point-in-time recovery early.
+func TestPrefetchBeliefNeverEndsRecovery(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	primary, _ := archivingPrimary(t, w, target)
+	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
+	var hidden string
+	for n := 1; n <= 6; n++ {
+		if n == 3 {
+			hidden = primary.SQL(t, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+		}
+		commitBatch(t, primary, n)
+		if n == 6 {
+			primary.SQL(t, "SELECT pg_create_restore_point('pf-6')")
+		}
+		switchAndWait(t, primary)
+	}
+	f, _ := segment.ParseFile(hidden)
+	key := archive.Key(f)
+	ctx := context.Background()
+	rc, _, err := target.store.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := target.store.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+
+	c := testenv.EmptyCluster(t, w, "belief")
+	mustWalship(t, w, target.env, "restore", "--archive", target.url, "--pgdata", c.Data, "--archive-mode", "off",
+		"--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "belief-ts1"), "--target-name", "pf-6")
+	// PostgreSQL is held before it asks for the hidden segment, around
+	// the restore_command walship restore wrote.
+	orig := restoreCommandOf(t, c.Data)
+	if !strings.Contains(orig, "--prefetch 16") {
+		t.Fatalf("restore wrote no prefetching restore_command: %s", orig)
+	}
+	flag := filepath.Join(w.Dir, "go-on")
+	wrapper := filepath.Join(w.Dir, "hold.sh")
+	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = %s ]; then while [ ! -e %s ]; do sleep 0.05; done; fi\nexec %s\n",
+		hidden, flag, strings.NewReplacer("%f", `"$1"`, "%p", `"$2"`).Replace(orig))
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w.Chown(t, wrapper)
+	c.Configure(t, map[string]string{"restore_command": wrapper + " %f %p"})
+	c.Env = append(target.env, "WALSHIP_LOG_LEVEL=debug")
+	c.Start(t)
+
+	spoolLog := filepath.Join(prefetchSpoolOf(c.Data), restore.PrefetchLogFile)
+	testenv.WaitFor(t, "the prefetcher to find "+hidden+" missing", time.Minute, func() bool {
+		b, _ := os.ReadFile(spoolLog)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "not in the archive (yet)") && strings.Contains(l, "segment="+hidden) {
+				return true
+			}
+		}
+		return false
+	})
+	if r := c.SQL(t, "SELECT pg_is_in_recovery()"); r != "t" {
+		t.Fatal("the copy left recovery before it was given the hidden segment")
+	}
+	if err := target.store.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
+		t.Fatal(err)
+	}
+	w.Chown(t, filepath.Join(w.Dir, "archive")) // put back by root, read by postgres
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", 2*time.Minute)
+	if got := c.SQL(t, "SELECT count(*) FROM rows"); got != rowsUpTo(6) {
+		t.Fatalf("recovered %s rows, want %s: the recovery stopped before the target", got, rowsUpTo(6))
+	}
+	if !strings.Contains(c.Log(), "file="+hidden) {
+		t.Errorf("the server log shows no fetch of %s:\n%s", hidden, c.Log())
+	}
+	assertPrefetcherGone(t, c.Data, "recovery ended")
+}
+
+// restoreCommandOf reads the last restore_command set in pgdata's
+// postgresql.auto.conf.
+func restoreCommandOf(t *testing.T, pgdata string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(pgdata, "postgresql.auto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v string
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "restore_command = '"); ok {
+			v = strings.ReplaceAll(strings.TrimSuffix(rest, "'"), "''", "'")
+		}
+	}
+	if v == "" {
+		t.Fatalf("no restore_command in %s:\n%s", pgdata, b)
+	}
+	return v
+}
+
+// TestPrefetchFetchStatuses runs walship fetch as PostgreSQL's startup
+// process would, in a data directory in point-in-time recovery (no
+// server), against a filesystem archive of synthetic segments, one of
+// them damaged: the first fetch starts one prefetcher; later fetches take
+// from its spool; the damaged segment is never offered and its fetch
+// fails with the archive's status (4 + 128), not "absent"; "absent" (1)
+// comes only for what the archive does not have; removing recovery.signal
+// (promotion) ends the prefetcher.
+func TestPrefetchFetchStatuses(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	segs := w.Mkdir(t, "segs")
+	for n := uint64(1); n <= 10; n++ {
+		p := testenv.WriteSegment(t, segs, spoolSeg(n), spoolSysID, nil)
+		w.Chown(t, p)
+		mustWalship(t, w, nil, "push", "--archive", target.url, p)
+	}
+	damaged := filepath.Join(w.Dir, "archive", archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 6}))
+	b, err := os.ReadFile(damaged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xFF
+	if err := os.WriteFile(damaged, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pgdata := w.Mkdir(t, "pgdata")
+	w.Mkdir(t, "pgdata/pg_wal")
+	if err := os.WriteFile(filepath.Join(pgdata, "recovery.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.Chown(t, pgdata)
+	fetch := func(n uint64) (int, string) {
+		t.Helper()
+		dest := filepath.Join(pgdata, "pg_wal", "RECOVERYXLOG")
+		_ = os.Remove(dest)
+		cmd := w.Command(nil, walshipBin, "fetch", "--archive", target.url, spoolSeg(n), "pg_wal/RECOVERYXLOG")
+		cmd.Dir = pgdata
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		if err == nil {
+			got, _ := os.ReadFile(dest)
+			want, _ := os.ReadFile(filepath.Join(segs, spoolSeg(n)))
+			if !bytes.Equal(got, want) {
+				t.Fatalf("fetch %d exit 0 but RECOVERYXLOG is not the segment", n)
+			}
+		}
+		return cmd.ProcessState.ExitCode(), errb.String()
+	}
+	spool := prefetchSpoolOf(pgdata)
+	if code, errs := fetch(1); code != 0 || !strings.Contains(errs, "msg=fetched ") {
+		t.Fatalf("first fetch: exit %d\n%s", code, errs)
+	}
+	testenv.WaitFor(t, "2 to 5 prefetched", 30*time.Second, func() bool { return len(spoolSegments(spool)) >= 4 })
+	if pids := prefetchers(t, pgdata); len(pids) != 1 {
+		t.Fatalf("%d prefetchers run, want 1", len(pids))
+	}
+	for n := uint64(2); n <= 5; n++ {
+		if code, errs := fetch(n); code != 0 || !strings.Contains(errs, "fetched from the prefetch spool") {
+			t.Fatalf("fetch %d: exit %d, want it from the prefetch spool\n%s", n, code, errs)
+		}
+	}
+	for _, s := range spoolSegments(spool) {
+		if s == spoolSeg(6) {
+			t.Fatal("the damaged segment was placed in the prefetch spool")
+		}
+	}
+	if code, errs := fetch(6); code != 4+128 || !strings.Contains(errs, "checksum") {
+		t.Fatalf("fetch of the damaged segment: exit %d, want 132 (damaged, in a point-in-time recovery)\n%s", code, errs)
+	}
+	for n := uint64(7); n <= 10; n++ {
+		if code, errs := fetch(n); code != 0 {
+			t.Fatalf("fetch %d: exit %d\n%s", n, code, errs)
+		}
+	}
+	if code, errs := fetch(11); code != 1 {
+		t.Fatalf("fetch of a segment the archive does not have: exit %d, want 1\n%s", code, errs)
+	}
+	if pids := prefetchers(t, pgdata); len(pids) != 1 {
+		t.Fatalf("after 11 fetches %d prefetchers run, want the one", len(pids))
+	}
+	if err := os.Remove(filepath.Join(pgdata, "recovery.signal")); err != nil {
+		t.Fatal(err)
+	}
+	assertPrefetcherGone(t, pgdata, "recovery ended")
+}
