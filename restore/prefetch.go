@@ -316,7 +316,7 @@ func (p *Prefetcher) dispatch(ctx context.Context, wg *sync.WaitGroup, results c
 		go func() {
 			defer wg.Done()
 			_, err := Fetch(ctx, p.a, file, filepath.Join(p.o.Spool, file), FetchOptions{Attempts: 2, Sync: true})
-			_ = os.Remove(marker) // after the rename: a waiting fetch finds the file
+			_ = os.Remove(marker)                       // after the rename: a waiting fetch finds the file
 			results <- prefetched{name: name, err: err} // buffered for every download in flight
 		}()
 	}
