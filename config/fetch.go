@@ -26,6 +26,8 @@ type Fetch struct {
 	PrefetchDir string `yaml:"prefetch_dir"`
 	// PrefetchIdle: the prefetcher exits when no fetch came for this long.
 	PrefetchIdle time.Duration `yaml:"prefetch_idle"`
+	// PrefetchParallel is how many downloads the prefetcher runs at once.
+	PrefetchParallel int `yaml:"prefetch_parallel"`
 }
 
 // The prefetcher's defaults (README.md, Configuration): 16 segments and
@@ -34,15 +36,21 @@ type Fetch struct {
 // easily compressed WAL on a small machine) and lets four downloads hide a
 // slow archive's latency, while a quarter of the default max_wal_size of
 // 1 GB keeps pg_wal's own volume, where the spool lives, from filling up.
-// pgBackRest's archive-get-queue-max default is 128 MiB.
+// pgBackRest's archive-get-queue-max default is 128 MiB. Two downloads at
+// once, as pgBackRest's process-max=2: each holds a zstd window of up to a
+// segment in memory, and one download takes a third of the time replaying
+// its segment does, so two keep ahead of replay even against an archive
+// with tens of milliseconds of latency.
 const (
-	DefaultPrefetch      = 16
-	DefaultPrefetchBytes = 256 << 20
-	DefaultPrefetchIdle  = time.Minute
+	DefaultPrefetch         = 16
+	DefaultPrefetchBytes    = 256 << 20
+	DefaultPrefetchIdle     = time.Minute
+	DefaultPrefetchParallel = 2
 )
 
 func defaultFetch() Fetch {
-	return Fetch{Prefetch: DefaultPrefetch, PrefetchBytes: DefaultPrefetchBytes, PrefetchIdle: DefaultPrefetchIdle}
+	return Fetch{Prefetch: DefaultPrefetch, PrefetchBytes: DefaultPrefetchBytes, PrefetchIdle: DefaultPrefetchIdle,
+		PrefetchParallel: DefaultPrefetchParallel}
 }
 
 // Environment names of the fetch settings.
@@ -51,15 +59,18 @@ const (
 	EnvFetchPrefetchBytes = "WALSHIP_FETCH_PREFETCH_BYTES"
 	EnvFetchPrefetchDir   = "WALSHIP_FETCH_PREFETCH_DIR"
 	EnvFetchPrefetchIdle  = "WALSHIP_FETCH_PREFETCH_IDLE"
+	EnvFetchPrefetchPar   = "WALSHIP_FETCH_PREFETCH_PARALLEL"
 )
 
 func (f *Fetch) applyEnv(getenv func(string) string) error {
-	if v := getenv(EnvFetchPrefetch); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return &Error{EnvFetchPrefetch, fmt.Sprintf("%q is not a number", v)}
+	for name, dst := range map[string]*int{EnvFetchPrefetch: &f.Prefetch, EnvFetchPrefetchPar: &f.PrefetchParallel} {
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return &Error{name, fmt.Sprintf("%q is not a number", v)}
+			}
+			*dst = n
 		}
-		f.Prefetch = n
 	}
 	if v := getenv(EnvFetchPrefetchBytes); v != "" {
 		b, err := ParseByteSize(v)
@@ -91,6 +102,8 @@ func (f Fetch) validate() error {
 		return &Error{"fetch.prefetch_dir", fmt.Sprintf("%q: want an absolute directory", f.PrefetchDir)}
 	case f.PrefetchIdle < time.Second || f.PrefetchIdle > time.Hour:
 		return &Error{"fetch.prefetch_idle", fmt.Sprintf("%s: want 1s..1h", f.PrefetchIdle)}
+	case f.PrefetchParallel < 1 || f.PrefetchParallel > 16:
+		return &Error{"fetch.prefetch_parallel", fmt.Sprintf("%d: want 1..16", f.PrefetchParallel)}
 	}
 	if f.PrefetchDir != "" {
 		switch filepath.Base(f.PrefetchDir) {

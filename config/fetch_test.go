@@ -13,16 +13,16 @@ func TestFetchSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := c.Fetch; f.Prefetch != 16 || f.PrefetchBytes != 256<<20 || f.PrefetchDir != "" || f.PrefetchIdle != time.Minute {
+	if f := c.Fetch; f.Prefetch != 16 || f.PrefetchBytes != 256<<20 || f.PrefetchDir != "" || f.PrefetchIdle != time.Minute || f.PrefetchParallel != 2 {
 		t.Fatalf("defaults: %+v", f)
 	}
 	file := filepath.Join(t.TempDir(), "w.yaml")
-	_ = os.WriteFile(file, []byte("fetch:\n  prefetch: 4\n  prefetch_bytes: 1GiB\n  prefetch_dir: /srv/prefetch\n  prefetch_idle: 30s\n"), 0o600)
+	_ = os.WriteFile(file, []byte("fetch:\n  prefetch: 4\n  prefetch_bytes: 1GiB\n  prefetch_dir: /srv/prefetch\n  prefetch_idle: 30s\n  prefetch_parallel: 6\n"), 0o600)
 	c, err = Load(file, env(map[string]string{EnvFetchPrefetch: "8"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := c.Fetch; f.Prefetch != 8 || f.PrefetchBytes != 1<<30 || f.PrefetchDir != "/srv/prefetch" || f.PrefetchIdle != 30*time.Second {
+	if f := c.Fetch; f.Prefetch != 8 || f.PrefetchBytes != 1<<30 || f.PrefetchDir != "/srv/prefetch" || f.PrefetchIdle != 30*time.Second || f.PrefetchParallel != 6 {
 		t.Fatalf("file and environment: %+v", f)
 	}
 	c, err = Load("", env(map[string]string{EnvFetchPrefetch: "0", EnvFetchPrefetchBytes: "64MB", EnvFetchPrefetchIdle: "5m",
@@ -45,6 +45,8 @@ func TestFetchSettings(t *testing.T) {
 		{map[string]string{EnvFetchPrefetchIdle: "forever"}, "", EnvFetchPrefetchIdle},
 		{map[string]string{EnvFetchPrefetchIdle: "2h"}, "", "fetch.prefetch_idle"},
 		{map[string]string{EnvFetchPrefetchDir: "spool"}, "", "fetch.prefetch_dir"},
+		{map[string]string{EnvFetchPrefetchPar: "0"}, "", "fetch.prefetch_parallel"},
+		{map[string]string{EnvFetchPrefetchPar: "two"}, "", EnvFetchPrefetchPar},
 		{map[string]string{EnvFetchPrefetchDir: "/var/lib/pg/pg_wal"}, "", "fetch.prefetch_dir"},
 		{nil, "fetch:\n  prefetch_bytes: a lot\n", "line 2: \"a lot\" is not a size"},
 		{nil, "fetch:\n  prefetch_ahead: 3\n", "prefetch_ahead"},

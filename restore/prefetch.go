@@ -67,7 +67,7 @@ const PrefetchWait = 10 * time.Second
 const (
 	defaultPrefetchAhead    = 16
 	defaultPrefetchBytes    = 256 << 20
-	defaultPrefetchParallel = 4
+	defaultPrefetchParallel = 2
 	defaultPrefetchIdle     = time.Minute
 	prefetchRetryMin        = 500 * time.Millisecond
 	prefetchRetryMax        = 30 * time.Second
@@ -89,7 +89,7 @@ type PrefetchOptions struct {
 	Archive  string
 	Ahead    int           // segments kept ready beyond the last one taken; default 16
 	MaxBytes int64         // bound on their bytes, in the spool and in flight; default 256 MiB
-	Parallel int           // downloads at once; default 4
+	Parallel int           // downloads at once; default 2
 	Idle     time.Duration // exit when no fetch came for this long; default 1m
 	Log      *slog.Logger
 	Clock    Clock

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -39,6 +40,7 @@ func fetchCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "prefetch-bytes", Usage: "bound on the bytes of those segments (default 256MiB) [$WALSHIP_FETCH_PREFETCH_BYTES]"},
 			&cli.StringFlag{Name: "prefetch-dir", Usage: "the prefetcher's spool, absolute (default DEST's directory/.walship-prefetch) [$WALSHIP_FETCH_PREFETCH_DIR]"},
 			&cli.DurationFlag{Name: "prefetch-idle", Usage: "the prefetcher exits when no fetch came for this long (default 1m) [$WALSHIP_FETCH_PREFETCH_IDLE]"},
+			&cli.IntFlag{Name: "prefetch-parallel", Usage: "downloads the prefetcher runs at once (default 2) [$WALSHIP_FETCH_PREFETCH_PARALLEL]"},
 			// The detached prefetcher itself: walship fetch --prefetch-run DATADIR.
 			&cli.StringFlag{Name: "prefetch-run", Hidden: true},
 		),
@@ -194,6 +196,9 @@ func fetchSettings(c *cli.Context, cfg *config.Config) error {
 	if c.IsSet("prefetch-idle") {
 		cfg.Fetch.PrefetchIdle = c.Duration("prefetch-idle")
 	}
+	if c.IsSet("prefetch-parallel") {
+		cfg.Fetch.PrefetchParallel = c.Int("prefetch-parallel")
+	}
 	if err := cfg.Validate(); err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
@@ -296,7 +301,8 @@ func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error 
 
 // runPrefetcher is the detached prefetcher: walship fetch --prefetch-run
 // DATADIR, started by startPrefetcher with fetch's configuration. It
-// leaves one core to PostgreSQL's replay, which is single-threaded.
+// leaves one core to PostgreSQL's replay, which is single-threaded, and
+// keeps its heap near 64 MiB.
 func runPrefetcher(c *cli.Context, env *appEnv) error {
 	env.daemon = true
 	if err := json.Unmarshal([]byte(os.Getenv(envPrefetchConfig)), &env.cfg); err != nil {
@@ -307,6 +313,12 @@ func runPrefetcher(c *cli.Context, env *appEnv) error {
 	}
 	env.log = newLogger(env.stderr, env.cfg.LogFormat, env.cfg.LogLevel)
 	runtime.GOMAXPROCS(max(1, runtime.NumCPU()-1))
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Each download holds a zstd window of up to a segment (about
+		// 17 MiB live for 16 MiB segments): collect before the heap
+		// doubles over them. GOMEMLIMIT in the environment wins.
+		debug.SetMemoryLimit(64 << 20)
+	}
 	store, err := openStorage(c.Context, env.cfg)
 	if err != nil {
 		return &exitError{code: exitCode(opFetch, err), err: err}
@@ -314,7 +326,7 @@ func runPrefetcher(c *cli.Context, env *appEnv) error {
 	f := env.cfg.Fetch
 	p := restore.NewPrefetcher(archive.New(store, env.log), restore.PrefetchOptions{
 		Spool: f.PrefetchDir, PGData: c.String("prefetch-run"), Archive: archiveName(env.cfg),
-		Ahead: f.Prefetch, MaxBytes: int64(f.PrefetchBytes), Idle: f.PrefetchIdle, Log: env.log,
+		Ahead: f.Prefetch, MaxBytes: int64(f.PrefetchBytes), Parallel: f.PrefetchParallel, Idle: f.PrefetchIdle, Log: env.log,
 	})
 	why, err := p.Run(c.Context)
 	if err != nil {

@@ -23,8 +23,8 @@ func TestRestoreCommandPrefetch(t *testing.T) {
 	}{
 		{nil, nil, []string{" --prefetch 16 %f %p"}, []string{"--prefetch-bytes", "--prefetch-idle"}},
 		{map[string]string{config.EnvFetchPrefetch: "0"}, nil, []string{" --prefetch 0 %f %p"}, []string{"--prefetch-bytes"}},
-		{map[string]string{config.EnvFetchPrefetchBytes: "1GiB", config.EnvFetchPrefetchIdle: "30s"}, nil,
-			[]string{" --prefetch 16 --prefetch-bytes 1GiB --prefetch-idle 30s %f %p"}, nil},
+		{map[string]string{config.EnvFetchPrefetchBytes: "1GiB", config.EnvFetchPrefetchIdle: "30s", config.EnvFetchPrefetchPar: "4"}, nil,
+			[]string{" --prefetch 16 --prefetch-bytes 1GiB --prefetch-idle 30s --prefetch-parallel 4 %f %p"}, nil},
 		{nil, []string{"--spool", "/var/spool/walship"}, []string{"--spool /var/spool/walship %f %p"}, []string{"--prefetch"}},
 	}
 	for i, tc := range cases {
@@ -74,6 +74,7 @@ func TestFetchPrefetchSettings(t *testing.T) {
 		{nil, []string{"--prefetch-dir", "rel/dir"}, "fetch.prefetch_dir"},
 		{nil, []string{"--prefetch-dir", "/data/pg_wal"}, "fetch.prefetch_dir"},
 		{nil, []string{"--prefetch-idle", "10ms"}, "fetch.prefetch_idle"},
+		{nil, []string{"--prefetch-parallel", "99"}, "fetch.prefetch_parallel"},
 		{map[string]string{config.EnvFetchPrefetch: "many"}, nil, config.EnvFetchPrefetch},
 		{map[string]string{config.EnvFetchPrefetchBytes: "12 parsecs"}, nil, config.EnvFetchPrefetchBytes},
 	}
@@ -92,7 +93,7 @@ func TestFetchPrefetchSettings(t *testing.T) {
 // fetchEnv is env with every other fetch setting cleared (runIn's
 // t.Setenv lasts for the whole test).
 func fetchEnv(env map[string]string) map[string]string {
-	out := map[string]string{config.EnvFetchPrefetch: "", config.EnvFetchPrefetchBytes: "", config.EnvFetchPrefetchDir: "", config.EnvFetchPrefetchIdle: ""}
+	out := map[string]string{config.EnvFetchPrefetch: "", config.EnvFetchPrefetchBytes: "", config.EnvFetchPrefetchDir: "", config.EnvFetchPrefetchIdle: "", config.EnvFetchPrefetchPar: ""}
 	maps.Copy(out, env)
 	return out
 }

@@ -252,6 +252,9 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 		if f.Prefetch > 0 && f.PrefetchIdle != config.DefaultPrefetchIdle {
 			args = append(args, "--prefetch-idle", f.PrefetchIdle.String())
 		}
+		if f.Prefetch > 0 && f.PrefetchParallel != config.DefaultPrefetchParallel {
+			args = append(args, "--prefetch-parallel", strconv.Itoa(f.PrefetchParallel))
+		}
 	}
 	if s := e.cfg.S3; strings.HasPrefix(archive, "s3://") {
 		if s.Endpoint != "" {
