@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -266,13 +265,7 @@ func writeState(spool string, st agentState) error {
 // Anything else is removed, so that no restore_command, not even a plain
 // mv, can hand it to PostgreSQL. It reports whether a good file is there.
 func (g *Agent) checkSpoolFile(name string) bool {
-	return checkSpoolEntry(g.o.Spool, name, g.segSize, g.sysID, g.o.Log)
-}
-
-// checkSpoolEntry is checkSpoolFile for any spool: the agent's or a
-// prefetcher's.
-func checkSpoolEntry(spool, name string, segSize, sysID uint64, log *slog.Logger) bool {
-	p := filepath.Join(spool, name)
+	p := filepath.Join(g.o.Spool, name)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false
@@ -283,12 +276,12 @@ func checkSpoolEntry(spool, name string, segSize, sysID uint64, log *slog.Logger
 		why = err.Error()
 	case !fi.Mode().IsRegular():
 		why = notRegular(fi.Mode())
-	case uint64(fi.Size()) != segSize:
-		why = fmt.Sprintf("%d bytes, segments are %d", fi.Size(), segSize)
+	case uint64(fi.Size()) != g.segSize:
+		why = fmt.Sprintf("%d bytes, segments are %d", fi.Size(), g.segSize)
 	case !ownedByMe(fi):
 		why = "owned by another user"
 	default:
-		if err := verifySpoolFile(p, name, segSize, sysID); err != nil {
+		if err := verifySpoolFile(p, name, g.segSize, g.sysID); err != nil {
 			why = err.Error()
 		}
 	}
@@ -296,7 +289,7 @@ func checkSpoolEntry(spool, name string, segSize, sysID uint64, log *slog.Logger
 		return true
 	}
 	err = os.Remove(p)
-	log.Warn("removed a file from the spool that is not a segment the agent placed", "file", name, "why", why, "error", err)
+	g.o.Log.Warn("removed a file from the spool that is not a segment the agent placed", "file", name, "why", why, "error", err)
 	return false
 }
 
