@@ -106,6 +106,14 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return err
 	}
 	dir := filepath.Dir(dst)
+	var serverNow time.Time
+	defer func() {
+		// After a write, or finding the object there: a run that never
+		// writes (a re-push after a kill) still clears up after the kill.
+		if (err == nil || errors.Is(err, backends.ErrExists)) && s.sweep.due() {
+			_, _ = s.sweepTemps(serverNow) // best effort: the put itself is done
+		}
+	}()
 	if exclusive {
 		// Cheap early answer for the common re-archive case; the link
 		// below is what actually decides.
@@ -116,7 +124,7 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
-	serverNow, err := s.write(ctx, key, dst, body, size, exclusive, !s.localTemp.Load())
+	serverNow, err = s.write(ctx, key, dst, body, size, exclusive, !s.localTemp.Load())
 	if errors.Is(err, errCrossDevice) {
 		// The temporary directory is on another file system than dst (a
 		// mount inside the archive): write beside dst from now on.
@@ -128,9 +136,6 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	}
 	if err := syncDir(dir); err != nil {
 		return classify(fmt.Errorf("fs put %q: fsync directory: %w", key, err))
-	}
-	if s.sweep.due() {
-		_, _ = s.sweepTemps(serverNow) // best effort: the put itself is done
 	}
 	return nil
 }

@@ -179,7 +179,8 @@ func (w *sweeper) due() bool {
 // sweepTemps removes, from the temporary directory, the files of writers
 // that are surely gone: on this machine and pid namespace, a process
 // that no longer runs; anywhere, a file not modified for TempMaxAge
-// before now (the server's time of a file just written). A file being
+// before now (the server's time of a file just written; without one, the
+// zero time, age decides nothing). A file being
 // written by a live process is never removed. It returns how many it
 // removed; errors are not fatal to anyone and only stop the sweep.
 func (s *Storage) sweepTemps(now time.Time) (int, error) {
@@ -201,7 +202,7 @@ func (s *Storage) sweepTemps(now time.Time) (int, error) {
 		if tag, pid, ok := parseTempName(e.Name()); ok && me.tag != "" && tag == me.tag && pid != me.pid {
 			dead = !alive(pid)
 		}
-		if !dead {
+		if !dead && !now.IsZero() {
 			info, err := e.Info()
 			if err != nil {
 				continue // gone meanwhile

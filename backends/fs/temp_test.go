@@ -3,6 +3,7 @@ package fs_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/internal/testenv"
 )
@@ -105,25 +107,39 @@ func put(t *testing.T, root, key string) {
 }
 
 // A writer killed mid-write leaves its temporary file in the archive's
-// temporary directory, named after it; the next write removes it.
+// temporary directory, named after it; the next write removes it, and so
+// does a push that finds its object already there (a re-run after a kill).
 func TestKilledWritersTempIsSweptByTheNextWrite(t *testing.T) {
-	root := t.TempDir()
-	cmd, _, temp := startWriter(t, root)
-	if filepath.Dir(temp) != filepath.Join(root, ".tmp-inflight") {
-		t.Fatalf("temporary file %s is not in the archive's temporary directory", temp)
-	}
-	name := filepath.Base(temp)
-	if !strings.Contains(name, "."+strconv.Itoa(cmd.Process.Pid)+".") {
-		t.Fatalf("temporary file %s does not carry its writer's pid %d", name, cmd.Process.Pid)
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
-	if _, err := os.Stat(temp); err != nil {
-		t.Fatalf("the killed writer's temporary file should still be there before the next write: %v", err)
-	}
-	put(t, root, "heads/00000001.json")
-	if left := tempFiles(t, root); len(left) != 0 {
-		t.Fatalf("temporary files left after the next write: %v", left)
+	for _, exists := range []bool{false, true} {
+		root := t.TempDir()
+		put(t, root, "wal/00000001/x")
+		cmd, _, temp := startWriter(t, root)
+		if filepath.Dir(temp) != filepath.Join(root, ".tmp-inflight") {
+			t.Fatalf("temporary file %s is not in the archive's temporary directory", temp)
+		}
+		name := filepath.Base(temp)
+		if !strings.Contains(name, "."+strconv.Itoa(cmd.Process.Pid)+".") {
+			t.Fatalf("temporary file %s does not carry its writer's pid %d", name, cmd.Process.Pid)
+		}
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		if _, err := os.Stat(temp); err != nil {
+			t.Fatalf("the killed writer's temporary file should still be there before the next write: %v", err)
+		}
+		s, err := fs.New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := "heads/00000001.json"
+		if exists {
+			key = "wal/00000001/x"
+		}
+		if err := s.PutIfAbsent(context.Background(), key, bytes.NewReader([]byte("v")), 1); err != nil && !errors.Is(err, backends.ErrExists) {
+			t.Fatal(err)
+		}
+		if left := tempFiles(t, root); len(left) != 0 {
+			t.Fatalf("object existed %v: temporary files left after the next write: %v", exists, left)
+		}
 	}
 }
 
