@@ -86,7 +86,16 @@ func (f *follower) archiveBatch() {
 		f.batch = append(f.batch, name)
 	}
 	if f.tg.root != "" {
-		f.w.Chown(f.t, f.tg.root) // written by root here; the agent runs as the server's user
+		// Written by root here; the agent runs as the server's user.
+		keys := []string{"identity.json", "heads/00000001.json", "wal/00000001"}
+		for _, name := range f.batch {
+			keys = append(keys, "wal/00000001/"+name)
+		}
+		for _, key := range keys {
+			for p := filepath.Join(f.tg.root, key); p != f.tg.root; p = filepath.Dir(p) {
+				f.w.Chown(f.t, p)
+			}
+		}
 	}
 }
 
@@ -265,6 +274,9 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 		killedOut := pr.output()
 		for _, v := range f.spoolViolations(false) {
 			c.violation("after the kill, in the spool: %s", v)
+		}
+		if len(f.spoolViolations(true)) > 0 || len(tg.tempFiles(t)) > 0 {
+			c.debris++
 		}
 		k.check(ctx, c)
 		// The restarted agent continues: every segment not taken arrives.

@@ -103,6 +103,7 @@ type tally struct {
 	kills      int // killed while running
 	finished   int // ended before the kill came
 	reruns     int
+	debris     int // kills that left debris (all of it then removed, or a violation)
 	violations int
 	what       string // the current iteration, for messages
 }
@@ -120,8 +121,8 @@ func (c *tally) violation(format string, args ...any) {
 }
 
 func (c *tally) report(extra string) {
-	line := fmt.Sprintf("kill tier %s: %d kills, %d ended before their kill, %d re-runs, %d violations, %s%s",
-		c.t.Name(), c.kills, c.finished, c.reruns, c.violations, time.Since(c.began).Round(100*time.Millisecond), extra)
+	line := fmt.Sprintf("kill tier %s: %d kills (%d left debris), %d ended before their kill, %d re-runs, %d violations, %s%s",
+		c.t.Name(), c.kills, c.debris, c.finished, c.reruns, c.violations, time.Since(c.began).Round(100*time.Millisecond), extra)
 	c.t.Log(line)
 	summaryMu.Lock()
 	summary = append(summary, line)
@@ -273,6 +274,8 @@ type checker struct {
 	seen map[string]backends.ObjectInfo // verified, as they were then
 	// want is the content of files the test pushed, by key.
 	want map[string][]byte
+	// complete are the complete backups the last check found.
+	complete []string
 }
 
 func newChecker(tg target) *checker {
@@ -296,6 +299,7 @@ func (k *checker) check(ctx context.Context, c *tally) (incomplete []string) {
 		old, ok := k.seen[key]
 		return ok && old.Size == objs[key].Size && old.Modified.Equal(objs[key].Modified)
 	}
+	k.complete = nil
 	backups := map[string]bool{} // id: has a manifest
 	for key := range objs {
 		if id, rest, ok := backupKey(key); ok {
@@ -318,14 +322,17 @@ func (k *checker) check(ctx context.Context, c *tally) (incomplete []string) {
 		case !complete:
 			incomplete = append(incomplete, id)
 		case unchanged(mk):
+			k.complete = append(k.complete, id)
 		default:
 			if err := k.backup(ctx, id, objs); err != nil {
 				c.violation("backup %s has a manifest, but %v", id, err)
 				continue
 			}
 			k.seen[mk] = objs[mk]
+			k.complete = append(k.complete, id)
 		}
 	}
+	sort.Strings(k.complete)
 	for key := range k.seen {
 		if _, ok := objs[key]; !ok {
 			delete(k.seen, key)
@@ -421,8 +428,8 @@ func (k *checker) backup(ctx context.Context, id string, objs map[string]backend
 const sysID = 7300000000000000077
 
 // makeSegment is a PostgreSQL 15 segment of segSize bytes named name: a
-// long page header that agrees with it, then half random bytes (WAL
-// compresses about that well).
+// long page header that agrees with it, then random bytes in the first
+// half (WAL compresses about that well).
 func makeSegment(name string, segSize int, rng *rand.Rand) []byte {
 	f, err := segment.ParseFile(name)
 	if err != nil {
@@ -438,9 +445,7 @@ func makeSegment(name string, segSize int, rng *rand.Rand) []byte {
 	le.PutUint64(b[24:], sysID)
 	le.PutUint32(b[32:], uint32(segSize))
 	le.PutUint32(b[36:], 8192)
-	for i := 64; i < segSize; i += 2 {
-		b[i] = byte(rng.Intn(256))
-	}
+	rng.Read(b[64 : segSize/2])
 	return b
 }
 

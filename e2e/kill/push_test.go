@@ -93,11 +93,16 @@ func killPush(t *testing.T, w *testenv.Workdir, tg target) {
 			c.finished++
 		}
 		k.check(ctx, c) // nothing partial under a final name
-		pr = p.push(path)
-		if err := pr.cmd.Run(); err != nil {
-			c.violation("re-run of the push: %v\n%s", err, pr.output())
+		if len(tg.tempFiles(t)) > 0 {
+			c.debris++
 		}
-		c.reruns++
+		if killed {
+			pr = p.push(path)
+			if err := pr.cmd.Run(); err != nil {
+				c.violation("re-run of the push: %v\n%s", err, pr.output())
+			}
+			c.reruns++
+		}
 		if _, err := tg.store.Stat(ctx, key); err != nil {
 			c.violation("after the re-run %s is not archived: %v", key, err)
 		}
