@@ -30,6 +30,11 @@ func TestKillAgentFilesystem(t *testing.T) {
 	killAgent(t, w, fsTarget(t, w))
 }
 
+func TestKillAgentS3(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	killAgent(t, w, s3Target(t))
+}
+
 // follower is an archive being followed by walship agent into a spool,
 // and the standby's side of the spool (which takes the files).
 type follower struct {

@@ -171,9 +171,17 @@ func TestPushRefusesAFIFO(t *testing.T) {
 // (what PostgreSQL expects of an interrupted archive_command) having
 // removed its temporary file, or it had finished with 0. Either way
 // nothing partial is archived and the re-run succeeds.
-func TestPushSIGTERM(t *testing.T) {
+func TestPushSIGTERMFilesystem(t *testing.T) {
 	w := testenv.NewWorkdir(t)
-	tg := fsTarget(t, w)
+	pushSIGTERM(t, w, fsTarget(t, w))
+}
+
+func TestPushSIGTERMS3(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	pushSIGTERM(t, w, s3Target(t))
+}
+
+func pushSIGTERM(t *testing.T, w *testenv.Workdir, tg target) {
 	ctx := context.Background()
 	c := newTally(t)
 	k := newChecker(tg)
@@ -232,6 +240,10 @@ func TestPushSIGTERM(t *testing.T) {
 	if terms == 0 {
 		t.Errorf("no push was still running when its SIGTERM came: the test tested nothing")
 	}
-	t.Logf("%d pushes sent SIGTERM, %d died by it, the rest had finished; slowest end after the signal %v; %d violations",
-		n, terms, worst.Round(time.Millisecond), c.violations)
+	line := fmt.Sprintf("kill tier %s: %d pushes sent SIGTERM, %d died by it, the rest had finished; slowest end after the signal %v; %d violations",
+		t.Name(), n, terms, worst.Round(time.Millisecond), c.violations)
+	t.Log(line)
+	summaryMu.Lock()
+	summary = append(summary, line)
+	summaryMu.Unlock()
 }
