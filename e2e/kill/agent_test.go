@@ -172,11 +172,13 @@ func (f *follower) take() {
 // waitUntil polls cond until it holds or timeout passes.
 func waitUntil(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond) // paces the polls; cond is the real check
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(10 * time.Millisecond) // paces the polls; cond is the real check
+		<-tick.C
 	}
 	return true
 }

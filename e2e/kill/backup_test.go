@@ -55,25 +55,8 @@ func TestKillBackupPush(t *testing.T) {
 	k := newChecker(tg)
 	rng := rngFor(t)
 	pg, env := smallPrimary(t, w, tg)
-	args := []string{"backup", "push", "--archive", tg.url, "--checkpoint", "fast", "--chunk-size-mb", "1", "--wal-timeout", "60s"}
-	// backupOnce takes a backup to completion and returns its id.
-	backupOnce := func() (string, error) {
-		cmd := w.Command(env, walshipBin, args...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("%w\n%s", err, stderr.String())
-		}
-		return strings.TrimSpace(string(out)), nil
-	}
-	del := func(id string) error {
-		pr := walship(w, env, "backup", "delete", "--archive", tg.url, id)
-		if err := pr.cmd.Run(); err != nil {
-			return fmt.Errorf("walship backup delete %s: %w\n%s", id, err, pr.output())
-		}
-		return nil
-	}
+	r := &backupRig{w: w, env: env, url: tg.url}
+	backupOnce, del := r.take, r.del
 	longest := measure(t, 3, func() time.Duration {
 		began := time.Now()
 		id, err := backupOnce()
@@ -89,7 +72,7 @@ func TestKillBackupPush(t *testing.T) {
 	for i := 0; c.kills < iterations() && i < 3*iterations(); i++ {
 		delay := randDelay(rng, longest)
 		c.what = fmt.Sprintf("iteration %d: backup push killed after %v", i, delay)
-		pr := walship(w, env, args...)
+		pr := walship(w, env, r.args()...)
 		killed, err := runKilled(pr, delay)
 		switch {
 		case killed:
@@ -132,4 +115,35 @@ func TestKillBackupPush(t *testing.T) {
 		t.Errorf("the primary's archive_command failed %s times", n)
 	}
 	c.report("")
+}
+
+// backupRig runs walship backup push and delete against one primary.
+type backupRig struct {
+	w   *testenv.Workdir
+	env []string
+	url string
+}
+
+// take takes a backup to completion and returns its id.
+func (r *backupRig) take() (string, error) {
+	cmd := r.w.Command(r.env, walshipBin, r.args()...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%w\n%s", err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (r *backupRig) args() []string {
+	return []string{"backup", "push", "--archive", r.url, "--checkpoint", "fast", "--chunk-size-mb", "1", "--wal-timeout", "60s"}
+}
+
+func (r *backupRig) del(id string) error {
+	pr := walship(r.w, r.env, "backup", "delete", "--archive", r.url, id)
+	if err := pr.cmd.Run(); err != nil {
+		return fmt.Errorf("walship backup delete %s: %w\n%s", id, err, pr.output())
+	}
+	return nil
 }
