@@ -12,7 +12,8 @@
 // next write of any walship process (at most one sweep a minute each)
 // removes those whose writer is surely gone: a dead pid with this machine's
 // tag, or, whoever wrote it, a file unmodified for TempMaxAge (an hour) on
-// the file server's clock. Leftovers beside a destination (the fallback, or
+// the file server's clock. Deletes (backup delete, retention apply) sweep by
+// the pid rule too. Leftovers beside a destination (the fallback, or
 // walship before this scheme) are not swept: remove .tmp-* files older than
 // an hour by hand.
 package fs
@@ -350,6 +351,11 @@ func (s *Storage) Delete(ctx context.Context, keys ...string) error {
 				break
 			}
 		}
+	}
+	// Clean-up commands (backup delete, retention apply) clear a killed
+	// writer's leftovers too; with no server time at hand, by pid only.
+	if len(keys) > 0 && s.sweep.due() {
+		_, _ = s.sweepTemps(time.Time{})
 	}
 	return nil
 }

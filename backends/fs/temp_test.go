@@ -108,9 +108,10 @@ func put(t *testing.T, root, key string) {
 
 // A writer killed mid-write leaves its temporary file in the archive's
 // temporary directory, named after it; the next write removes it, and so
-// does a push that finds its object already there (a re-run after a kill).
+// does a push that finds its object already there (a re-run after a kill),
+// and so does a delete (backup delete, retention apply).
 func TestKilledWritersTempIsSweptByTheNextWrite(t *testing.T) {
-	for _, exists := range []bool{false, true} {
+	for _, next := range []string{"put", "put existing", "delete"} {
 		root := t.TempDir()
 		put(t, root, "wal/00000001/x")
 		cmd, _, temp := startWriter(t, root)
@@ -130,15 +131,22 @@ func TestKilledWritersTempIsSweptByTheNextWrite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		key := "heads/00000001.json"
-		if exists {
-			key = "wal/00000001/x"
+		ctx := context.Background()
+		switch next {
+		case "put":
+			err = s.PutIfAbsent(ctx, "heads/00000001.json", bytes.NewReader([]byte("v")), 1)
+		case "put existing":
+			if err = s.PutIfAbsent(ctx, "wal/00000001/x", bytes.NewReader([]byte("v")), 1); errors.Is(err, backends.ErrExists) {
+				err = nil
+			}
+		case "delete":
+			err = s.Delete(ctx, "wal/00000001/x")
 		}
-		if err := s.PutIfAbsent(context.Background(), key, bytes.NewReader([]byte("v")), 1); err != nil && !errors.Is(err, backends.ErrExists) {
-			t.Fatal(err)
+		if err != nil {
+			t.Fatalf("%s: %v", next, err)
 		}
 		if left := tempFiles(t, root); len(left) != 0 {
-			t.Fatalf("object existed %v: temporary files left after the next write: %v", exists, left)
+			t.Fatalf("temporary files left after the next %s: %v", next, left)
 		}
 	}
 }
