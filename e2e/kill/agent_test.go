@@ -266,8 +266,12 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 		f.archiveBatch()
 		return d
 	}
-	longest := measure(t, 3, round)
+	round()
+	var longest time.Duration
 	for i := 0; c.kills < iterations() && i < 3*iterations(); i++ {
+		if i%remeasureEvery == 0 {
+			longest = measure(t, 3, round)
+		}
 		delay := randDelay(rng, longest)
 		c.what = fmt.Sprintf("iteration %d: agent killed after %v, batch %s..%s", i, delay, f.batch[0], f.batch[len(f.batch)-1])
 		pr := f.agent()
