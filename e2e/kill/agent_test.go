@@ -290,27 +290,8 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 			c.debris++
 		}
 		k.check(ctx, c)
-		// The restarted agent continues: every segment not taken arrives.
-		pr = f.agent()
-		done, err := start(pr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		f.restart(ctx, c, killedOut)
 		c.reruns++
-		if err := f.serve(ctx, 10*time.Second, false); err != nil {
-			c.violation("%v; killed run:\n%s\nrestarted:\n%s", err, lastLines(killedOut, 20), lastLines(pr.output(), 30))
-		}
-		// Stopped once it is following (it has polled the archive): a
-		// SIGTERM during its start is another matter (see RELIABILITY.md).
-		if !waitUntil(10*time.Second, func() bool { return strings.Contains(pr.output(), "polled head") }) {
-			c.violation("the restarted agent never polled the archive:\n%s", lastLines(pr.output(), 30))
-		}
-		if err := stop(pr, done); err != nil {
-			c.violation("restarted agent stopped by SIGTERM: %v\n%s", err, lastLines(pr.output(), 30))
-		}
-		for _, v := range f.spoolViolations(true) {
-			c.violation("after the restarted agent stopped, in the spool: %s", v)
-		}
 		k.check(ctx, c)
 		if left := tg.tempFiles(t); len(left) > 0 {
 			c.violation("debris in the archive after the restarted agent: %v", left)
@@ -318,6 +299,30 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 		f.archiveBatch()
 	}
 	c.report(fmt.Sprintf(", %d segments followed", len(f.want)))
+}
+
+// restart is the re-run after a kill: the agent started again brings
+// every segment not taken into the spool, stops with 0 on SIGTERM once it
+// follows (has polled the archive: a SIGTERM during its start is another
+// matter, see RELIABILITY.md), and leaves a spool of verified segments.
+func (f *follower) restart(ctx context.Context, c *tally, killedOut string) {
+	pr := f.agent()
+	done, err := start(pr)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if err := f.serve(ctx, 10*time.Second, false); err != nil {
+		c.violation("%v; killed run:\n%s\nrestarted:\n%s", err, lastLines(killedOut, 20), lastLines(pr.output(), 30))
+	}
+	if !waitUntil(10*time.Second, func() bool { return strings.Contains(pr.output(), "polled head") }) {
+		c.violation("the restarted agent never polled the archive:\n%s", lastLines(pr.output(), 30))
+	}
+	if err := stop(pr, done); err != nil {
+		c.violation("restarted agent stopped by SIGTERM: %v\n%s", err, lastLines(pr.output(), 30))
+	}
+	for _, v := range f.spoolViolations(true) {
+		c.violation("after the restarted agent stopped, in the spool: %s", v)
+	}
 }
 
 func lastLines(s string, n int) string {
