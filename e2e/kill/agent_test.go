@@ -108,7 +108,7 @@ func (f *follower) agent() *proc { return walship(f.w, f.tg.env, f.agentA...) }
 
 // spoolViolations checks the spool: every file named like a segment holds
 // exactly that archived segment, the agent's state parses; with strict,
-// nothing else is there (no temporary files).
+// nothing else is there but the agent's lock (no temporary files).
 func (f *follower) spoolViolations(strict bool) []string {
 	ents, err := os.ReadDir(f.spool)
 	if err != nil {
@@ -123,6 +123,7 @@ func (f *follower) spoolViolations(strict bool) []string {
 			if b, err := os.ReadFile(p); err != nil || !json.Valid(b) {
 				bad = append(bad, fmt.Sprintf("agent state %q (%v)", b, err))
 			}
+		case name == ".walship-agent.lock": // the agent's lock, kept between runs
 		case strings.HasPrefix(name, "."):
 			if strict {
 				bad = append(bad, "temporary file "+name)

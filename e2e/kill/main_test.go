@@ -385,6 +385,10 @@ func (k *checker) object(ctx context.Context, key string) error {
 		return err
 	}
 	switch {
+	case strings.HasSuffix(key, ".json"): // identity, heads, slots, gaps, backup leases
+		if !json.Valid(b) {
+			return fmt.Errorf("is not valid JSON: %q", b)
+		}
 	case strings.HasPrefix(key, "wal/"), strings.HasPrefix(key, "history/"), strings.HasPrefix(key, backup.Prefix):
 		raw, _, err := segment.Unseal(b)
 		if err != nil {
@@ -392,10 +396,6 @@ func (k *checker) object(ctx context.Context, key string) error {
 		}
 		if want, ok := k.want[key]; ok && !bytes.Equal(raw, want) {
 			return fmt.Errorf("holds %d bytes that differ from the %d pushed", len(raw), len(want))
-		}
-	case strings.HasSuffix(key, ".json"):
-		if !json.Valid(b) {
-			return fmt.Errorf("is not valid JSON: %q", b)
 		}
 	}
 	return nil
