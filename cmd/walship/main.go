@@ -83,6 +83,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	if got != nil && env.daemon && errors.Is(err, context.Canceled) {
+		// A daemon stopped while it was still starting (reading the
+		// archive's identity, say): a stop all the same, not a failure.
+		env.logger().Info("stopped by signal " + got.String() + " while starting")
+		return exitOK
+	}
 	var ee *exitError
 	if !errors.As(err, &ee) {
 		// Flag parsing and other usage errors from the CLI library.

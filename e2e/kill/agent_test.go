@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -332,4 +333,35 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// An agent stopped by SIGTERM at any moment of its start (reading the
+// identity, locking the spool, the first poll) exits 0, as documented,
+// never 3 ("context canceled"). A SIGTERM before the Go runtime installs
+// its handler kills it by the signal, which service managers also read
+// as a clean stop.
+func TestAgentEarlySIGTERM(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	tg := fsTarget(t, w)
+	f := newFollower(t, w, tg, newChecker(tg))
+	rng := rngFor(t)
+	bad := 0
+	for i := 0; i < 40; i++ {
+		pr := f.agent()
+		if err := pr.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		timer := time.AfterFunc(randDelay(rng, 30*time.Millisecond), func() { _ = pr.cmd.Process.Signal(syscall.SIGTERM) })
+		err := pr.cmd.Wait()
+		timer.Stop()
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+		case errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signaled() && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGTERM:
+		default:
+			bad++
+			t.Errorf("agent stopped while starting: %v\n%s", err, lastLines(pr.output(), 5))
+		}
+	}
+	t.Logf("40 early SIGTERMs, %d wrong exits", bad)
 }
