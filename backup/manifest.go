@@ -19,9 +19,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/walship/walship/archive"
@@ -279,9 +282,25 @@ func CheckNotRunning(ctx context.Context, a *archive.Archive, id string, now tim
 		return nil
 	case err != nil:
 		return err
-	case l.Live(now, info.Modified):
+	case l.Live(now, info.Modified) && !holderGone(l.Holder):
 		return fmt.Errorf("backup %s: %w (lease held by %s, renewed %s; it lapses at %s if that push is gone): stop it, or use --force",
 			id, ErrRunning, l.Holder, l.Renewed.UTC().Format(time.RFC3339), l.Expires(info.Modified).UTC().Format(time.RFC3339))
 	}
 	return nil
+}
+
+// holderGone reports whether a lease's holder ("host:pid") was a process
+// on this host that no longer exists. A holder elsewhere, or a pid that
+// exists (even reused by another process), is not gone.
+func holderGone(holder string) bool {
+	host, pidText, ok := strings.Cut(holder, ":")
+	me, err := os.Hostname()
+	if !ok || err != nil || host != me {
+		return false
+	}
+	pid, err := strconv.Atoi(pidText)
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
