@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/walship/walship/backends"
@@ -166,19 +167,29 @@ func (a *Archive) compareExisting(ctx context.Context, key string, want segment.
 
 // readLocal reads the file to push. Segments must be a valid segment size
 // (the header check compares it with what the header says); small files are
-// bounded.
+// bounded. Only a regular file is opened: opening a FIFO for reading blocks
+// until a writer comes, where no signal gets push out. The open is
+// non-blocking in case path changes kind after the stat, and the open file
+// is checked again.
 func readLocal(path string, f segment.File) ([]byte, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
-	}
-	defer fh.Close()
-	st, err := fh.Stat()
+	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrLocal, path)
+		return nil, notRegular(path, st.Mode())
+	}
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
+	}
+	defer fh.Close()
+	st, err = fh.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, notRegular(path, st.Mode())
 	}
 	size := st.Size()
 	switch f.Kind {
@@ -200,6 +211,23 @@ func readLocal(path string, f segment.File) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s changed size while being read", ErrLocal, path)
 	}
 	return buf, nil
+}
+
+func notRegular(path string, m os.FileMode) error {
+	kind := "not a regular file"
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		kind = "a named pipe (FIFO)"
+	case m.IsDir():
+		kind = "a directory"
+	case m&os.ModeSocket != 0:
+		kind = "a socket"
+	case m&os.ModeCharDevice != 0:
+		kind = "a character device"
+	case m&os.ModeDevice != 0:
+		kind = "a block device"
+	}
+	return fmt.Errorf("%w: %s is %s, not a regular file; refusing to read it", ErrLocal, path, kind)
 }
 
 func readFull(f *os.File, buf []byte) (int, error) {

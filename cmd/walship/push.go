@@ -15,7 +15,8 @@ func pushCommand(env *appEnv) *cli.Command {
 		ArgsUsage: "PATH",
 		Description: "Exits 0 only once the file is durable in the archive, or an identical copy already is.\n" +
 			"Exit statuses: 2 usage or setting, 3 archive unreachable, 4 refused (another cluster,\n" +
-			"bad header, truncated, or a different file already archived under the name), 5 local read error.",
+			"bad header, truncated, or a different file already archived under the name), 5 local read error\n" +
+			"(or PATH is not a regular file). SIGTERM/SIGINT: the temporary file is removed, push dies by the signal.",
 		Flags: globalFlags(),
 		Action: func(c *cli.Context) error {
 			if err := env.load(c); err != nil {
