@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/walship/walship/archive"
@@ -52,6 +53,9 @@ func (s PrefetchSpool) take(name, dest string, wait time.Duration) (bool, error)
 	if err != nil || st.Archive != s.Archive {
 		return false, nil // no prefetcher of this archive published its state
 	}
+	if err := ownSpool(s.Dir); err != nil {
+		return false, err
+	}
 	marker := filepath.Join(s.Dir, "."+name+inflightSuffix)
 	deadline := time.Now().Add(wait)
 	for {
@@ -94,6 +98,26 @@ func (s PrefetchSpool) Note(name string, delivered bool) error {
 	if err != nil {
 		_ = os.Remove(tmp.Name())
 		return fmt.Errorf("%w: prefetch note: %w", archive.ErrLocal, err)
+	}
+	return nil
+}
+
+// ownSpool checks, as the prefetcher's CheckSpool did, that dir is a
+// directory of this user that nobody else may write into: then only this
+// user's prefetcher put files there.
+func ownSpool(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("prefetch spool: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%w: prefetch spool %s is not a directory", ErrSpoolOwner, dir)
+	case ok && st.Uid != uint32(os.Geteuid()):
+		return fmt.Errorf("%w: prefetch spool %s is owned by %s", ErrSpoolOwner, dir, userName(st.Uid))
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%w: prefetch spool %s is writable by group or others (mode %04o)", ErrSpoolOwner, dir, fi.Mode().Perm())
 	}
 	return nil
 }

@@ -344,6 +344,19 @@ func TestPrefetchOnePerSpool(t *testing.T) {
 	if took, err := other.Take(seg(4), r.dest); took || err != nil {
 		t.Fatalf("a fetch of another archive took from the spool: %v %v", took, err)
 	}
+	// A spool others may write into is not taken from.
+	if err := os.Chmod(r.spool.Dir, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	if took, err := r.spool.Take(seg(4), r.dest); took || !errors.Is(err, restore.ErrSpoolOwner) {
+		t.Fatalf("take from a group-writable spool: %v %v, want ErrSpoolOwner", took, err)
+	}
+	if err := os.Chmod(r.spool.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if took, err := r.spool.Take(seg(4), r.dest); !took || err != nil {
+		t.Fatalf("take 4: %v %v", took, err)
+	}
 	r.stop()
 	r.assertCleared()
 }
