@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,7 @@ type Config struct {
 	// Spool is the directory walship agent fills and fetch takes from.
 	Spool     string    `yaml:"spool"`
 	Agent     Agent     `yaml:"agent"`
+	Push      Push      `yaml:"push"`
 	Retention Retention `yaml:"retention"`
 	Schedule  Schedule  `yaml:"schedule"`
 }
@@ -73,6 +75,32 @@ type Retention struct {
 	KeepLast   int           `yaml:"keep_last"`
 	KeepWithin time.Duration `yaml:"keep_within"`
 	Grace      time.Duration `yaml:"grace"`
+}
+
+// Push holds walship push's settings.
+type Push struct {
+	// Parallel is how many segments a push has in flight at once, the
+	// file asked for and the ready ones after it (docs/PUSH.md); 1 pushes
+	// one segment per call; 0 means DefaultPushParallel.
+	Parallel int `yaml:"parallel"`
+}
+
+// MaxPushParallel bounds push.parallel; each segment in flight holds
+// about two segments' worth of memory.
+const MaxPushParallel = 64
+
+// DefaultPushParallel is push.parallel when unset: the CPUs this process
+// may use (GOMAXPROCS, which follows a container's CPU limit), at most 8,
+// so that a large machine does not hold 64 segments in memory for a
+// backlog 8 cores already drain faster than PostgreSQL writes WAL.
+func DefaultPushParallel() int { return min(runtime.GOMAXPROCS(0), 8) }
+
+// PushParallel is push.parallel with the default applied.
+func (c Config) PushParallel() int {
+	if c.Push.Parallel == 0 {
+		return DefaultPushParallel()
+	}
+	return c.Push.Parallel
 }
 
 // Agent holds the restore agent's settings.
@@ -199,6 +227,7 @@ const (
 	EnvSpool            = "WALSHIP_SPOOL"
 	EnvTimeout          = "WALSHIP_TIMEOUT"
 	EnvStallTimeout     = "WALSHIP_STALL_TIMEOUT"
+	EnvPushParallel     = "WALSHIP_PUSH_PARALLEL"
 )
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -231,6 +260,9 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 		return err
 	}
 	if err := num(EnvS3MaxAttempts, &c.S3.MaxAttempts); err != nil {
+		return err
+	}
+	if err := num(EnvPushParallel, &c.Push.Parallel); err != nil {
 		return err
 	}
 	if v := getenv(EnvTimeout); v != "" {
@@ -296,6 +328,9 @@ func (c Config) Validate() error {
 	}
 	if c.Spool != "" && !filepath.IsAbs(c.Spool) {
 		return &Error{"spool", fmt.Sprintf("%q: want an absolute directory", c.Spool)}
+	}
+	if p := c.Push.Parallel; p < 0 || p > MaxPushParallel {
+		return &Error{"push.parallel", fmt.Sprintf("%d: want 1..%d segments, or 0 for the default", p, MaxPushParallel)}
 	}
 	a := c.Agent
 	switch {
