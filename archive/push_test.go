@@ -7,9 +7,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
@@ -160,4 +164,43 @@ func get(t *testing.T, s backends.Storage, key string) []byte {
 	defer rc.Close()
 	b, _ := io.ReadAll(rc)
 	return b
+}
+
+// A FIFO (or any file that is not a regular one) named like WAL is refused
+// at once: opening a FIFO for reading would block until a writer came.
+func TestPushRefusesWhatIsNotARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "000000010000000000000011")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "000000010000000000000012")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "000000010000000000000013")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// A symbolic link to a FIFO is the FIFO.
+	link := filepath.Join(dir, "00000002.history")
+	if err := os.Symlink(fifo, link); err != nil {
+		t.Fatal(err)
+	}
+	for path, kind := range map[string]string{fifo: "named pipe", sub: "directory", sock: "socket", link: "named pipe"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		done := make(chan error, 1)
+		go func() { _, err := archive.New(memory.New(), quiet()).Push(ctx, path, zstd); done <- err }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, archive.ErrLocal) || !strings.Contains(err.Error(), kind) {
+				t.Errorf("push %s: %v, want a local error naming a %s", filepath.Base(path), err, kind)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("push %s (a %s) still blocked after 5s", filepath.Base(path), kind)
+		}
+		cancel()
+	}
 }

@@ -19,11 +19,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
@@ -50,6 +54,9 @@ var (
 	// ErrLost: an object the backup wrote is no longer in the archive as
 	// it was stored (removed or changed while the backup ran).
 	ErrLost = errors.New("backup data lost from the archive while the backup ran")
+	// ErrRunning: the backup has no manifest yet and a live lease: a
+	// backup push is writing it.
+	ErrRunning = errors.New("backup is running")
 )
 
 var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`)
@@ -259,4 +266,41 @@ func putManifest(ctx context.Context, store backends.Storage, m *Manifest) error
 		return fmt.Errorf("write backup manifest: %w", err)
 	}
 	return nil
+}
+
+// CheckNotRunning fails with ErrRunning when backup id has no manifest
+// and its lease is live at now: deleting it would pull the data from
+// under a running backup push (which would then fail, or, had it not
+// written a chunk yet, renew the lease and carry on).
+func CheckNotRunning(ctx context.Context, a *archive.Archive, id string, now time.Time) error {
+	if _, err := Get(ctx, a.Storage(), id); err == nil || !errors.Is(err, ErrNoBackup) {
+		return nil // complete, or damaged: not running
+	}
+	l, info, err := a.ReadLease(ctx, archive.BackupLeaseKey(id))
+	switch {
+	case errors.Is(err, backends.ErrNotFound), errors.Is(err, archive.ErrLeaseDamaged):
+		return nil
+	case err != nil:
+		return err
+	case l.Live(now, info.Modified) && !holderGone(l.Holder):
+		return fmt.Errorf("backup %s: %w (lease held by %s, renewed %s; it lapses at %s if that push is gone): stop it, or use --force",
+			id, ErrRunning, l.Holder, l.Renewed.UTC().Format(time.RFC3339), l.Expires(info.Modified).UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// holderGone reports whether a lease's holder ("host:pid") was a process
+// on this host that no longer exists. A holder elsewhere, or a pid that
+// exists (even reused by another process), is not gone.
+func holderGone(holder string) bool {
+	host, pidText, ok := strings.Cut(holder, ":")
+	me, err := os.Hostname()
+	if !ok || err != nil || host != me {
+		return false
+	}
+	pid, err := strconv.Atoi(pidText)
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

@@ -343,9 +343,24 @@ func checkPlanKeepsRunning(t *testing.T, w *testenv.Workdir, target archiveTarge
 // leave nothing.
 func deleteRunningBackup(t *testing.T, w *testenv.Workdir, target archiveTarget, primary *testenv.Cluster) {
 	bk, id := startSlowBackup(t, w, target, primary)
-	mustWalship(t, w, target.env, "backup", "delete", "--archive", target.url, id)
-	if code := bk.wait(t, 5*time.Minute); code != 3 || !strings.Contains(bk.stderr(), "lease lost") {
-		t.Errorf("backup push whose backup was deleted while running: exit %d, want 3 (lease lost)\n%s", code, bk.stderr())
+	// Without --force a running backup is refused, and left whole.
+	if _, stderr, code := runWalship(t, w, target.env, "backup", "delete", "--archive", target.url, id); code != 2 || !strings.Contains(stderr, "running") {
+		t.Errorf("backup delete of a running backup: exit %d, want 2 (running)\n%s", code, stderr)
+	}
+	// Once it has stored data, a forced delete pulls that data from under
+	// it: push must notice (the lease gone, or its chunks), never write
+	// a manifest for what is no longer there.
+	waitFor(t, "a chunk of the running backup", time.Minute, func() bool {
+		for _, k := range keysWith(t, target, "backups/"+id+"/") {
+			if strings.Contains(k, ".tar.") {
+				return true
+			}
+		}
+		return bk.exited()
+	})
+	mustWalship(t, w, target.env, "backup", "delete", "--force", "--archive", target.url, id)
+	if code := bk.wait(t, 5*time.Minute); code != 3 || !(strings.Contains(bk.stderr(), "lease lost") || strings.Contains(bk.stderr(), "lost from the archive")) {
+		t.Errorf("backup push whose backup was deleted while running: exit %d, want 3 (lease or data lost)\n%s", code, bk.stderr())
 	}
 	if keys := keysWith(t, target, "backups/"+id+"/"); len(keys) != 0 {
 		t.Errorf("the failed backup left %v", keys)

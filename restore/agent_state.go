@@ -220,7 +220,13 @@ func (g *Agent) relock() {
 // saveState publishes the agent's state; with publish false, without the
 // poll (a clean stop withdraws it).
 func (g *Agent) saveState(publish bool) {
-	st := agentState{Timeline: g.tli, Next: g.name(g.next), SegmentSize: g.segSize, SystemID: g.sysID}
+	// Resume at the oldest download still in flight: after a kill -9 it
+	// never landed, and starting past it would skip it for good.
+	next := g.next
+	for n := range g.inflight {
+		next = min(next, n)
+	}
+	st := agentState{Timeline: g.tli, Next: g.name(next), SegmentSize: g.segSize, SystemID: g.sysID}
 	if publish && g.headOK && !g.polled.IsZero() {
 		st.Head = g.name(g.head)
 		st.NoHistory, st.Polled, st.Interval = g.noHistory, g.polled, Duration(g.pollEvery)

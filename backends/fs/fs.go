@@ -1,16 +1,25 @@
 // Package fs stores an archive in a directory, local or an NFS mount.
 //
-// Every write goes to a temporary file in the destination directory, is
-// fsynced, and only then appears under its final name: by link(2) for
-// PutIfAbsent (which fails atomically if the name exists, also on NFS) and by
-// rename(2) for Put; the directory is fsynced after. Temporary files start
-// with ".tmp-" and are never listed.
+// Every write goes to a temporary file, is fsynced, and only then appears
+// under its final name: by link(2) for PutIfAbsent (which fails atomically if
+// the name exists, also on NFS) and by rename(2) for Put; the destination
+// directory is fsynced after. Temporary files are written in one directory,
+// .tmp-inflight under the root (beside the destination instead when that
+// directory cannot be used, or is on another file system), and are named
+// .tmp-<tag>.<pid>.<random>.<host>, the tag a digest of the boot id and pid
+// namespace. Names starting with ".tmp-" are never listed, served or
+// accepted as keys. A writer killed mid-way leaves its temporary file; the
+// next write of any walship process (at most one sweep a minute each)
+// removes those whose writer is surely gone: a dead pid with this machine's
+// tag, or, whoever wrote it, a file unmodified for TempMaxAge (an hour) on
+// the file server's clock. Deletes (backup delete, retention apply) sweep by
+// the pid rule too. Leftovers beside a destination (the fallback, or
+// walship before this scheme) are not swept: remove .tmp-* files older than
+// an hour by hand.
 package fs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +28,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/walship/walship/backends"
 )
@@ -35,6 +46,10 @@ const (
 // Storage is a directory-backed store.
 type Storage struct {
 	root string
+	// localTemp is set once a write found the temporary directory on
+	// another file system than its destination.
+	localTemp atomic.Bool
+	sweep     sweeper
 }
 
 // New opens the archive rooted at dir, which must be an absolute path to an
@@ -92,6 +107,14 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return err
 	}
 	dir := filepath.Dir(dst)
+	var serverNow time.Time
+	defer func() {
+		// After a write, or finding the object there: a run that never
+		// writes (a re-push after a kill) still clears up after the kill.
+		if (err == nil || errors.Is(err, backends.ErrExists)) && s.sweep.due() {
+			_, _ = s.sweepTemps(serverNow) // best effort: the put itself is done
+		}
+	}()
 	if exclusive {
 		// Cheap early answer for the common re-archive case; the link
 		// below is what actually decides.
@@ -102,15 +125,40 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
-	tmp, err := createTemp(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		// A Delete emptied and removed the directory in between.
-		if err = os.MkdirAll(dir, dirMode); err == nil {
-			tmp, err = createTemp(dir)
-		}
+	serverNow, err = s.write(ctx, key, dst, body, size, exclusive, !s.localTemp.Load())
+	if errors.Is(err, errCrossDevice) {
+		// The temporary directory is on another file system than dst (a
+		// mount inside the archive): write beside dst from now on.
+		s.localTemp.Store(true)
+		serverNow, err = s.write(ctx, key, dst, body, size, exclusive, false)
 	}
 	if err != nil {
-		return classify(fmt.Errorf("fs put %q: %w", key, err))
+		return err
+	}
+	if err := syncDir(dir); err != nil {
+		return classify(fmt.Errorf("fs put %q: fsync directory: %w", key, err))
+	}
+	return nil
+}
+
+// publish gives the written file its final name: link(2) fails if the name
+// exists (atomically, also on NFS); rename(2) replaces it.
+func publish(tmp, dst string, exclusive bool) error {
+	if exclusive {
+		return os.Link(tmp, dst)
+	}
+	return os.Rename(tmp, dst)
+}
+
+var errCrossDevice = errors.New("temporary file on another file system")
+
+// write stores body in a temporary file, fsyncs it and publishes it as
+// dst. It returns the file's modification time, the file server's idea of
+// now.
+func (s *Storage) write(ctx context.Context, key, dst string, body io.ReadSeeker, size int64, exclusive, shared bool) (_ time.Time, err error) {
+	tmp, local, err := s.createTemp(filepath.Dir(dst), shared)
+	if err != nil {
+		return time.Time{}, classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
 	tmpName := tmp.Name()
 	defer func() {
@@ -122,44 +170,48 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 		}
 	}()
 	if _, err := body.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("fs put %q: rewind body: %w", key, err)
+		return time.Time{}, fmt.Errorf("fs put %q: rewind body: %w", key, err)
 	}
 	n, err := io.Copy(tmp, &ctxReader{ctx: ctx, r: io.LimitReader(body, size+1)})
 	if err != nil {
-		return classify(fmt.Errorf("fs put %q: %w", key, err))
+		return time.Time{}, classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
 	if n != size {
-		return backends.Permanent(fmt.Errorf("fs put %q: body has %d bytes, expected %d", key, n, size))
+		return time.Time{}, backends.Permanent(fmt.Errorf("fs put %q: body has %d bytes, expected %d", key, n, size))
 	}
 	if err := tmp.Sync(); err != nil {
-		return classify(fmt.Errorf("fs put %q: fsync: %w", key, err))
+		return time.Time{}, classify(fmt.Errorf("fs put %q: fsync: %w", key, err))
+	}
+	now := time.Now()
+	if st, err := tmp.Stat(); err == nil {
+		now = st.ModTime()
 	}
 	if err := tmp.Close(); err != nil {
 		tmp = nil
-		return classify(fmt.Errorf("fs put %q: close: %w", key, err))
+		return time.Time{}, classify(fmt.Errorf("fs put %q: close: %w", key, err))
 	}
 	tmp = nil
-	if exclusive {
-		if err := os.Link(tmpName, dst); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("fs put %q: %w", key, backends.ErrExists)
-			}
-			return classify(fmt.Errorf("fs put %q: link: %w", key, err))
+	err = publish(tmpName, dst, exclusive)
+	if errors.Is(err, fs.ErrNotExist) && !local {
+		// A Delete emptied and removed dst's directory in between.
+		if err = os.MkdirAll(filepath.Dir(dst), dirMode); err == nil {
+			err = publish(tmpName, dst, exclusive)
 		}
-	} else if err := os.Rename(tmpName, dst); err != nil {
-		return classify(fmt.Errorf("fs put %q: rename: %w", key, err))
 	}
-	if err := syncDir(dir); err != nil {
-		return classify(fmt.Errorf("fs put %q: fsync directory: %w", key, err))
+	if errors.Is(err, fs.ErrExist) && exclusive {
+		return time.Time{}, fmt.Errorf("fs put %q: %w", key, backends.ErrExists)
 	}
-	return nil
-}
-
-func createTemp(dir string) (*os.File, error) {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	name := filepath.Join(dir, tmpPrefix+hex.EncodeToString(b[:]))
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	if errors.Is(err, syscall.EXDEV) && !local {
+		return time.Time{}, errCrossDevice
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		// Not "object not found": a put never answers that.
+		return time.Time{}, fmt.Errorf("fs put %q: publish: %v", key, err)
+	}
+	if err != nil {
+		return time.Time{}, classify(fmt.Errorf("fs put %q: publish: %w", key, err))
+	}
+	return now, nil
 }
 
 func syncDir(dir string) error {
@@ -299,6 +351,11 @@ func (s *Storage) Delete(ctx context.Context, keys ...string) error {
 				break
 			}
 		}
+	}
+	// Clean-up commands (backup delete, retention apply) clear a killed
+	// writer's leftovers too; with no server time at hand, by pid only.
+	if len(keys) > 0 && s.sweep.due() {
+		_, _ = s.sweepTemps(time.Time{})
 	}
 	return nil
 }

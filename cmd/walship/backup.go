@@ -147,13 +147,19 @@ func backupDeleteCommand(env *appEnv) *cli.Command {
 		Name:      "delete",
 		Usage:     "delete a backup (complete or not): its manifest first, then its data",
 		ArgsUsage: "ID",
-		Flags:     globalFlags(),
+		Flags: append(globalFlags(),
+			&cli.BoolFlag{Name: "force", Usage: "delete a backup that is still running (its push then fails)"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 1)
 			if err != nil {
 				return err
 			}
 			id := c.Args().First()
+			if !c.Bool("force") {
+				if err := backup.CheckNotRunning(c.Context, a, id, time.Now()); err != nil {
+					return &exitError{code: exitCode(opBackup, err), err: err}
+				}
+			}
 			if err := backup.Delete(c.Context, a.Storage(), id); err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}

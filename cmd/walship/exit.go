@@ -78,7 +78,8 @@ func exitCode(o op, err error) int {
 		// ran; a new run writes everything again.
 		return exitArchive
 	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey),
-		errors.Is(err, backup.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage):
+		errors.Is(err, backup.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage),
+		errors.Is(err, backup.ErrRunning):
 		return exitUsage
 	case errors.Is(err, restore.ErrUnreachable):
 		return exitUnreachable

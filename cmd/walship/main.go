@@ -67,14 +67,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// die by the same signal. A daemon (agent, schedule) stopped by a
 		// signal has done what it was asked: it exits with its status.
 		env.logger().Error("stopped by signal " + got.String())
-		signal.Reset(got)
-		_ = syscall.Kill(os.Getpid(), got.(syscall.Signal))
+		sig := got.(syscall.Signal)
+		signal.Reset(sig)
+		_ = syscall.Kill(os.Getpid(), sig)
+		if !signal.Ignored(sig) {
+			// The signal arrives asynchronously: exiting first would
+			// end with status 128+n instead of the death by signal.
+			time.Sleep(time.Second)
+		}
 		// Still here: the signal was ignored when walship started (a
 		// background job of a non-interactive shell). Exit as a shell
 		// reports a death by that signal.
-		return 128 + int(got.(syscall.Signal))
+		return 128 + int(sig)
 	}
 	if err == nil {
+		return exitOK
+	}
+	if got != nil && env.daemon && errors.Is(err, context.Canceled) {
+		// A daemon stopped while it was still starting (reading the
+		// archive's identity, say): a stop all the same, not a failure.
+		env.logger().Info("stopped by signal " + got.String() + " while starting")
 		return exitOK
 	}
 	var ee *exitError

@@ -22,7 +22,8 @@ func pushCommand(env *appEnv) *cli.Command {
 			"go along in the same call, --parallel at a time, and their own calls then return at once\n" +
 			"(docs/PUSH.md). History, .partial and .backup files always go alone.\n" +
 			"Exit statuses: 2 usage or setting, 3 archive unreachable, 4 refused (another cluster,\n" +
-			"bad header, truncated, or a different file already archived under the name), 5 local read error.",
+			"bad header, truncated, or a different file already archived under the name), 5 local read error\n" +
+			"(or PATH is not a regular file). SIGTERM/SIGINT: the temporary file is removed, push dies by the signal.",
 		Flags: append(globalFlags(),
 			&cli.IntFlag{Name: "parallel", Usage: fmt.Sprintf("segments in flight when more are ready: this one and the next ready ones; "+
 				"1 for one segment per call (default: the CPUs, at most 8; up to %d) [$%s]", config.MaxPushParallel, config.EnvPushParallel)},
