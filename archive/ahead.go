@@ -184,6 +184,8 @@ func (a *Archive) pushBatch(ctx context.Context, start time.Time, dir string, it
 	}
 	res.Ahead = a.recordAhead(ctx, dir, items[1:], o.Location)
 	res.Elapsed = time.Since(start)
+	a.log.Debug("push ahead", "window", len(items), "workers", min(o.Parallel, len(items)), "ahead", res.Ahead,
+		"head", items[last].file.String(), "ms", res.Elapsed.Milliseconds())
 	return res, nil
 }
 
