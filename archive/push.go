@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/walship/walship/backends"
@@ -22,6 +20,9 @@ type PushResult struct {
 	Stored          int64 // sealed bytes
 	AlreadyArchived bool  // an identical copy was there already
 	Elapsed         time.Duration
+	// Ahead: how many of the segments after this one are in the archive
+	// through this call (PushAhead), pushed now or by an earlier call.
+	Ahead int
 }
 
 // maxSmallFile bounds .history and .backup files, which are a few hundred
@@ -39,104 +40,160 @@ func (a *Archive) Push(ctx context.Context, path string, comp segment.Compressio
 	if err != nil {
 		return PushResult{}, err
 	}
-	res := PushResult{File: f, Key: Key(f)}
-	var segSize uint64
-	raw, err := readLocal(path, f)
+	p, err := a.prepare(ctx, path, f)
 	if err != nil {
-		return res, err
+		return PushResult{File: f, Key: Key(f)}, err
 	}
-	res.Size = int64(len(raw))
-	tRead := time.Since(start)
+	defer p.release()
+	return a.pushPrepared(ctx, start, p, comp)
+}
 
+// pending is a file read and checked, ready to be sealed and stored.
+type pending struct {
+	localFile
+	path    string
+	file    segment.File
+	key     string
+	segSize uint64 // segments and partial files
+	tRead   time.Duration
+}
+
+// prepare reads the file at path and checks it: a segment's header against
+// its name and the archive's identity (claiming the identity for a new
+// archive), a history file's syntax, a backup history file's label.
+func (a *Archive) prepare(ctx context.Context, path string, f segment.File) (*pending, error) {
+	start := time.Now()
+	lf, err := readLocal(path, f)
+	if err != nil {
+		return nil, err
+	}
+	p := &pending{localFile: lf, path: path, file: f, key: Key(f), tRead: time.Since(start)}
+	if err := a.check(ctx, p); err != nil {
+		p.release()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (a *Archive) check(ctx context.Context, p *pending) error {
+	path, f, raw := p.path, p.file, p.raw
 	switch f.Kind {
 	case segment.KindSegment, segment.KindPartial:
 		h, err := segment.ParseHeader(raw)
 		if err != nil {
-			return res, fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", path, err)
 		}
-		segSize = uint64(h.SegSize)
+		p.segSize = uint64(h.SegSize)
 		// Check what the file says of itself first, so that a bad file
 		// cannot become an archive's identity.
 		if err := segment.CheckHeader(h, f, int64(len(raw)), 0); err != nil {
-			return res, fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", path, err)
 		}
 		id, err := a.claimIdentity(ctx, h)
 		if err != nil {
-			return res, err
+			return err
 		}
 		if err := checkIdentity(id, h); err != nil {
-			return res, fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", path, err)
 		}
 	case segment.KindHistory:
 		if _, err := segment.ParseHistory(f.TLI, raw); err != nil {
-			return res, fmt.Errorf("%s: %w: %v", path, segment.ErrBadHeader, err)
+			return fmt.Errorf("%s: %w: %v", path, segment.ErrBadHeader, err)
 		}
-		if err := a.requireIdentityIfAny(ctx); err != nil {
-			return res, err
-		}
+		return a.requireIdentityIfAny(ctx)
 	case segment.KindBackupLabel:
 		if !bytes.Contains(raw, []byte("START WAL LOCATION:")) {
-			return res, fmt.Errorf("%s: %w: not a backup history file", path, segment.ErrBadHeader)
+			return fmt.Errorf("%s: %w: not a backup history file", path, segment.ErrBadHeader)
 		}
-		if err := a.requireIdentityIfAny(ctx); err != nil {
-			return res, err
-		}
+		return a.requireIdentityIfAny(ctx)
 	}
+	return nil
+}
 
+// pushPrepared seals and stores p, one file in this call, the frames of
+// its object compressed in parallel; then, for a segment, records a gap
+// before it and advances the head.
+func (a *Archive) pushPrepared(ctx context.Context, start time.Time, p *pending, comp segment.Compression) (PushResult, error) {
+	f := p.file
+	res := PushResult{File: f, Key: p.key, Size: int64(len(p.raw))}
 	tCheck := time.Since(start)
-	// While the segment compresses: the head, and whether the segment
-	// before this one is in the archive (gap detection).
-	type headResult struct {
-		h       Head
-		err     error
-		prevErr error
-	}
-	headc := make(chan headResult, 1)
-	if f.Kind == segment.KindSegment {
-		go func() {
-			var r headResult
-			r.h, r.err = a.ReadHead(ctx, f.TLI)
-			r.prevErr = backends.ErrExists // unknown: no gap
-			if n, err := f.SegNo(segSize); err == nil && n > 0 && r.err == nil {
-				prev := segment.Name{TLI: f.TLI, SegNo: n - 1}
-				_, r.prevErr = a.store.Stat(ctx, SegmentKey(prev, segSize))
-			}
-			headc <- r
-		}()
-	} else {
-		headc <- headResult{err: backends.ErrNotFound}
-	}
-	sealed, err := segment.Seal(raw, comp)
+	headc := a.lookBehind(ctx, f, p.segSize)
+	sealed, err := segment.Seal(p.raw, comp)
 	if err != nil {
 		return res, err
 	}
 	tSeal := time.Since(start)
-	raw = nil // the segment is in the sealed object now; let it go
 	res.Stored = sealed.Size()
-	err = a.store.PutIfAbsent(ctx, res.Key, sealed.Reader(), sealed.Size())
-	if errors.Is(err, backends.ErrExists) {
-		if err := a.compareExisting(ctx, res.Key, sealed.Header); err != nil {
-			return res, err
-		}
-		res.AlreadyArchived = true
-		err = nil
-	}
+	res.AlreadyArchived, err = a.storeSealed(ctx, p.key, sealed)
 	if err != nil {
-		return res, fmt.Errorf("store %s: %w", res.Key, err)
+		return res, err
 	}
 	if f.Kind == segment.KindSegment {
-		if hr := <-headc; hr.err == nil && !res.AlreadyArchived && errors.Is(hr.prevErr, backends.ErrNotFound) {
-			a.noteGap(ctx, f, hr.h, segSize)
-		}
-		// Failing here fails the push: PostgreSQL retries, the segment is
-		// then already archived, and the head gets its second chance.
-		if err := a.advanceHead(ctx, f, !res.AlreadyArchived); err != nil {
+		if err := a.finishSegments(ctx, f, f, p.segSize, headc, res.AlreadyArchived, !res.AlreadyArchived); err != nil {
 			return res, err
 		}
 	}
 	res.Elapsed = time.Since(start)
-	a.log.Debug("push phases", "read", tRead, "checked", tCheck, "sealed", tSeal, "stored", res.Elapsed)
+	a.log.Debug("push phases", "read", p.tRead, "checked", tCheck, "sealed", tSeal, "stored", res.Elapsed)
 	return res, nil
+}
+
+// storeSealed stores a sealed object unless the archive has it. already:
+// an identical copy was there; a different one is ErrConflict.
+func (a *Archive) storeSealed(ctx context.Context, key string, sealed *segment.Sealed) (already bool, err error) {
+	err = a.store.PutIfAbsent(ctx, key, sealed.Reader(), sealed.Size())
+	if errors.Is(err, backends.ErrExists) {
+		if err := a.compareExisting(ctx, key, sealed.Header); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store %s: %w", key, err)
+	}
+	return false, nil
+}
+
+// behind is what lookBehind learns: the head, and whether the segment
+// before the first one pushed is in the archive (gap detection).
+type behind struct {
+	h       Head
+	err     error
+	prevErr error
+}
+
+// lookBehind reads, while the segment compresses, the timeline's head and
+// whether the segment before f is archived.
+func (a *Archive) lookBehind(ctx context.Context, f segment.File, segSize uint64) <-chan behind {
+	c := make(chan behind, 1)
+	if f.Kind != segment.KindSegment {
+		c <- behind{err: backends.ErrNotFound}
+		return c
+	}
+	go func() {
+		var r behind
+		r.h, r.err = a.ReadHead(ctx, f.TLI)
+		r.prevErr = backends.ErrExists // unknown: no gap
+		if n, err := f.SegNo(segSize); err == nil && n > 0 && r.err == nil {
+			prev := segment.Name{TLI: f.TLI, SegNo: n - 1}
+			_, r.prevErr = a.store.Stat(ctx, SegmentKey(prev, segSize))
+		}
+		c <- r
+	}()
+	return c
+}
+
+// finishSegments notes a gap before first (when first was new to the
+// archive and the segment before it is not there) and records last as the
+// head. first..last were pushed in order in this call; lastFresh says this
+// call stored last (so the head cannot already be at or past it).
+func (a *Archive) finishSegments(ctx context.Context, first, last segment.File, segSize uint64, headc <-chan behind, firstAlready, lastFresh bool) error {
+	if hr := <-headc; hr.err == nil && !firstAlready && errors.Is(hr.prevErr, backends.ErrNotFound) {
+		a.noteGap(ctx, first, hr.h, segSize)
+	}
+	// Failing here fails the push: PostgreSQL retries, the segment is
+	// then already archived, and the head gets its second chance.
+	return a.advanceHead(ctx, last, lastFresh)
 }
 
 // requireIdentityIfAny lets history and backup files through to an archive
@@ -163,87 +220,4 @@ func (a *Archive) compareExisting(ctx context.Context, key string, want segment.
 			ErrConflict, key, have.Size, have.SHA256[:6], want.Size, want.SHA256[:6])
 	}
 	return nil
-}
-
-// readLocal reads the file to push. Segments must be a valid segment size
-// (the header check compares it with what the header says); small files are
-// bounded. Only a regular file is opened: opening a FIFO for reading blocks
-// until a writer comes, where no signal gets push out. The open is
-// non-blocking in case path changes kind after the stat, and the open file
-// is checked again.
-func readLocal(path string, f segment.File) ([]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, notRegular(path, st.Mode())
-	}
-	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
-	}
-	defer fh.Close()
-	st, err = fh.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLocal, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, notRegular(path, st.Mode())
-	}
-	size := st.Size()
-	switch f.Kind {
-	case segment.KindSegment, segment.KindPartial:
-		if size < segment.LongHeaderSize || size > segment.MaxSegmentSize {
-			return nil, fmt.Errorf("%s: %w: %d bytes is no WAL segment size (truncated?)", path, segment.ErrBadHeader, size)
-		}
-	default:
-		if size > maxSmallFile {
-			return nil, fmt.Errorf("%s: %w: %d bytes is too large for a %s", path, segment.ErrBadHeader, size, f.Kind)
-		}
-	}
-	buf := make([]byte, size)
-	n, err := readFull(fh, buf)
-	if err != nil {
-		return nil, fmt.Errorf("%w: read %s: %v", ErrLocal, path, err)
-	}
-	if int64(n) != size {
-		return nil, fmt.Errorf("%w: %s changed size while being read", ErrLocal, path)
-	}
-	return buf, nil
-}
-
-func notRegular(path string, m os.FileMode) error {
-	kind := "not a regular file"
-	switch {
-	case m&os.ModeNamedPipe != 0:
-		kind = "a named pipe (FIFO)"
-	case m.IsDir():
-		kind = "a directory"
-	case m&os.ModeSocket != 0:
-		kind = "a socket"
-	case m&os.ModeCharDevice != 0:
-		kind = "a character device"
-	case m&os.ModeDevice != 0:
-		kind = "a block device"
-	}
-	return fmt.Errorf("%w: %s is %s, not a regular file; refusing to read it", ErrLocal, path, kind)
-}
-
-func readFull(f *os.File, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if err != nil {
-			if n == len(buf) {
-				return n, nil
-			}
-			return n, err
-		}
-		if m == 0 {
-			break
-		}
-	}
-	return n, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,7 @@ type Config struct {
 	Spool     string    `yaml:"spool"`
 	Fetch     Fetch     `yaml:"fetch"`
 	Agent     Agent     `yaml:"agent"`
+	Push      Push      `yaml:"push"`
 	Retention Retention `yaml:"retention"`
 	Schedule  Schedule  `yaml:"schedule"`
 }
@@ -74,6 +76,32 @@ type Retention struct {
 	KeepLast   int           `yaml:"keep_last"`
 	KeepWithin time.Duration `yaml:"keep_within"`
 	Grace      time.Duration `yaml:"grace"`
+}
+
+// Push holds walship push's settings.
+type Push struct {
+	// Parallel is how many segments a push has in flight at once, the
+	// file asked for and the ready ones after it (docs/PUSH.md); 1 pushes
+	// one segment per call; 0 means DefaultPushParallel.
+	Parallel int `yaml:"parallel"`
+}
+
+// MaxPushParallel bounds push.parallel; each segment in flight holds
+// about two segments' worth of memory.
+const MaxPushParallel = 64
+
+// DefaultPushParallel is push.parallel when unset: the CPUs this process
+// may use (GOMAXPROCS, which follows a container's CPU limit), at most 8,
+// so that a large machine does not hold 64 segments in memory for a
+// backlog 8 cores already drain faster than PostgreSQL writes WAL.
+func DefaultPushParallel() int { return min(runtime.GOMAXPROCS(0), 8) }
+
+// PushParallel is push.parallel with the default applied.
+func (c Config) PushParallel() int {
+	if c.Push.Parallel == 0 {
+		return DefaultPushParallel()
+	}
+	return c.Push.Parallel
 }
 
 // Agent holds the restore agent's settings.
@@ -201,6 +229,7 @@ const (
 	EnvSpool            = "WALSHIP_SPOOL"
 	EnvTimeout          = "WALSHIP_TIMEOUT"
 	EnvStallTimeout     = "WALSHIP_STALL_TIMEOUT"
+	EnvPushParallel     = "WALSHIP_PUSH_PARALLEL"
 )
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -236,6 +265,9 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 		return err
 	}
 	if err := num(EnvS3MaxAttempts, &c.S3.MaxAttempts); err != nil {
+		return err
+	}
+	if err := num(EnvPushParallel, &c.Push.Parallel); err != nil {
 		return err
 	}
 	if v := getenv(EnvTimeout); v != "" {
@@ -304,6 +336,9 @@ func (c Config) Validate() error {
 	}
 	if c.Spool != "" && !filepath.IsAbs(c.Spool) {
 		return &Error{"spool", fmt.Sprintf("%q: want an absolute directory", c.Spool)}
+	}
+	if p := c.Push.Parallel; p < 0 || p > MaxPushParallel {
+		return &Error{"push.parallel", fmt.Sprintf("%d: want 1..%d segments, or 0 for the default", p, MaxPushParallel)}
 	}
 	a := c.Agent
 	switch {

@@ -68,6 +68,12 @@ func (s *Sealer) Seal(raw []byte) (*Sealed, error) {
 	var err error
 	switch {
 	case s.zst != nil:
+		// Capacity for the worst case, so the output never regrows (an
+		// output grown by appends leaves about four times its size in
+		// garbage); pages that are never written cost no memory.
+		if worst := len(raw) + len(raw)/128 + 1024; cap(s.out) < worst {
+			s.out = make([]byte, 0, worst)
+		}
 		s.out = s.zst.EncodeAll(raw, s.out[:0])
 		body = s.out
 	case s.enc != nil:
