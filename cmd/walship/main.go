@@ -132,7 +132,7 @@ func (e *appEnv) timedOut() bool {
 // setting, or the command's default (config.DefaultTimeout). Daemons have
 // none: each storage request is bounded by the stall timeout and retries.
 func (e *appEnv) bound(c *cli.Context) {
-	d := config.DefaultTimeout(c.Command.FullName())
+	d := config.DefaultTimeout(commandPath(c))
 	if e.cfg.Timeout != nil {
 		d = *e.cfg.Timeout
 	}
@@ -141,6 +141,22 @@ func (e *appEnv) bound(c *cli.Context) {
 	}
 	ctx, cancel := context.WithTimeoutCause(c.Context, d, errTimeout)
 	c.Context, e.timeout, e.deadline, e.release = ctx, d, ctx, cancel
+}
+
+// commandPath is the command's full name, "backup push" ("walship" left
+// out). urfave/cli v2's Command.FullName is only the last word, which made
+// "backup push" take push's 5m default bound.
+func commandPath(c *cli.Context) string {
+	var names []string
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && cc.Command.Name != "" {
+			names = append([]string{cc.Command.Name}, names...)
+		}
+	}
+	if len(names) > 0 && c.App != nil && names[0] == c.App.Name {
+		names = names[1:]
+	}
+	return strings.Join(names, " ")
 }
 
 func (e *appEnv) logger() *slog.Logger {
