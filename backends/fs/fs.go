@@ -232,7 +232,9 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, backends.
 	if err != nil {
 		return nil, backends.ObjectInfo{}, err
 	}
-	f, err := os.Open(p)
+	// O_NONBLOCK: a FIFO under an object's name must be refused, not
+	// waited on forever (it means nothing for a regular file).
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, backends.ObjectInfo{}, classify(fmt.Errorf("fs get %q: %w", key, err))
 	}

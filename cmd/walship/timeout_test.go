@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"io"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,4 +64,48 @@ func commandAt(cmds []*cli.Command, path []string) *cli.Command {
 		}
 	}
 	return nil
+}
+
+// A command stuck where no context reaches (a system call on a hung
+// mount) still lets walship return stuckGrace after its signal or its
+// deadline.
+func TestRunWatchedGivesUpOnAStuckCommand(t *testing.T) {
+	defer func(g time.Duration) { stuckGrace = g }(stuckGrace)
+	stuckGrace = 50 * time.Millisecond
+	block := make(chan struct{})
+	defer close(block)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the signal came
+	env := &appEnv{expired: make(chan struct{})}
+	if _, stuck := runWatched(ctx, env, func() error { <-block; return nil }); stuck == nil {
+		t.Fatal("a command stuck after the signal was waited for")
+	}
+
+	env = &appEnv{expired: make(chan struct{}), timeout: time.Second}
+	close(env.expired) // the deadline passed
+	if _, stuck := runWatched(context.Background(), env, func() error { <-block; return nil }); stuck == nil || !strings.Contains(stuck.Error(), "timeout") {
+		t.Fatalf("a command stuck past its deadline: %v", stuck)
+	}
+
+	// One that returns in time is not stuck.
+	env = &appEnv{expired: make(chan struct{})}
+	if err, stuck := runWatched(context.Background(), env, func() error { return errors.New("x") }); stuck != nil || err == nil {
+		t.Fatalf("a command that returned: %v %v", err, stuck)
+	}
+}
+
+// A FIFO where a directory archive's object should be is refused at once,
+// not waited on.
+func TestFIFOInDirectoryArchiveIsRefused(t *testing.T) {
+	arch := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(arch, "identity.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	start := time.Now()
+	code, out := runIn(t, dir, nil, "fetch", "--archive", arch, "000000010000000000000001", filepath.Join(dir, "x"))
+	if code != exitArchive || time.Since(start) > 10*time.Second {
+		t.Fatalf("fetch with a FIFO identity: status %d after %s (%s)", code, time.Since(start), out)
+	}
 }
