@@ -137,6 +137,20 @@ func TestRestoreDamagedBackupStatus(t *testing.T) {
 			t.Errorf("status %d, want %d: %s", code, exitIntegrity, out)
 		}
 	})
+	t.Run("missing chunk", func(t *testing.T) {
+		arch := fsBackup(t, func(*tar.Writer) {}, nil)
+		if err := os.Remove(filepath.Join(arch, backup.Prefix+"20260101T000000Z/base.tar.00000")); err != nil {
+			t.Fatal(err)
+		}
+		pgdata := filepath.Join(t.TempDir(), "p")
+		code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", pgdata, "--target-immediate")
+		if code != exitIntegrity || !strings.Contains(out, "is missing") {
+			t.Errorf("status %d, want %d: %s", code, exitIntegrity, out)
+		}
+		if _, err := os.Stat(pgdata); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("left %s behind (%v)", pgdata, err)
+		}
+	})
 	t.Run("intact", func(t *testing.T) {
 		arch := fsBackup(t, func(*tar.Writer) {}, nil)
 		pgdata := filepath.Join(t.TempDir(), "pgdata")
