@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/walship/walship/backends"
@@ -52,11 +53,11 @@ var (
 	ErrLost = errors.New("backup data lost from the archive while the backup ran")
 )
 
-var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`)
+var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`) })
 
 // ValidID checks that id is a backup id (UTC start time, 20261126T071033Z).
 func ValidID(id string) error {
-	if !idPattern.MatchString(id) {
+	if !idPattern().MatchString(id) {
 		return fmt.Errorf("%w: %q (want the form 20261126T071033Z)", ErrBadID, id)
 	}
 	return nil
