@@ -403,11 +403,8 @@ func NewReader(r io.Reader) (*Reader, error) {
 	case CodecNone:
 		sr.body = r
 	case CodecZstd:
-		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
-		if err != nil {
-			return nil, err
-		}
-		sr.body, sr.close = d, d.Close
+		// The decoder is made on the first Read or WriteTo (stream), so
+		// that WriteToParallel, which needs another one, does not pay for it.
 	case CodecS2:
 		sr.body = s2.NewReader(r)
 	case CodecGzip:
@@ -423,12 +420,28 @@ func NewReader(r io.Reader) (*Reader, error) {
 	return sr, nil
 }
 
+// stream makes the streaming zstd decoder on first use.
+func (r *Reader) stream() error {
+	if r.body != nil {
+		return nil
+	}
+	d, err := zstd.NewReader(r.src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		return err
+	}
+	r.body, r.close = d, d.Close
+	return nil
+}
+
 // Header is the sealed header read from the object.
 func (r *Reader) Header() SealedHeader { return r.hdr }
 
 func (r *Reader) Read(p []byte) (int, error) {
 	if r.done {
 		return 0, io.EOF
+	}
+	if err := r.stream(); err != nil {
+		return 0, err
 	}
 	// Never hand out more than the header promised: a body that decompresses
 	// to more is damaged, and must not fill a disk first.
@@ -471,6 +484,12 @@ func (r *Reader) Read(p []byte) (int, error) {
 // and returns an error wrapping ErrChecksum on a mismatch; the caller must
 // then discard what was written.
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	if r.done {
+		return 0, nil
+	}
+	if err := r.stream(); err != nil {
+		return 0, err
+	}
 	const bufSize, nbuf = 1 << 20, 4
 	free := make(chan []byte, nbuf)
 	for range nbuf {
