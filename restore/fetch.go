@@ -127,7 +127,7 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 		}
 	}()
 	head := &headCapture{}
-	n, err := sr.WriteToParallel(io.MultiWriter(tmp, head))
+	n, err := sr.WriteTo(io.MultiWriter(tmp, head))
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) && pe.Path == tmpName {
