@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -104,22 +103,23 @@ func (a *Archive) Identity(ctx context.Context) (Identity, error) {
 	if id := a.id.Load(); id != nil {
 		return *id, nil
 	}
-	b, _, err := retry.ReadAll(ctx, a.store, IdentityKey, 1<<16)
-	if err != nil {
-		if errors.Is(err, backends.ErrNotFound) {
-			return Identity{}, fmt.Errorf("%s: %w (no %s)", a.store, ErrNoIdentity, IdentityKey)
-		}
-		return Identity{}, fmt.Errorf("read archive identity: %w", err)
-	}
 	var id Identity
-	if err := json.Unmarshal(b, &id); err != nil {
-		return Identity{}, backends.Permanent(fmt.Errorf("%w: archive identity %s: %w", ErrDamaged, IdentityKey, err))
-	}
-	if id.Format != identityFormat {
-		return Identity{}, backends.Permanent(fmt.Errorf("archive identity format %d is not one this walship understands", id.Format))
-	}
-	if err := segment.ValidSegmentSize(id.SegmentSize); err != nil || id.SystemIdentifier == 0 {
-		return Identity{}, backends.Permanent(fmt.Errorf("%w: archive identity %s", ErrDamaged, IdentityKey))
+	err := readRecord(ctx, a.store, IdentityKey, 1<<16, &id, func() error {
+		if id.Format != identityFormat {
+			return backends.Permanent(fmt.Errorf("archive identity format %d is not one this walship understands", id.Format))
+		}
+		if err := segment.ValidSegmentSize(id.SegmentSize); err != nil || id.SystemIdentifier == 0 {
+			return fmt.Errorf("%w: archive identity %s", ErrDamaged, IdentityKey)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, backends.ErrNotFound):
+		return Identity{}, fmt.Errorf("%s: %w (no %s)", a.store, ErrNoIdentity, IdentityKey)
+	case errors.Is(err, ErrDamaged):
+		return Identity{}, backends.Permanent(fmt.Errorf("archive identity: %w", err))
+	case err != nil:
+		return Identity{}, fmt.Errorf("read archive identity: %w", err)
 	}
 	if id.ConditionalWrites != nil {
 		a.setCond(*id.ConditionalWrites)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/segment"
 )
 
@@ -26,16 +25,15 @@ func HeadKey(tli uint32) string { return fmt.Sprintf("heads/%08X.json", tli) }
 // ReadHead reads a timeline's head; backends.ErrNotFound if nothing was
 // pushed on it yet (or only by a walship that predates heads).
 func (a *Archive) ReadHead(ctx context.Context, tli uint32) (Head, error) {
-	b, _, err := retry.ReadAll(ctx, a.store, HeadKey(tli), 4096)
+	var h Head
+	err := readRecord(ctx, a.store, HeadKey(tli), 4096, &h, func() error {
+		if f, err := segment.ParseFile(h.Segment); err != nil || f.Kind != segment.KindSegment || f.TLI != tli {
+			return fmt.Errorf("%w: head of timeline %d names %q", ErrDamaged, tli, h.Segment)
+		}
+		return nil
+	})
 	if err != nil {
 		return Head{}, fmt.Errorf("read head of timeline %d: %w", tli, err)
-	}
-	var h Head
-	if err := json.Unmarshal(b, &h); err != nil {
-		return Head{}, fmt.Errorf("%w: head of timeline %d: %w", ErrDamaged, tli, err)
-	}
-	if f, err := segment.ParseFile(h.Segment); err != nil || f.Kind != segment.KindSegment || f.TLI != tli {
-		return Head{}, fmt.Errorf("%w: head of timeline %d names %q", ErrDamaged, tli, h.Segment)
 	}
 	return h, nil
 }
