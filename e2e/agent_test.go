@@ -207,8 +207,14 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget, resto
 		t.Fatalf("no direct fetches while the agent was down")
 	}
 
-	// Restart: it resumes and the spool feeds the standby again.
+	// Restart: it resumes and the spool feeds the standby again. Wait for
+	// its first poll before the load: a loaded machine otherwise lets the
+	// standby fetch every new segment itself before the agent has begun.
 	agent = startWalship(t, w, env, agentArgs...)
+	waitFor(t, "the restarted agent's first poll", 30*time.Second, func() bool {
+		m := metrics(t, metricsAddr)
+		return m != nil && m["last_poll_timestamp_seconds"] != 0
+	})
 	if lag := load(5); lag > 6 {
 		t.Errorf("a caught-up standby fell %.0f segments behind the archive head under load", lag)
 	}
