@@ -77,7 +77,9 @@ func TestLeaseAcquireRenewRelease(t *testing.T) {
 
 func TestLeaseLost(t *testing.T) {
 	ctx := context.Background()
-	opts := func(clk *clock) LeaseOptions { return LeaseOptions{TTL: 10 * time.Minute, Renew: time.Minute, Now: clk.Now} }
+	opts := func(clk *clock) LeaseOptions {
+		return LeaseOptions{TTL: 10 * time.Minute, Renew: time.Minute, Now: clk.Now}
+	}
 	t.Run("lapsed by the holder's clock", func(t *testing.T) {
 		a, _, clk := newLeaseArchive(t)
 		h, err := a.AcquireLease(ctx, "backups/x/lease.json", opts(clk))

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/walship/walship/backends"
@@ -25,7 +26,7 @@ var (
 	ErrBadSlot = errors.New("bad slot")
 )
 
-var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+var slotName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9_]{1,63}$`) })
 
 // DefaultSlotTTL is how long a slot protects WAL without a heartbeat.
 const DefaultSlotTTL = 24 * time.Hour
@@ -69,7 +70,7 @@ func SlotKey(name string) string { return "slots/" + name + ".json" }
 // ValidSlotName checks a slot name: 1 to 63 of a-z, 0-9 and _ (as
 // PostgreSQL's replication slots).
 func ValidSlotName(name string) error {
-	if !slotName.MatchString(name) {
+	if !slotName().MatchString(name) {
 		return fmt.Errorf("%w: name %q: use 1 to 63 of a-z, 0-9 and _", ErrBadSlot, name)
 	}
 	return nil

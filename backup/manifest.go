@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,11 +60,11 @@ var (
 	ErrRunning = errors.New("backup is running")
 )
 
-var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`)
+var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`) })
 
 // ValidID checks that id is a backup id (UTC start time, 20261126T071033Z).
 func ValidID(id string) error {
-	if !idPattern.MatchString(id) {
+	if !idPattern().MatchString(id) {
 		return fmt.Errorf("%w: %q (want the form 20261126T071033Z)", ErrBadID, id)
 	}
 	return nil

@@ -20,7 +20,7 @@ import (
 // (about 200 bytes per file: a million files is 200 MiB).
 const maxServerManifest = 1 << 30
 
-var archiveName = regexp.MustCompile(`^(base|[0-9]{1,10})\.tar$`)
+var archiveName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(base|[0-9]{1,10})\.tar$`) })
 
 // job is one chunk of a tar stream on its way to the sealer and the
 // verifier; its buffer returns to the pool when both are done with it.
@@ -115,7 +115,7 @@ func (s *streamer) Archive(name, location string) error {
 	if err := s.endArchive(); err != nil {
 		return err
 	}
-	if !archiveName.MatchString(name) {
+	if !archiveName().MatchString(name) {
 		return fmt.Errorf("BASE_BACKUP sent an archive named %q; walship takes uncompressed tar archives only", name)
 	}
 	a := &archiveState{

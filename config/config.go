@@ -366,7 +366,12 @@ func (c Config) Validate() error {
 			return &Error{where, "a drill needs pg_bin and an absolute scratch directory"}
 		case j.Checkpoint != "" && j.Checkpoint != "fast" && j.Checkpoint != "spread":
 			return &Error{where + ".checkpoint", "want fast or spread"}
+		case j.Timeout < 0:
+			return &Error{where + ".timeout", fmt.Sprintf("%s: want 0 (none) or more", j.Timeout)}
 		}
+	}
+	if c.Schedule.StopTimeout < 0 {
+		return &Error{"schedule.stop_timeout", fmt.Sprintf("%s: want 0 or more", c.Schedule.StopTimeout)}
 	}
 	if r := c.Retention; r.KeepLast < 0 || r.KeepWithin < 0 || r.Grace < 0 {
 		return &Error{"retention", "keep_last, keep_within and grace must not be negative"}

@@ -59,6 +59,8 @@ func TestBadSettingsNameTheSetting(t *testing.T) {
 		{agent("pollmax", "agent:\n  poll_min: 2s\n  poll_max: 1s\n"), nil, "agent.poll_max"},
 		{agent("hb", "agent:\n  heartbeat: 1ms\n"), nil, "agent.heartbeat"},
 		{filepath.Join(dir, "missing.yaml"), nil, "config"},
+		{agent("stop", "schedule:\n  stop_timeout: -5s\n"), nil, "schedule.stop_timeout"},
+		{agent("jobtimeout", "schedule:\n  jobs:\n    - name: v\n      cron: \"@daily\"\n      kind: verify\n      timeout: -1s\n"), nil, "schedule.jobs[0].timeout"},
 	}
 	for _, c := range cases {
 		_, err := Load(c.file, env(c.env), nil)

@@ -124,7 +124,7 @@ func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget, resto
 	if restoreSpool {
 		mustWalship(t, w, env, append(restoreArgs, "--spool", spool)...)
 		conf, err := os.ReadFile(filepath.Join(sb.Data, "postgresql.auto.conf"))
-		if err != nil || !strings.Contains(string(conf), "restore_command = 'mv -f "+spool+"/%f %p 2>/dev/null || ") {
+		if err != nil || !strings.Contains(string(conf), "restore_command = '[ -f "+spool+"/%f ] && [ ! -h "+spool+"/%f ] && mv -f "+spool+"/%f %p 2>/dev/null || ") {
 			t.Fatalf("restore --spool wrote no mv-first restore_command (%v):\n%s", err, conf)
 		}
 		sb.Env = env

@@ -229,7 +229,10 @@ func (g *Agent) Run(ctx context.Context) error {
 func (g *Agent) start(ctx context.Context) error {
 	if g.o.Position != nil {
 		if p, err := g.o.Position(ctx); err == nil && p.Replay != 0 {
-			g.tli, g.next = p.Timeline, p.Replay.SegNo(g.segSize)+1
+			// Replay is the end of the last record replayed: at a segment
+			// boundary the standby wants the segment starting there, else
+			// the one after the segment it is in.
+			g.tli, g.next = p.Timeline, (p.Replay-1).SegNo(g.segSize)+1
 			g.o.Log.Info("agent starting at the standby's replay position", "replay_lsn", p.Replay, "next", g.name(g.next))
 			return nil
 		} else if err != nil {

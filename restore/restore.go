@@ -252,6 +252,11 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 					data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
 					return err
 				})
+				if errors.Is(err, backends.ErrNotFound) {
+					// The manifest names it: a missing chunk is a damaged
+					// backup, which no retry will mend.
+					err = fmt.Errorf("%w: backup chunk %s is missing: %w", ErrDamaged, ar.Chunks[i].Key, err)
+				}
 				results[i] <- chunkResult{data, err}
 			}
 		}()

@@ -268,15 +268,18 @@ func TestRestoreRefusesDamagedManifests(t *testing.T) {
 }
 
 // A chunk that cannot be read keeps its own error: it is not "damaged".
-func TestRestoreMissingChunkIsNotDamage(t *testing.T) {
+// A chunk the manifest names but the archive lacks makes the backup
+// damaged (status 4): no retry brings it back. The store's not-found stays
+// in the chain for the message.
+func TestRestoreMissingChunkIsDamage(t *testing.T) {
 	store := memory.New()
 	m := sealBackup(t, store, "20260101T000000Z", 700, map[string][]byte{"base.tar": mkTar(t, dataDir(file("big", strings.Repeat("d", 5000))))})
 	if err := store.Delete(context.Background(), m.Archives[0].Chunks[3].Key); err != nil {
 		t.Fatal(err)
 	}
 	_, err := restorePlan(t, store, &Plan{Backup: m}, Options{})
-	if !errors.Is(err, backends.ErrNotFound) || errors.Is(err, ErrDamaged) {
-		t.Fatalf("want the chunk's not-found error, not ErrDamaged: %v", err)
+	if !errors.Is(err, backends.ErrNotFound) || !errors.Is(err, ErrDamaged) {
+		t.Fatalf("want ErrDamaged wrapping the chunk's not-found error: %v", err)
 	}
 }
 

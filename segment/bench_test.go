@@ -2,58 +2,105 @@ package segment
 
 import (
 	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
 	"testing"
 )
 
-// benchInput is real WAL when WALSHIP_BENCH_SEGMENT names a segment file
-// (scripts/bench.sh sets it), otherwise a synthetic stand-in.
-func benchInput(b *testing.B) []byte {
-	if p := os.Getenv("WALSHIP_BENCH_SEGMENT"); p != "" {
+// benchInputs is real WAL when WALSHIP_BENCH_SEGMENT names a segment file or
+// a directory of them (scripts/bench.sh sets it), otherwise a synthetic
+// stand-in. Each benchmark iteration handles every segment once, so MB/s and
+// the ratio are over the whole set.
+func benchInputs(b *testing.B) [][]byte {
+	p := os.Getenv("WALSHIP_BENCH_SEGMENT")
+	if p == "" {
+		return [][]byte{walLike(DefaultSegmentSize)}
+	}
+	paths := []string{p}
+	if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+		ents, err := os.ReadDir(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		paths = paths[:0]
+		for _, e := range ents {
+			if e.Type().IsRegular() {
+				paths = append(paths, filepath.Join(p, e.Name()))
+			}
+		}
+		sort.Strings(paths)
+	}
+	var out [][]byte
+	for _, p := range paths {
 		raw, err := os.ReadFile(p)
 		if err != nil {
 			b.Fatal(err)
 		}
-		return raw
+		out = append(out, raw)
 	}
-	return walLike(DefaultSegmentSize)
+	if len(out) == 0 {
+		b.Fatalf("WALSHIP_BENCH_SEGMENT=%s: no segments", p)
+	}
+	return out
+}
+
+func totalSize(raws [][]byte) int64 {
+	var n int64
+	for _, r := range raws {
+		n += int64(len(r))
+	}
+	return n
+}
+
+// benchCodecs are the codecs and levels compared in docs/BENCHMARKS.md
+// ("Codec level"); zstd-1 is klauspost's SpeedFastest, zstd-3 SpeedDefault,
+// zstd-7 SpeedBetterCompression.
+var benchCodecs = []Compression{
+	{CodecZstd, 1}, {CodecZstd, 3}, {CodecZstd, 7}, {CodecS2, 1}, {CodecS2, 2}, {CodecNone, 0},
 }
 
 func BenchmarkSeal(b *testing.B) {
-	raw := benchInput(b)
-	for _, c := range []Compression{{CodecZstd, 0}, {CodecZstd, 1}, {CodecS2, 0}, {CodecNone, 0}} {
-		b.Run(c.Codec.String()+"-"+itoa(c.Level), func(b *testing.B) {
-			b.SetBytes(int64(len(raw)))
-			var out int
+	raws := benchInputs(b)
+	for _, c := range benchCodecs {
+		b.Run(c.Codec.String()+"-"+strconv.Itoa(c.Level), func(b *testing.B) {
+			b.SetBytes(totalSize(raws))
+			var out int64
 			for b.Loop() {
-				sealed, err := Seal(raw, c)
-				if err != nil {
-					b.Fatal(err)
+				out = 0
+				for _, raw := range raws {
+					sealed, err := Seal(raw, c)
+					if err != nil {
+						b.Fatal(err)
+					}
+					out += sealed.Size()
 				}
-				out = int(sealed.Size())
 			}
-			b.ReportMetric(float64(len(raw))/float64(out), "ratio")
+			b.ReportMetric(float64(totalSize(raws))/float64(out), "ratio")
 		})
 	}
 }
 
 func BenchmarkUnseal(b *testing.B) {
-	raw := benchInput(b)
-	sealed, err := Seal(raw, Compression{Codec: CodecZstd})
-	if err != nil {
-		b.Fatal(err)
+	raws := benchInputs(b)
+	for _, c := range []Compression{{CodecZstd, 1}, {CodecZstd, 3}} {
+		b.Run(c.Codec.String()+"-"+strconv.Itoa(c.Level), func(b *testing.B) {
+			objs := make([][]byte, len(raws))
+			for i, raw := range raws {
+				sealed, err := Seal(raw, c)
+				if err != nil {
+					b.Fatal(err)
+				}
+				objs[i] = sealed.Bytes()
+			}
+			b.SetBytes(totalSize(raws))
+			for b.Loop() {
+				for _, obj := range objs {
+					if _, _, err := Unseal(obj); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
 	}
-	obj := sealed.Bytes()
-	b.SetBytes(int64(len(raw)))
-	for b.Loop() {
-		if _, _, err := Unseal(obj); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func itoa(i int) string {
-	if i == 0 {
-		return "default"
-	}
-	return string(rune('0' + i))
 }

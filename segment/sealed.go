@@ -330,8 +330,18 @@ func newChunkEncoder(c Compression, window int) (func([]byte) ([]byte, error), e
 		if c.Level != 0 {
 			lvl = zstd.EncoderLevelFromZstd(c.Level)
 		}
+		// Up to the default level, zstd -3's 2 MiB window (pgBackRest's zst
+		// has it) rather than the frame's size: on real WAL the ratio is
+		// within 0.25% of an 8 MiB window's, and the decoder's history,
+		// which every fetch faults in fresh, is a quarter
+		// (docs/BENCHMARKS.md, "Codec level"). Higher levels keep the
+		// frame's size, as zstd's own higher levels have larger windows.
+		w := min(nextPow2(window), zstd.MaxWindowSize)
+		if lvl <= zstd.SpeedDefault {
+			w = min(w, sealerWindow)
+		}
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(min(nextPow2(window), zstd.MaxWindowSize)), zstd.WithZeroFrames(true))
+			zstd.WithWindowSize(w), zstd.WithZeroFrames(true))
 		if err != nil {
 			return nil, err
 		}
@@ -471,7 +481,9 @@ func (r *Reader) Read(p []byte) (int, error) {
 // and returns an error wrapping ErrChecksum on a mismatch; the caller must
 // then discard what was written.
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
-	const bufSize, nbuf = 1 << 20, 4
+	// Small buffers: each is faulted in fresh in a fetch process, and the
+	// hash keeps up with decoding.
+	const bufSize, nbuf = 256 << 10, 4
 	free := make(chan []byte, nbuf)
 	for range nbuf {
 		free <- make([]byte, bufSize)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 func walLike(n int) []byte {
@@ -169,5 +171,31 @@ func TestWriteToChecksLikeRead(t *testing.T) {
 	r, _ = NewReader(io.MultiReader(bytes.NewReader(obj[:len(obj)/2]), errReader{boom}))
 	if _, err := r.WriteTo(io.Discard); !errors.Is(err, boom) {
 		t.Errorf("transport error: %v", err)
+	}
+}
+
+// Up to the default level a seal's frames ask for zstd -3's 2 MiB window,
+// whatever the frame size: what every fetch's decoder has to allocate.
+func TestSealWindow(t *testing.T) {
+	raw := walLike(4 * chunkSize)
+	for _, c := range []struct {
+		comp Compression
+		max  uint64
+	}{{Compression{CodecZstd, 0}, sealerWindow}, {Compression{CodecZstd, 1}, sealerWindow}, {Compression{CodecZstd, 19}, 16 << 20}} {
+		s, err := Seal(raw, c.comp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h zstd.Header
+		if err := h.Decode(s.Bytes()[SealedHeaderSize:]); err != nil {
+			t.Fatal(err)
+		}
+		window := h.WindowSize
+		if h.SingleSegment { // no window descriptor: the frame is the window
+			window = h.FrameContentSize
+		}
+		if window > c.max || window < 1<<20 {
+			t.Errorf("%v: window %d, want 1 MiB to %d", c.comp, window, c.max)
+		}
 	}
 }

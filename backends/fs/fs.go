@@ -125,6 +125,7 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
+	s.ownDirs(dir)
 	serverNow, err = s.write(ctx, key, dst, body, size, exclusive, !s.localTemp.Load())
 	if errors.Is(err, errCrossDevice) {
 		// The temporary directory is on another file system than dst (a
@@ -161,6 +162,7 @@ func (s *Storage) write(ctx context.Context, key, dst string, body io.ReadSeeker
 		return time.Time{}, classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
 	tmpName := tmp.Name()
+	s.own(tmpName)
 	defer func() {
 		if tmp != nil {
 			_ = tmp.Close()
@@ -232,7 +234,9 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, backends.
 	if err != nil {
 		return nil, backends.ObjectInfo{}, err
 	}
-	f, err := os.Open(p)
+	// O_NONBLOCK: a FIFO under an object's name must be refused, not
+	// waited on forever (it means nothing for a regular file).
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, backends.ObjectInfo{}, classify(fmt.Errorf("fs get %q: %w", key, err))
 	}

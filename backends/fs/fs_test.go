@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/walship/walship/backends"
@@ -113,5 +114,36 @@ func TestDeleteRemovesEmptiedDirectories(t *testing.T) {
 	// A put into a directory a delete just removed still works.
 	if err := s.PutIfAbsent(ctx, "backups/a/x.3", bytes.NewReader([]byte("v")), 1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Run as root against an archive someone else owns (PostgreSQL's), what
+// walship writes is that owner's: a root slot advance must not leave a
+// file the postgres user's agent cannot read or replace.
+func TestRootWritesAreTheArchiveOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CI runs as root)")
+	}
+	root := t.TempDir()
+	const uid, gid = 4242, 4243
+	if err := os.Chown(root, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s, err := fs.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"name":"dr1"}`)
+	if err := s.Put(context.Background(), "slots/deep/dr1.json", bytes.NewReader(body), int64(len(body))); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"slots", "slots/deep", "slots/deep/dr1.json"} {
+		st, err := os.Lstat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sys := st.Sys().(*syscall.Stat_t); sys.Uid != uid || sys.Gid != gid {
+			t.Errorf("%s owned by %d:%d, want the archive's owner %d:%d", p, sys.Uid, sys.Gid, uid, gid)
+		}
 	}
 }

@@ -148,15 +148,50 @@ func (s *Storage) makeTempDir(td string) error {
 	if err := os.Mkdir(td, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
+	s.own(td)
+	return nil
+}
+
+// rootOwner is the owner of the archive root when walship runs as root
+// and the root is someone else's (PostgreSQL's); ok is false otherwise.
+func (s *Storage) rootOwner() (uid, gid int, ok bool) {
 	if os.Geteuid() != 0 {
-		return nil
+		return 0, 0, false
 	}
-	if st, err := os.Stat(s.root); err == nil {
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
-			_ = os.Lchown(td, int(sys.Uid), int(sys.Gid))
+	st, err := os.Stat(s.root)
+	if err != nil {
+		return 0, 0, false
+	}
+	sys, isUnix := st.Sys().(*syscall.Stat_t)
+	if !isUnix || sys.Uid == 0 {
+		return 0, 0, false
+	}
+	return int(sys.Uid), int(sys.Gid), true
+}
+
+// own hands a file or directory root made to the archive root's owner,
+// so that root running one command (a slot advance, a retention run) does
+// not leave objects PostgreSQL's own walship cannot read or replace.
+func (s *Storage) own(path string) {
+	if uid, gid, ok := s.rootOwner(); ok {
+		_ = os.Lchown(path, uid, gid)
+	}
+}
+
+// ownDirs hands dir, and its parents below the root, to the root's owner
+// where root owns them (MkdirAll just made them).
+func (s *Storage) ownDirs(dir string) {
+	uid, gid, ok := s.rootOwner()
+	if !ok {
+		return
+	}
+	for d := dir; len(d) > len(s.root) && strings.HasPrefix(d, s.root+string(filepath.Separator)); d = filepath.Dir(d) {
+		if st, err := os.Lstat(d); err == nil {
+			if sys, isUnix := st.Sys().(*syscall.Stat_t); isUnix && sys.Uid == 0 {
+				_ = os.Lchown(d, uid, gid)
+			}
 		}
 	}
-	return nil
 }
 
 // sweeper removes what killed writers left in the temporary directory.

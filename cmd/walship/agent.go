@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/postgres"
@@ -142,13 +141,9 @@ func checkAgentSpool(spool string) error {
 
 // serveMetrics exposes the agent's numbers for Prometheus.
 func serveMetrics(addr string, s *restore.AgentStats) (func(), error) {
-	reg := prometheus.NewRegistry()
-	gauge := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "walship", Subsystem: "agent", Name: name, Help: help}, f))
-	}
-	counter := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "walship", Subsystem: "agent", Name: name, Help: help}, f))
-	}
+	reg := &metricSet{}
+	gauge := func(name, help string, f func() float64) { reg.gauge("walship_agent_"+name, help, f) }
+	counter := func(name, help string, f func() float64) { reg.counter("walship_agent_"+name, help, f) }
 	gauge("timeline", "Timeline the agent follows.", func() float64 { return float64(s.Timeline.Load()) })
 	gauge("archive_head_segment", "Segment number of the newest segment in the archive on that timeline.", func() float64 { return float64(s.HeadSegment.Load()) })
 	gauge("replay_segment", "Segment number the standby's replay has reached.", func() float64 { return float64(s.ReplaySegment.Load()) })

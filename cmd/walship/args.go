@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -144,10 +143,6 @@ func ownRequired(c *cli.Command) {
 	}
 }
 
-// statedDefault matches the "(default X)" a flag's usage ends with when
-// its real default comes from the configuration, not from the flag.
-var statedDefault = regexp.MustCompile(`\s*\(default ([^)]*)\)$`)
-
 // ownDefaults makes help show a flag's real default once: the library
 // would print "(default: 0)" after the "(default 16)" the usage states,
 // because the flag's own value stays zero so that the configuration file
@@ -171,10 +166,21 @@ func ownDefaults(c *cli.Command) {
 	}
 }
 
+// splitDefault takes the "(default X)" that ends a flag's usage, where its
+// real default comes from the configuration rather than from the flag, and
+// returns the usage without it and X (unless text is already set). It runs
+// for every flag of every command at start, so it is a plain scan, not a
+// regular expression.
 func splitDefault(usage, text string) (string, string) {
-	m := statedDefault.FindStringSubmatchIndex(usage)
-	if m == nil || text != "" {
+	if text != "" || !strings.HasSuffix(usage, ")") {
 		return usage, text
 	}
-	return usage[:m[0]], usage[m[2]:m[3]]
+	// X holds no ")": the match starts after the last ")" before the end.
+	from := strings.LastIndexByte(usage[:len(usage)-1], ')') + 1
+	i := strings.Index(usage[from:], "(default ")
+	if i < 0 {
+		return usage, text
+	}
+	i += from
+	return strings.TrimRight(usage[:i], " \t\n\f\r"), usage[i+len("(default ") : len(usage)-1]
 }

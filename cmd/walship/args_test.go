@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -71,6 +72,28 @@ func TestHelpShowsRealDefaults(t *testing.T) {
 		}
 		if args[0] == "agent" && !strings.Contains(stdout, "(default: 16)") {
 			t.Errorf("agent help lacks --ahead's default 16:\n%s", stdout)
+		}
+	}
+}
+
+// splitDefault is a scan; it must cut exactly what the regular expression
+// it replaced, `\s*\(default ([^)]*)\)$`, would.
+func TestSplitDefaultAsRegexp(t *testing.T) {
+	re := regexp.MustCompile(`\s*\(default ([^)]*)\)$`)
+	for _, u := range []string{
+		"", ")", "(default )", "segments ahead (default 16)", "x  \t(default 5m)", "a (b) (default c)",
+		"a (default b) c", "a (default b (default c)", "a (default b)) ", "a (default b))", "(default (x)",
+		"no default", "a(default b)", "a (default  b  )", "a (DEFAULT b)",
+	} {
+		wantU, wantT := u, ""
+		if m := re.FindStringSubmatchIndex(u); m != nil {
+			wantU, wantT = u[:m[0]], u[m[2]:m[3]]
+		}
+		if gotU, gotT := splitDefault(u, ""); gotU != wantU || gotT != wantT {
+			t.Errorf("splitDefault(%q) = %q, %q; the regexp gives %q, %q", u, gotU, gotT, wantU, wantT)
+		}
+		if gotU, gotT := splitDefault(u, "set"); gotU != u || gotT != "set" {
+			t.Errorf("splitDefault(%q, set) = %q, %q; want it unchanged", u, gotU, gotT)
 		}
 	}
 }

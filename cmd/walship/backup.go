@@ -176,7 +176,7 @@ func (e *appEnv) openArchive(c *cli.Context, nargs int) (*archive.Archive, error
 		return nil, err
 	}
 	if c.NArg() != nargs {
-		return nil, usageErr("%s takes %d argument(s), got %d", c.Command.FullName(), nargs, c.NArg())
+		return nil, usageErr("%s takes %d argument(s), got %d", commandPath(c), nargs, c.NArg())
 	}
 	if err := e.requireArchive(); err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,6 +56,12 @@ func fetchCommand(env *appEnv) *cli.Command {
 				return env.fetchExit(&exitError{code: exitUsage, err: fmt.Errorf("fetch takes NAME and DEST, got %d arguments", c.NArg())})
 			}
 			name, dest := c.Args().Get(0), c.Args().Get(1)
+			if _, err := segment.ParseFile(name); err != nil {
+				return env.fetchExit(&exitError{code: exitUsage, err: fmt.Errorf("fetch: %w", err)})
+			}
+			if strings.TrimSpace(dest) == "" {
+				return env.fetchExit(usageErr("fetch: DEST is empty"))
+			}
 			if err := env.requireArchive(); err != nil {
 				return env.fetchExit(err)
 			}

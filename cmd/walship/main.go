@@ -52,9 +52,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv, expired: make(chan struct{})}
 	app := newApp(env)
-	err := app.RunContext(ctx, flagsFirst(app, args))
+	err, stuck := runWatched(ctx, env, func() error { return app.RunContext(ctx, flagsFirst(app, args)) })
+	if stuck != nil && ctx.Err() == nil {
+		// A system call that never returns (a hung NFS mount, a FIFO
+		// where a file should be) must not hold PostgreSQL's archiver or
+		// startup process past the deadline: give up without clean-up.
+		env.logger().Error(stuck.Error())
+		ee := &exitError{code: exitArchive, err: stuck}
+		if env.command == "fetch" {
+			_ = env.fetchExit(ee)
+		}
+		return ee.code
+	}
+	if stuck != nil {
+		// Stopped by a signal and stuck: die by the signal all the same.
+		env.logger().Error(stuck.Error())
+	}
 	timedOut := env.timedOut()
 	if env.release != nil {
 		env.release()
@@ -105,6 +120,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return ee.code
 }
 
+// stuckGrace is how long a command may take to return after its signal
+// or its deadline before walship exits without it.
+var stuckGrace = 15 * time.Second
+
+// runWatched runs cmd, and returns its error, or a non-nil stuck error
+// when cmd has not returned stuckGrace after ctx ended (a signal) or the
+// command's deadline passed.
+func runWatched(ctx context.Context, env *appEnv, cmd func() error) (error, error) {
+	res := make(chan error, 1)
+	go func() { res <- cmd() }()
+	var why string
+	select {
+	case err := <-res:
+		return err, nil
+	case <-ctx.Done():
+		why = "the signal"
+	case <-env.expired:
+		why = "the " + env.timeout.String() + " timeout"
+	}
+	select {
+	case err := <-res:
+		return err, nil
+	case <-time.After(stuckGrace):
+		return nil, fmt.Errorf("still not done %s after %s: stuck in a system call (a hung mount?); exiting without clean-up", stuckGrace, why)
+	}
+}
+
 // appEnv is what commands share: where logs go and the loaded configuration.
 type appEnv struct {
 	stdout io.Writer
@@ -119,6 +161,8 @@ type appEnv struct {
 	timeout  time.Duration
 	deadline context.Context
 	release  context.CancelFunc
+	expired  chan struct{} // closed when the deadline passes
+	command  string        // the bounded command's full name
 }
 
 // errTimeout is the cause of the command's context ending at --timeout.
@@ -132,15 +176,39 @@ func (e *appEnv) timedOut() bool {
 // setting, or the command's default (config.DefaultTimeout). Daemons have
 // none: each storage request is bounded by the stall timeout and retries.
 func (e *appEnv) bound(c *cli.Context) {
-	d := config.DefaultTimeout(c.Command.FullName())
+	d := config.DefaultTimeout(commandPath(c))
 	if e.cfg.Timeout != nil {
 		d = *e.cfg.Timeout
 	}
 	if e.daemon || d <= 0 || e.deadline != nil {
 		return
 	}
+	e.command = commandPath(c)
 	ctx, cancel := context.WithTimeoutCause(c.Context, d, errTimeout)
 	c.Context, e.timeout, e.deadline, e.release = ctx, d, ctx, cancel
+	if e.expired != nil {
+		context.AfterFunc(ctx, func() {
+			if e.timedOut() {
+				close(e.expired)
+			}
+		})
+	}
+}
+
+// commandPath is the command's full name, "backup push" ("walship" left
+// out). urfave/cli v2's Command.FullName is only the last word, which made
+// "backup push" take push's 5m default bound.
+func commandPath(c *cli.Context) string {
+	var names []string
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && cc.Command.Name != "" {
+			names = append([]string{cc.Command.Name}, names...)
+		}
+	}
+	if len(names) > 0 && c.App != nil && names[0] == c.App.Name {
+		names = names[1:]
+	}
+	return strings.Join(names, " ")
 }
 
 func (e *appEnv) logger() *slog.Logger {

@@ -281,10 +281,20 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 		// under a segment's name only once the agent verified it (SHA-256,
 		// page header, cluster); anything else it finds there it removes.
 		// When the file is not there, walship fetch answers as usual and
-		// checks any spool file it takes (docs/RELIABILITY.md).
-		line = "mv -f " + shellQuote(spool) + "/%f %p 2>/dev/null || " + line
+		// checks any spool file it takes (docs/RELIABILITY.md). The shell
+		// test lets mv move only a regular file, never a directory or a
+		// symlink named like the segment (a directory renamed onto
+		// RECOVERYXLOG stops the standby for good).
+		line = spoolTake(spool) + line
 	}
 	return line, nil
+}
+
+// spoolTake is the shell that renames a regular file from the spool to
+// %p, followed by "|| " for what runs when it cannot.
+func spoolTake(spool string) string {
+	f := shellQuote(spool) + "/%f"
+	return "[ -f " + f + " ] && [ ! -h " + f + " ] && mv -f " + f + " %p 2>/dev/null || "
 }
 
 // shellQuote quotes s for /bin/sh, which runs restore_command.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,6 +137,20 @@ func TestRestoreDamagedBackupStatus(t *testing.T) {
 			t.Errorf("status %d, want %d: %s", code, exitIntegrity, out)
 		}
 	})
+	t.Run("missing chunk", func(t *testing.T) {
+		arch := fsBackup(t, func(*tar.Writer) {}, nil)
+		if err := os.Remove(filepath.Join(arch, backup.Prefix+"20260101T000000Z/base.tar.00000")); err != nil {
+			t.Fatal(err)
+		}
+		pgdata := filepath.Join(t.TempDir(), "p")
+		code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", pgdata, "--target-immediate")
+		if code != exitIntegrity || !strings.Contains(out, "is missing") {
+			t.Errorf("status %d, want %d: %s", code, exitIntegrity, out)
+		}
+		if _, err := os.Stat(pgdata); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("left %s behind (%v)", pgdata, err)
+		}
+	})
 	t.Run("intact", func(t *testing.T) {
 		arch := fsBackup(t, func(*tar.Writer) {}, nil)
 		pgdata := filepath.Join(t.TempDir(), "pgdata")
@@ -172,5 +187,47 @@ func TestRestoreDataDirFlag(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(wd, "sub", "pgdata", "postgresql.auto.conf"))
 	if !strings.Contains(string(b), fmt.Sprintf("--archive %s ", arch)) {
 		t.Errorf("restore_command: %s", b)
+	}
+}
+
+// The restore_command's shell takes only a regular file from the spool:
+// a directory, a symlink or nothing named like the segment falls through
+// to walship fetch.
+func TestSpoolTakeMovesOnlyRegularFiles(t *testing.T) {
+	const seg = "000000010000000000000007"
+	for _, kind := range []string{"file", "dir", "symlink", "none"} {
+		spool, pgwal := t.TempDir(), t.TempDir()
+		p := filepath.Join(spool, seg)
+		switch kind {
+		case "file":
+			if err := os.WriteFile(p, []byte("wal"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		case "dir":
+			if err := os.Mkdir(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		case "symlink":
+			if err := os.Symlink("/etc/passwd", p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dest := filepath.Join(pgwal, "RECOVERYXLOG")
+		line := strings.NewReplacer("%f", seg, "%p", dest).Replace(spoolTake(spool) + "echo fallback")
+		out, err := exec.Command("sh", "-c", line).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v %s", kind, err, out)
+		}
+		st, serr := os.Lstat(dest)
+		moved := serr == nil
+		if kind == "file" {
+			if !moved || !st.Mode().IsRegular() || strings.Contains(string(out), "fallback") {
+				t.Errorf("a regular spool file was not taken by rename: %q", out)
+			}
+			continue
+		}
+		if moved || !strings.Contains(string(out), "fallback") {
+			t.Errorf("%s in the spool: moved=%v, output %q; want the fallback", kind, moved, out)
+		}
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
@@ -181,7 +179,7 @@ func runRetention(ctx context.Context, a *archive.Archive, r config.Retention, l
 // serveScheduleMetrics exposes per job its last success time, last
 // duration and failures.
 func serveScheduleMetrics(addr string, s *schedule.Scheduler) (func(), error) {
-	reg := prometheus.NewRegistry()
+	reg := &metricSet{}
 	for _, st := range s.Stats() {
 		name := st.Name
 		get := func() schedule.Stats {
@@ -192,31 +190,29 @@ func serveScheduleMetrics(addr string, s *schedule.Scheduler) (func(), error) {
 			}
 			return schedule.Stats{}
 		}
-		labels := prometheus.Labels{"job": name}
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "walship", Subsystem: "schedule", Name: "last_success_timestamp_seconds",
-			Help: "When the job last succeeded (0: never).", ConstLabels: labels}, func() float64 {
+		reg.gauge("walship_schedule_last_success_timestamp_seconds", "When the job last succeeded (0: never).", func() float64 {
 			if t := get().LastSuccess; !t.IsZero() {
 				return float64(t.UnixNano()) / 1e9
 			}
 			return 0
-		}))
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "walship", Subsystem: "schedule", Name: "last_duration_seconds",
-			Help: "How long the job's last run took.", ConstLabels: labels}, func() float64 { return get().LastDuration.Seconds() }))
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "walship", Subsystem: "schedule", Name: "failures_total",
-			Help: "Failed runs of the job.", ConstLabels: labels}, func() float64 { return float64(get().Failures) }))
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "walship", Subsystem: "schedule", Name: "skipped_total",
-			Help: "Runs skipped because the job was still running.", ConstLabels: labels}, func() float64 { return float64(get().Skipped) }))
+		}, "job", name)
+		reg.gauge("walship_schedule_last_duration_seconds", "How long the job's last run took.",
+			func() float64 { return get().LastDuration.Seconds() }, "job", name)
+		reg.counter("walship_schedule_failures_total", "Failed runs of the job.",
+			func() float64 { return float64(get().Failures) }, "job", name)
+		reg.counter("walship_schedule_skipped_total", "Runs skipped because the job was still running.",
+			func() float64 { return float64(get().Skipped) }, "job", name)
 	}
 	return listenMetrics(addr, reg)
 }
 
-func listenMetrics(addr string, reg *prometheus.Registry) (func(), error) {
+func listenMetrics(addr string, reg *metricSet) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", reg)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return func() {

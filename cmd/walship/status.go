@@ -43,11 +43,11 @@ type statusReport struct {
 
 func statusCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
-		Name:        "status",
-		Usage:       "the archive at a glance: identity, timeline heads, backups, slots and their problems",
+		Name:  "status",
+		Usage: "the archive at a glance: identity, timeline heads, backups, slots and their problems",
 		Description: "Exit statuses: 0 no problems; 8 a gap in the WAL, a timeline whose history file is missing,\n" +
 			"or a slot that expired or reports a problem; 3 archive unreachable.",
-		Flags:       append(globalFlags(), &cli.BoolFlag{Name: "json", Usage: "JSON"}),
+		Flags: append(globalFlags(), &cli.BoolFlag{Name: "json", Usage: "JSON"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 0)
 			if err != nil {
