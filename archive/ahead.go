@@ -147,6 +147,8 @@ func (a *Archive) pushBatch(ctx context.Context, start time.Time, dir string, it
 		}
 	}
 	close(next)
+	firstDone := make(chan struct{})
+	go a.limitAhead(work, cancel, firstDone)
 	var wg sync.WaitGroup
 	for range min(o.Parallel, len(next)) {
 		wg.Add(1)
@@ -163,8 +165,11 @@ func (a *Archive) pushBatch(ctx context.Context, start time.Time, dir string, it
 					it.p.release()
 					it.p = nil
 				}
-				if it == first && it.err != nil {
-					cancel()
+				if it == first {
+					if it.err != nil {
+						cancel()
+					}
+					close(firstDone)
 				}
 			}
 		}()
@@ -187,6 +192,33 @@ func (a *Archive) pushBatch(ctx context.Context, start time.Time, dir string, it
 	a.log.Debug("push ahead", "window", len(items), "workers", min(o.Parallel, len(items)), "ahead", res.Ahead,
 		"head", items[last].file.String(), "ms", res.Elapsed.Milliseconds())
 	return res, nil
+}
+
+// aheadBudget bounds the look-ahead once %p itself is stored: segments
+// still in flight then are cancelled (their own calls push them), so a
+// slow or stalled PUT of a later segment never costs %p its status 0.
+const aheadBudget = 60 * time.Second
+
+// limitAhead cancels the batch's work aheadBudget after %p is done, or
+// sooner when the command's deadline is near: half the time left then,
+// so that the head update and the proofs still fit.
+func (a *Archive) limitAhead(work context.Context, cancel context.CancelFunc, firstDone <-chan struct{}) {
+	select {
+	case <-firstDone:
+	case <-work.Done():
+		return
+	}
+	budget := aheadBudget
+	if dl, ok := work.Deadline(); ok {
+		budget = min(budget, time.Until(dl)/2)
+	}
+	t := time.NewTimer(budget)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		cancel()
+	case <-work.Done():
+	}
 }
 
 // pushItem reads (unless read already), checks, seals and stores one

@@ -294,8 +294,11 @@ func (g *Agent) checkSpoolFile(name string) bool {
 	if why == "" {
 		return true
 	}
-	err = os.Remove(p)
-	g.o.Log.Warn("removed a file from the spool that is not a segment the agent placed", "file", name, "why", why, "error", err)
+	if err := os.RemoveAll(p); err != nil {
+		g.o.Log.Warn("cannot remove a file from the spool that is not a segment the agent placed", "file", name, "why", why, "error", err)
+		return false
+	}
+	g.o.Log.Warn("removed a file from the spool that is not a segment the agent placed", "file", name, "why", why)
 	return false
 }
 

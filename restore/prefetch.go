@@ -176,17 +176,20 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 	if err := CheckSpool(p.o.Spool); err != nil {
 		return "", err
 	}
+	// The lock first, before any request: fetch starts a prefetcher
+	// whenever it finds the lock free, so one that read the archive
+	// before locking would let the next fetch start a second.
+	lock, err := lockSpool(ctx, p.o.Spool)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
 	id, err := p.a.Identity(ctx)
 	if err != nil {
 		return "", err
 	}
 	p.segSize, p.sysID = id.SegmentSize, id.SystemIdentifier
 	p.limit = uint64(max(1, min(int64(p.o.Ahead), p.o.MaxBytes/int64(p.segSize))))
-	lock, err := lockSpool(ctx, p.o.Spool)
-	if err != nil {
-		return "", err
-	}
-	defer lock.Close()
 	p.clear()
 	defer func() {
 		// Segments first: a fetch finds no file rather than a file it

@@ -149,8 +149,11 @@ func (s *Storage) loop(ctx context.Context, op, key string, tries int, retryable
 			return n, err
 		}
 		d := s.delay(n)
-		s.o.Log.Warn("storage request failed; trying again", "op", op, "key", key, "try", n, "of", tries,
-			"in_ms", d.Milliseconds(), "error", err)
+		attrs := []any{"op", op, "try", n, "of", tries, "in_ms", d.Milliseconds(), "error", err}
+		if key != "" { // a whole read (Do) names its key in the error
+			attrs = append([]any{"key", key}, attrs...)
+		}
+		s.o.Log.Warn("storage request failed; trying again", attrs...)
 		if werr := s.wait(ctx, d); werr != nil {
 			return n, fmt.Errorf("%w (while waiting to retry after: %v)", werr, err)
 		}

@@ -47,7 +47,15 @@ func fetchCommand(env *appEnv) *cli.Command {
 		),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("prefetch-run") {
-				return runPrefetcher(c, env)
+				// Logged, with status 0 whatever happens: the prefetcher
+				// is only an optimisation (fetch works without it), and a
+				// detached process may be reaped by the postmaster itself
+				// (PID 1 in a container), which must not take an unknown
+				// child's failure for a crashed backend.
+				if err := runPrefetcher(c, env); err != nil {
+					env.logger().Warn("prefetcher stopped: " + oneLine(err.Error()))
+				}
+				return nil
 			}
 			if err := env.load(c); err != nil {
 				return env.fetchExit(err)
@@ -290,7 +298,13 @@ func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error 
 	if err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(filepath.Join(pf.Dir, restore.PrefetchLogFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// Appended to, not truncated: a second start racing a running
+	// prefetcher must not wipe its log. Cut back once it grows large.
+	logPath := filepath.Join(pf.Dir, restore.PrefetchLogFile)
+	if st, err := os.Stat(logPath); err == nil && st.Size() > 16<<20 {
+		_ = os.Truncate(logPath, 0)
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
