@@ -31,7 +31,7 @@ run() { "${AS[@]}" "$@"; }
 cleanup() {
 	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null 2>&1 || true
 	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
-	pkill -f "$WORK/walship agent" 2>/dev/null || true
+	[ -n "${AGENT:-}" ] && stop_agent
 	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -89,7 +89,8 @@ while [ "$(psql_ "$PORT" "SELECT (pg_current_wal_lsn() - '$START'::pg_lsn) / 167
 	psql_ "$PORT" "CHECKPOINT" >/dev/null
 	psql_ "$PORT" "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 4 = $((RANDOM % 4))" >/dev/null
 done
-kill $LOAD 2>/dev/null || true; wait $LOAD 2>/dev/null || true
+# runuser does not pass a signal on: end pgbench itself, by its id.
+kill $(pgrep -P $LOAD) $LOAD 2>/dev/null || true; wait $LOAD 2>/dev/null || true
 LAST=$(psql_ "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
 END=$(psql_ "$PORT" "SELECT pg_switch_wal()")
 for _ in $(seq 3000); do [ "$(psql_ "$PORT" "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ] && break; sleep 0.2; done
@@ -124,6 +125,12 @@ timed_start() { # tool
 	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null
 }
 run "$W" slot create --archive "$WORK/arch" bench 2>/dev/null
+AGENT=
+stop_agent() { # SIGTERM to the agent by its id (under runuser: runuser's child)
+	kill -TERM $(pgrep -P "$AGENT") "$AGENT" 2>/dev/null || true
+	wait "$AGENT" 2>/dev/null || true
+	AGENT=
+}
 one() {
 	case $1 in
 	walship | walship-fetch)
@@ -139,7 +146,7 @@ one() {
 			--standby "host=$WORK port=$SPORT user=postgres dbname=postgres" 2>"$WORK/agent.log" &
 		AGENT=$!
 		timed_start "$1"
-		pkill -TERM -f "$W agent" || true; wait $AGENT 2>/dev/null || true; AGENT=
+		stop_agent
 		;;
 	pgbackrest)
 		prepare

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of walship push/fetch against pgBackRest
 # archive-push/archive-get, one process per 16 MiB segment the way
-# PostgreSQL calls them, alternating the two tools segment by segment in one
+# PostgreSQL calls them (walship push --parallel 1, as the contract test
+# calls it: no look-ahead), alternating the two tools segment by segment in one
 # run on the same real WAL. Two samples of real PostgreSQL 15 WAL are made
 # with pgbench: "pgbench" (a TPC-B-like load, compresses well) and "random"
 # (rows of incompressible random bytes, stored uncompressed).
@@ -110,11 +111,11 @@ for round in $(seq "$ROUNDS"); do
 			# pgBackRest expects segments under pg_wal of its pg1-path.
 			run cp "$seg" "$WORK/pg/pg_wal/$f.bench" && run mv "$WORK/pg/pg_wal/$f.bench" "$WORK/pg/pg_wal/$f"
 			if [ $((round % 2)) = 1 ]; then
-				measure walship push "$sample" "$WORK/walship" push --archive "$WORK/ws-archive" "$seg"
+				measure walship push "$sample" "$WORK/walship" push --parallel 1 --archive "$WORK/ws-archive" "$seg"
 				measure pgbackrest push "$sample" "${PGBR[@]}" archive-push "$WORK/pg/pg_wal/$f"
 			else
 				measure pgbackrest push "$sample" "${PGBR[@]}" archive-push "$WORK/pg/pg_wal/$f"
-				measure walship push "$sample" "$WORK/walship" push --archive "$WORK/ws-archive" "$seg"
+				measure walship push "$sample" "$WORK/walship" push --parallel 1 --archive "$WORK/ws-archive" "$seg"
 			fi
 			run rm -f "$WORK/pg/pg_wal/$f"
 		done
@@ -134,6 +135,15 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # 4. Stored sizes of the last round, per sample.
+stored() { # tool sample: bytes stored for the sample's segments
+	local stored=0 f s
+	for f in "$WORK/samples/$2"/*; do
+		if [ "$1" = walship ]; then s=$(stat -c %s "$WORK/ws-archive/wal/00000001/$(basename "$f")")
+		else s=$(stat -c %s "$WORK"/pgbr-repo/archive/bench/15-1/0000000100000000/"$(basename "$f")"-*); fi
+		stored=$((stored + s))
+	done
+	echo $stored
+}
 ratio() { # tool sample
 	local raw=0 stored=0 f s
 	for f in "$WORK/samples/$2"/*; do
@@ -148,16 +158,19 @@ ratio() { # tool sample
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(pgbackrest version); walship $(git rev-parse --short HEAD)"
 echo "samples: $SEGMENTS segments each, $ROUNDS rounds, tools alternated per segment (system id $SYSID)"
 echo
-echo "| sample | op | walship median ms | pgBackRest median ms | walship MB/s | pgBackRest MB/s | speed-up | walship peak RSS MiB | pgBackRest peak RSS MiB | walship ratio | pgBackRest ratio |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| sample | op | walship median ms | pgBackRest median ms | walship MB/s | pgBackRest MB/s | speed-up | walship peak RSS MiB | pgBackRest peak RSS MiB | walship ratio | pgBackRest ratio | walship bytes ÷ pgBackRest bytes |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for sample in pgbench random; do
 	for op in push fetch; do
 		med() { awk -F'\t' -v t="$1" -v o="$op" -v s="$sample" -v c="$2" '$1==t && $2==o && $3==s {print $c}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 		wm=$(med walship 4); pm=$(med pgbackrest 4); wr=$(med walship 5); pr=$(med pgbackrest 5)
-		wrat=-; prat=-
-		[ $op = push ] && { wrat=$(ratio walship $sample); prat=$(ratio pgbackrest $sample); }
-		awk -v s=$sample -v o=$op -v wm=$wm -v pm=$pm -v wr=$wr -v pr=$pr -v wra=$wrat -v pra=$prat 'BEGIN {
-			printf "| %s | %s | %.1f | %.1f | %.0f | %.0f | %.2fx | %.1f | %.1f | %s | %s |\n",
-				s, o, wm/1000, pm/1000, 16.777216/(wm/1e6), 16.777216/(pm/1e6), pm/wm, wr/1024, pr/1024, wra, pra }'
+		wrat=-; prat=-; size=-
+		if [ $op = push ]; then
+			wrat=$(ratio walship $sample); prat=$(ratio pgbackrest $sample)
+			size=$(awk -v w="$(stored walship $sample)" -v p="$(stored pgbackrest $sample)" 'BEGIN { printf "%.3f", w / p }')
+		fi
+		awk -v s=$sample -v o=$op -v wm=$wm -v pm=$pm -v wr=$wr -v pr=$pr -v wra=$wrat -v pra=$prat -v sz=$size 'BEGIN {
+			printf "| %s | %s | %.1f | %.1f | %.0f | %.0f | %.2fx | %.1f | %.1f | %s | %s | %s |\n",
+				s, o, wm/1000, pm/1000, 16.777216/(wm/1e6), 16.777216/(pm/1e6), pm/wm, wr/1024, pr/1024, wra, pra, sz }'
 	done
 done
