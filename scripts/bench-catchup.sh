@@ -21,6 +21,7 @@ ROUNDS=${ROUNDS:-2}
 PGBIN=/usr/lib/postgresql/15/bin
 
 command -v pgbackrest >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -q pgbackrest >/dev/null; }
+[ -x "$PGBIN/postgres" ] || { [ "$(id -u)" = 0 ] && apt-get install -y -q postgresql-15 >/dev/null; }
 WORK=$(mktemp -d /tmp/walship-bench-catchup-XXXXXX)
 chmod 755 "$WORK"
 AS=()

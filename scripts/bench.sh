@@ -18,6 +18,7 @@ SEGMENTS=${SEGMENTS:-8}
 PGBIN=/usr/lib/postgresql/15/bin
 
 command -v pgbackrest >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -q pgbackrest >/dev/null; }
+[ -x "$PGBIN/postgres" ] || { [ "$(id -u)" = 0 ] && apt-get install -y -q postgresql-15 >/dev/null; }
 command -v pgbackrest >/dev/null || { echo "bench: pgbackrest missing (apt-get install pgbackrest)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { [ "$(id -u)" = 0 ] && apt-get install -y -q time >/dev/null; }
 
