@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,25 +22,10 @@ import (
 var walshipBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "walship-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	_ = os.Chmod(dir, 0o755)
-	walshipBin = filepath.Join(dir, "walship")
-	build := exec.Command("go", "build", "-o", walshipBin, "../cmd/walship")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	// As README.md builds it: static, which starts faster.
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build walship:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	testenv.StopS3()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testenv.WalshipMain(func(bin string) int {
+		walshipBin = bin
+		return m.Run()
+	}))
 }
 
 // archiveTarget is where a test archives: a URL and the environment the

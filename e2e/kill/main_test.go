@@ -47,37 +47,31 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "walship-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	_ = os.Chmod(dir, 0o755)
-	walshipBin = filepath.Join(dir, "walship")
-	build := exec.Command("go", "build", "-o", walshipBin, "../../cmd/walship")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build walship:", err)
-		os.Exit(1)
-	}
+	os.Exit(testenv.WalshipMain(func(bin string) int {
+		walshipBin = bin
+		return runTier(m)
+	}))
+}
+
+// runTier runs the tier's tests with the run's seed, then prints each
+// operation's summary line and the tier's duration.
+func runTier(m *testing.M) int {
 	seed = time.Now().UnixNano()
 	if s := os.Getenv("WALSHIP_KILL_SEED"); s != "" {
+		var err error
 		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
 			fmt.Fprintln(os.Stderr, "WALSHIP_KILL_SEED:", err)
-			os.Exit(2)
+			return 2
 		}
 	}
 	fmt.Printf("kill tier: seed %d (replay with WALSHIP_KILL_SEED=%d), %d kills per operation\n", seed, seed, iterations())
 	began := time.Now()
 	code := m.Run()
-	testenv.StopS3()
-	_ = os.RemoveAll(dir)
 	for _, line := range summary {
 		fmt.Println(line)
 	}
 	fmt.Printf("kill tier: %s in all\n", time.Since(began).Round(time.Second))
-	os.Exit(code)
+	return code
 }
 
 // iterations is how many kills each operation gets.

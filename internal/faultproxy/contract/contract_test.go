@@ -27,25 +27,10 @@ const sysID = 7300000000000000001
 var walshipBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "walship-contract-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	// The servers' user runs it as archive_command and restore_command.
-	_ = os.Chmod(dir, 0o755)
-	walshipBin = filepath.Join(dir, "walship")
-	build := exec.Command("go", "build", "-o", walshipBin, "github.com/walship/walship/cmd/walship")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build walship:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	testenv.StopS3()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testenv.WalshipMain(func(bin string) int {
+		walshipBin = bin
+		return m.Run()
+	}))
 }
 
 // rig is an archive in versitygw reached by walship through the proxy, and
