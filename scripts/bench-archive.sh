@@ -8,21 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEGMENTS=${SEGMENTS:-10000}
-VGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
-[ -x "$VGW" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+. scripts/bench-lib.sh
+
 WORK=$(mktemp -d /tmp/walship-bench-archive-XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S3PORT=$(free_port)
 cleanup() { [ -n "${S3PID:-}" ] && kill "$S3PID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-CGO_ENABLED=0 go build -o "$WORK/walship" ./cmd/walship
+bench_build_walship
 go build -o "$WORK/benchfill" ./internal/benchfill
-mkdir -p "$WORK/fs" "$WORK/s3/data" "$WORK/s3/meta"
-SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-ROOT_ACCESS_KEY_ID=bench ROOT_SECRET_ACCESS_KEY=$SECRET "$VGW" --port "127.0.0.1:$S3PORT" --access-log "$WORK/access.log" \
-	posix --sidecar "$WORK/s3/meta" "$WORK/s3/data" >"$WORK/vgw.log" 2>&1 &
-S3PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.1; done
+mkdir -p "$WORK/fs"
+bench_versitygw bench
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=$SECRET AWS_EC2_METADATA_DISABLED=true
 export WALSHIP_S3_ENDPOINT=http://127.0.0.1:$S3PORT WALSHIP_S3_PATH_STYLE=true
 "$WORK/benchfill" -fs "$WORK/fs" -segments "$SEGMENTS" >/dev/null

@@ -18,84 +18,34 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SEGMENTS=${SEGMENTS:-128}
 ROUNDS=${ROUNDS:-2}
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/bench-lib.sh
 
-command -v pgbackrest >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -q pgbackrest >/dev/null; }
-[ -x "$PGBIN/postgres" ] || { [ "$(id -u)" = 0 ] && apt-get install -y -q postgresql-15 >/dev/null; }
-WORK=$(mktemp -d /tmp/walship-bench-catchup-XXXXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; AS=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_need postgres pgbackrest
+bench_workdir bench-catchup
 PORT=$(free_port); SPORT=$(free_port)
-run() { "${AS[@]}" "$@"; }
 cleanup() {
-	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null 2>&1 || true
-	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
 	[ -n "${AGENT:-}" ] && stop_agent
-	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+	bench_cleanup "$WORK/sb:immediate" "$WORK/pg"
 }
 trap cleanup EXIT
-psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
-W="$WORK/walship"
-CGO_ENABLED=0 go build -o "$W" ./cmd/walship
+bench_build_walship
 run mkdir -p "$WORK/arch" "$WORK/pgbr-repo" "$WORK/pgbr-spool" "$WORK/pgbr-lock"
 
-cat >"$WORK/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$WORK/pgbr-repo
-compress-type=zst
-log-level-console=error
-log-level-file=off
-lock-path=$WORK/pgbr-lock
-spool-path=$WORK/pgbr-spool
-archive-async=y
-archive-get-queue-max=256MB
-process-max=4
-
-[bench]
-pg1-path=$WORK/pg
-pg1-port=$PORT
-pg1-socket-path=$WORK
-pg1-user=postgres
-CONF
-chown postgres "$WORK/pgbackrest.conf" 2>/dev/null || true
+bench_pgbr_conf "$WORK/pgbackrest.conf" "$WORK/pg" "$PORT" archive-async=y archive-get-queue-max=256MB process-max=4
 PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
 
-run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
-cat >>"$WORK/pg/postgresql.auto.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-wal_level = replica
-archive_mode = on
-archive_command = '/bin/true'
-max_wal_size = '4GB'
-checkpoint_timeout = '1h'
-CONF
+bench_initdb "$WORK/pg" "$PORT" /bin/true "max_wal_size = '4GB'" "checkpoint_timeout = '1h'"
 run "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
-run $PGBR stanza-create >/dev/null
-psql_ "$PORT" "ALTER SYSTEM SET archive_command = '$W push --archive $WORK/arch %p && $PGBR archive-push %p'" >/dev/null
-psql_ "$PORT" "SELECT pg_reload_conf()" >/dev/null
+bench_archive_to_both "$PORT" "$PGBR"
 run "$PGBIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s 20 -q postgres >/dev/null 2>&1
 run env PGHOST="$WORK" PGPORT="$PORT" PGUSER=postgres "$W" backup push --archive "$WORK/arch" --checkpoint fast 2>/dev/null >/dev/null
-START=$(psql_ "$PORT" "SELECT pg_current_wal_lsn()")
+START=$(psql_at "$PORT" "SELECT pg_current_wal_lsn()")
 echo "bench: writing $SEGMENTS segments of WAL (pgbench transactions and whole-table updates)..." >&2
-# pgbench alone writes WAL at about 1 MB/s here; passes of a whole-table
-# update (with a checkpoint before each, so pages are logged in full, as
-# after any checkpoint) make 2 GB in minutes, with a pgbench load alongside.
-run "$PGBIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -c 2 -T 3600 postgres >/dev/null 2>&1 &
-LOAD=$!
-while [ "$(psql_ "$PORT" "SELECT (pg_current_wal_lsn() - '$START'::pg_lsn) / 16777216 >= $SEGMENTS")" != t ]; do
-	psql_ "$PORT" "CHECKPOINT" >/dev/null
-	psql_ "$PORT" "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 4 = $((RANDOM % 4))" >/dev/null
-done
-# runuser does not pass a signal on: end pgbench itself, by its id.
-kill $(pgrep -P $LOAD) $LOAD 2>/dev/null || true; wait $LOAD 2>/dev/null || true
-LAST=$(psql_ "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
-END=$(psql_ "$PORT" "SELECT pg_switch_wal()")
-for _ in $(seq 3000); do [ "$(psql_ "$PORT" "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ] && break; sleep 0.2; done
-echo "bench: WAL from $START to $END archived (failed: $(psql_ "$PORT" "SELECT failed_count FROM pg_stat_archiver"))" >&2
+bench_pgbench_wal "$PORT" "$START" "$SEGMENTS"
+LAST=$(psql_at "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
+END=$(psql_at "$PORT" "SELECT pg_switch_wal()")
+bench_wait_archived "$PORT" "$LAST"
+echo "bench: WAL from $START to $END archived (failed: $(psql_at "$PORT" "SELECT failed_count FROM pg_stat_archiver"))" >&2
 run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null
 # Raw segments for the local run, materialised once.
 run mkdir "$WORK/rawwal"
@@ -108,19 +58,13 @@ RES="$WORK/results.tsv"
 prepare() { # fresh standby data directory from the backup; extra restore flags
 	run rm -rf "$WORK/sb" "$WORK/spool" "$WORK/pgbr-spool"/*
 	run "$W" restore --archive "$WORK/arch" --pgdata "$WORK/sb" --standby --archive-mode off --slot bench "$@" 2>/dev/null
-	cat >>"$WORK/sb/postgresql.auto.conf" <<CONF
-port = $SPORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-hot_standby = on
-wal_retrieve_retry_interval = '200ms'
-CONF
+	bench_listen_conf "$WORK/sb" "$SPORT" "hot_standby = on" "wal_retrieve_retry_interval = '200ms'"
 }
 timed_start() { # tool
 	local t0 t1
 	t0=$(date +%s%N)
 	run "$PGBIN/pg_ctl" -D "$WORK/sb" -l "$WORK/sb-$1.log" -w -t 900 start >/dev/null
-	until [ "$(psql_ "$SPORT" "SELECT pg_last_wal_replay_lsn() >= '$END'::pg_lsn" 2>/dev/null)" = t ]; do sleep 0.1; done
+	until [ "$(psql_at "$SPORT" "SELECT pg_last_wal_replay_lsn() >= '$END'::pg_lsn" 2>/dev/null)" = t ]; do sleep 0.1; done
 	t1=$(date +%s%N)
 	printf '%s\t%s\n' "$1" $(((t1 - t0) / 1000000)) >>"$RES"
 	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null
@@ -185,21 +129,15 @@ one() {
 	esac
 }
 TOOLS=${TOOLS:-walship pgbackrest local cp}
-read -r -a TL <<<"$TOOLS"
-for r in $(seq "$ROUNDS"); do
-	echo "bench: round $r" >&2
-	# Rotate the order each round.
-	n=${#TL[@]}
-	for i in $(seq 0 $((n - 1))); do one "${TL[$(((i + r - 1) % n))]}"; done
-done
+bench_rotate one "$TOOLS"
 echo "machine: $(nproc) cores; $(pgbackrest version); walship $(git rev-parse --short HEAD)"
 echo "WAL: $SEGMENTS segments (pgbench scale 20, 2 clients, plus quarter-table updates after checkpoints) from $START to $END; $ROUNDS rounds"
 echo
 echo "| standby catches up through | median s | runs (s) | vs local replay |"
 echo "|---|---|---|---|"
-LOCAL=$(awk -F'\t' '$1=="local" {print $2}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
+LOCAL=$(awk -F'\t' '$1=="local" {print $2}' "$RES" | bench_median)
 for tool in $TOOLS; do
-	med=$(awk -F'\t' -v t=$tool '$1==t {print $2}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
+	med=$(awk -F'\t' -v t=$tool '$1==t {print $2}' "$RES" | bench_median)
 	runs=$(awk -F'\t' -v t=$tool '$1==t {printf "%.1f ", $2/1000}' "$RES")
 	awk -v t=$tool -v m=$med -v l=$LOCAL -v r="$runs" 'BEGIN { printf "| %s | %.1f | %s| %.2fx |\n", t, m/1000, r, m/l }'
 done

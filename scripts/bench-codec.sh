@@ -20,43 +20,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-9}
 CODECS=${CODECS:-"zstd-1 zstd-3 s2-1"}
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/bench-lib.sh
 
-command -v pgbackrest >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -q pgbackrest >/dev/null; }
-command -v zstd >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -q zstd >/dev/null; }
-command -v pgbackrest >/dev/null && command -v zstd >/dev/null || { echo "bench-codec: needs pgbackrest and zstd" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/walship-codec-XXXXXX)
-chmod 755 "$W"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$W"; AS=(runuser -u postgres --); fi
-run() { "${AS[@]}" "$@"; }
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cleanup() {
-	run "$PGBIN/pg_ctl" -D "$W/pg" -m fast -w stop >/dev/null 2>&1 || true
-	[ "${KEEP:-0}" = 1 ] && echo "kept $W" >&2 || rm -rf "$W"
-}
-trap cleanup EXIT
-psql_() { run "$PGBIN/psql" -X -At -h "$W" -p "$PORT" -U postgres -d postgres -c "$1"; }
+bench_need postgres pgbackrest zstd
+bench_workdir codec
+W=$WORK # this script's work directory (it builds no walship binary)
+PORT=$(free_port)
+trap 'bench_cleanup "$WORK/pg"' EXIT
+psql_() { psql_at "$PORT" "$1"; }
 go test -c -o "$W/segment.test" ./segment
 
 # 1. Real WAL.
 run mkdir -p "$W/collect" "$W/load" "$W/mixed" "$W/tpcb" "$W/hard"
-run "$PGBIN/initdb" -D "$W/pg" -A trust -U postgres --no-sync >/dev/null
-cat >>"$W/pg/postgresql.auto.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$W'
-wal_level = replica
-archive_mode = on
-archive_command = 'cp %p $W/collect/%f'
-max_wal_size = '1GB'
-CONF
+bench_initdb "$W/pg" "$PORT" "cp %p $W/collect/%f" "max_wal_size = '1GB'" "listen_addresses = ''"
 run "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
 collect() { # $1 = sample: move the full segments archived so far into it
 	psql_ "SELECT pg_switch_wal()" >/dev/null
 	local last; last=$(psql_ "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
-	for _ in $(seq 600); do [ "$(psql_ "SELECT coalesce(last_archived_wal >= '$last', false) FROM pg_stat_archiver")" = t ] && break; sleep 0.2; done
+	bench_wait_archived "$PORT" "$last" 120
 	# The switch segment (mostly zeros after the switch) is left out.
 	find "$W/collect" -type f -name '0000000*' -size 16M | sort | head -n -1 | while read -r f; do run mv "$f" "$W/$1/"; done
 	run find "$W/collect" -type f -delete
@@ -79,23 +60,7 @@ collect hard
 run rm -f "$(ls "$W/hard"/* | head -1)" # the first holds the CREATE and the pgbench run's tail
 
 # 2. pgBackRest: archive-push of every segment into a posix repository.
-cat >"$W/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$W/pgbr-repo
-compress-type=zst
-log-level-console=error
-log-level-file=off
-lock-path=$W/pgbr-lock
-spool-path=$W/pgbr-spool
-archive-check=n
-
-[bench]
-pg1-path=$W/pg
-pg1-port=$PORT
-pg1-socket-path=$W
-pg1-user=postgres
-CONF
-chown postgres "$W/pgbackrest.conf" 2>/dev/null || true
+bench_pgbr_conf "$W/pgbackrest.conf" "$W/pg" "$PORT" archive-check=n
 PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
 run "${PGBR[@]}" stanza-create >/dev/null
 run "$PGBIN/pg_ctl" -D "$W/pg" -m fast -w stop >/dev/null
@@ -138,7 +103,7 @@ ratio_pgbr() { # sample
 	done
 	awk -v r=$raw -v s=$stored 'BEGIN {printf "%.3f", r / s}'
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(pgbackrest version); $(zstd --version | head -1); walship $(git rev-parse --short HEAD)"
+echo "machine: $(bench_cpu); $(pgbackrest version); $(zstd --version | head -1); walship $(git rev-parse --short HEAD)"
 echo "$ROUNDS rounds, codecs alternated (order flipped every round)"
 echo
 echo "| sample | segments | pgBackRest zst ratio | codec | ratio | vs pgBackRest | median MB/s | runs MB/s (min-max) |"

@@ -27,78 +27,31 @@ SCALE=${SCALE:-40}
 RANDOM_SEGMENTS=${RANDOM_SEGMENTS:-34}
 TOOLS=${TOOLS:-walship pgbr-sync pgbr-async}
 SAMPLES=${SAMPLES:-pgbench random}
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/bench-lib.sh
 
-if [ "$(id -u)" = 0 ]; then
-	command -v pgbackrest >/dev/null || apt-get install -y -q pgbackrest >/dev/null
-	[ -x /usr/bin/time ] || apt-get install -y -q time >/dev/null
-	[ -x "$PGBIN/postgres" ] || apt-get install -y -q postgresql-15 >/dev/null
-fi
-command -v pgbackrest >/dev/null || { echo "bench: pgbackrest missing (apt-get install pgbackrest)" >&2; exit 1; }
+bench_need postgres pgbackrest time
+bench_workdir bench-drain
+PORT=$(free_port)
+psql_() { psql_at "$PORT" "$1"; }
+stop() { bench_pg_stop "$WORK/pg" "${1:-fast}"; }
+trap 'bench_cleanup "$WORK/pg:immediate"' EXIT
 
-WORK=$(mktemp -d /tmp/walship-bench-drain-XXXXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; AS=(runuser -u postgres --); fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-run() { "${AS[@]}" "$@"; }
-psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$PORT" -U postgres -d postgres -c "$1"; }
-stop() { run "$PGBIN/pg_ctl" -D "$WORK/pg" -m "${1:-fast}" -w stop >/dev/null 2>&1 || true; }
-cleanup() {
-	stop immediate
-	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-W="$WORK/walship"
-CGO_ENABLED=0 go build -o "$W" ./cmd/walship
+bench_build_walship
 
 # pgBackRest: one config per mode; the same repository and spool paths.
-for mode in sync async; do
-	cat >"$WORK/pgbr-$mode.conf" <<CONF
-[global]
-repo1-path=$WORK/pgbr-repo
-compress-type=zst
-log-level-console=error
-log-level-file=off
-lock-path=$WORK/pgbr-lock
-spool-path=$WORK/pgbr-spool
-archive-check=n
-$([ $mode = async ] && printf 'archive-async=y\nprocess-max=2' || printf 'archive-async=n')
-
-[bench]
-pg1-path=$WORK/pg
-pg1-port=$PORT
-pg1-socket-path=$WORK
-pg1-user=postgres
-CONF
-done
-chown postgres "$WORK"/pgbr-*.conf 2>/dev/null || true
+bench_pgbr_conf "$WORK/pgbr-sync.conf" "$WORK/pg" "$PORT" archive-check=n archive-async=n
+bench_pgbr_conf "$WORK/pgbr-async.conf" "$WORK/pg" "$PORT" archive-check=n archive-async=y process-max=2
 
 # 1. The backlogs: archiving paused while the WAL is written.
 make_backlog() { # sample
 	run rm -rf "$WORK/pg"
-	run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
-	cat >>"$WORK/pg/postgresql.auto.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-wal_level = replica
-archive_mode = on
-archive_command = ''
-max_wal_size = '4GB'
-checkpoint_timeout = '1h'
-CONF
+	bench_initdb "$WORK/pg" "$PORT" "" "max_wal_size = '4GB'" "checkpoint_timeout = '1h'"
 	run "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
 	if [ "$1" = pgbench ]; then
 		run "$PGBIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
 	else
 		psql_ "CREATE EXTENSION pgcrypto; CREATE TABLE r (b bytea); ALTER TABLE r ALTER b SET STORAGE EXTERNAL" >/dev/null
-		# 8 KiB of random bytes per row, about 2000 rows per 16 MiB segment.
-		local start; start=$(psql_ "SELECT pg_current_wal_lsn()")
-		while [ "$(psql_ "SELECT (pg_current_wal_lsn() - '$start'::pg_lsn) / 16777216 >= $RANDOM_SEGMENTS")" != t ]; do
-			psql_ "INSERT INTO r SELECT (SELECT string_agg(gen_random_bytes(1024), '') FROM generate_series(1, 8) j WHERE i > 0) FROM generate_series(1, 4000) i" >/dev/null
-		done
+		bench_random_wal "$PORT" "$(psql_ "SELECT pg_current_wal_lsn()")" "$RANDOM_SEGMENTS"
 	fi
 	psql_ "SELECT pg_switch_wal()" >/dev/null
 	stop fast
@@ -155,31 +108,23 @@ one() { # tool sample
 	fi
 	stop immediate
 	# pgBackRest's async worker may still be exiting.
-	for _ in $(seq 100); do pgrep -f "$WORK/pgbr-async.conf" >/dev/null || break; sleep 0.1; done
+	bench_wait_gone "$WORK/pgbr-async.conf"
 }
 
-read -r -a TL <<<"$TOOLS"
-for r in $(seq "$ROUNDS"); do
-	echo "bench: round $r ($(uptime | sed 's/.*load/load/'))" >&2
-	nt=${#TL[@]}
-	for s in $SAMPLES; do
-		for i in $(seq 0 $((nt - 1))); do one "${TL[$(((i + r - 1) % nt))]}" "$s"; done
-	done
-done
+bench_rotate one "$TOOLS" "$SAMPLES"
 for s in $SAMPLES; do one walship-rss "$s"; done
 
-med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(pgbackrest version); walship $(git rev-parse --short HEAD); $(date -u +%F)"
+echo "machine: $(bench_cpu); $(pgbackrest version); walship $(git rev-parse --short HEAD); $(date -u +%F)"
 echo "$ROUNDS rounds, tools rotated each round; load at the end: $(uptime | sed 's/.*load average: //')"
 echo
 echo "| WAL | backlog (segments) | walship ms/segment | pgBackRest sync ms/segment | pgBackRest async ms/segment | vs sync | vs async | walship runs (s) | sync runs (s) | async runs (s) | failed (walship) | walship peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for s in $SAMPLES; do
 	n=$(cat "$WORK/backlog-$s")
-	w=$(awk -F'\t' -v s=$s '$1=="walship" && $2==s {print $4}' "$RES" | med)
-	y=$(awk -F'\t' -v s=$s '$1=="pgbr-sync" && $2==s {print $4}' "$RES" | med)
-	a=$(awk -F'\t' -v s=$s '$1=="pgbr-async" && $2==s {print $4}' "$RES" | med)
-	runs() { awk -F'\t' -v s=$s -v t="$1" '$1==t && $2==s {printf "%.2f ", $4/1000}' "$RES"; }
+	w=$(bench_values walship "$s" 4 | bench_median)
+	y=$(bench_values pgbr-sync "$s" 4 | bench_median)
+	a=$(bench_values pgbr-async "$s" 4 | bench_median)
+	runs() { bench_runs "$1" "$s" 4 2; }
 	fails=$(awk -F'\t' -v s=$s '($1=="walship" || $1=="walship-rss") && $2==s {f+=$5} END {print f+0}' "$RES")
 	rss=$(awk -F'\t' -v s=$s '$1=="walship-rss" && $2==s {print $6}' "$RES")
 	awk -v s=$s -v n=$n -v w=$w -v y=$y -v a=$a -v wr="$(runs walship)" -v yr="$(runs pgbr-sync)" -v ar="$(runs pgbr-async)" -v f=$fails -v rss=$rss 'BEGIN {

@@ -13,55 +13,31 @@ cd "$(dirname "$0")/.."
 WINDOW=${WINDOW:-180}
 POLL_MAX=${POLL_MAX:-30s}
 HEARTBEAT=${HEARTBEAT:-60s}
-PGBIN=/usr/lib/postgresql/15/bin
-VGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
-[ -x "$VGW" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+. scripts/bench-lib.sh
 
-WORK=$(mktemp -d /tmp/walship-bench-idle-XXXXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; AS=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port); SPORT=$(free_port); S3PORT=$(free_port)
-run() { "${AS[@]}" "$@"; }
+bench_workdir bench-idle
+PORT=$(free_port); SPORT=$(free_port)
 cleanup() {
-	run "$PGBIN/pg_ctl" -D "$WORK/sb" -m immediate -w stop >/dev/null 2>&1 || true
-	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
 	pkill -f "$WORK/walship agent" 2>/dev/null || true
 	[ -n "${S3PID:-}" ] && kill "$S3PID" 2>/dev/null || true
-	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+	bench_cleanup "$WORK/sb:immediate" "$WORK/pg"
 }
 trap cleanup EXIT
-psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
-W="$WORK/walship"
-CGO_ENABLED=0 go build -o "$W" ./cmd/walship
+bench_build_walship
 
-mkdir -p "$WORK/s3/data/idle" "$WORK/s3/meta"
-SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-ROOT_ACCESS_KEY_ID=idlebench ROOT_SECRET_ACCESS_KEY=$SECRET "$VGW" --port "127.0.0.1:$S3PORT" --access-log "$WORK/access.log" \
-	posix --sidecar "$WORK/s3/meta" "$WORK/s3/data" >"$WORK/vgw.log" 2>&1 &
-S3PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.1; done
+bench_versitygw idlebench idle
 S3ENV=(AWS_ACCESS_KEY_ID=idlebench AWS_SECRET_ACCESS_KEY=$SECRET AWS_EC2_METADATA_DISABLED=true
 	WALSHIP_S3_ENDPOINT=http://127.0.0.1:$S3PORT WALSHIP_S3_PATH_STYLE=true)
 ARCH=s3://idle/cluster
 ws() { run env "${S3ENV[@]}" "$W" "$@"; }
 
-run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
-cat >>"$WORK/pg/postgresql.auto.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-wal_level = replica
-archive_mode = on
-archive_command = '$W push --archive $ARCH %p'
-CONF
+bench_initdb "$WORK/pg" "$PORT" "$W push --archive $ARCH %p"
 run env "${S3ENV[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
 ws backup push --archive "$ARCH" --checkpoint fast --pg "host=$WORK port=$PORT user=postgres" >/dev/null 2>&1
-psql_ "$PORT" "CREATE TABLE t AS SELECT 1 AS i" >/dev/null
-LAST=$(psql_ "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
-END=$(psql_ "$PORT" "SELECT pg_switch_wal()")
-until [ "$(psql_ "$PORT" "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ]; do sleep 0.2; done
+psql_at "$PORT" "CREATE TABLE t AS SELECT 1 AS i" >/dev/null
+LAST=$(psql_at "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
+END=$(psql_at "$PORT" "SELECT pg_switch_wal()")
+bench_wait_archived "$PORT" "$LAST"
 ws slot create --archive "$ARCH" idle 2>/dev/null
 
 count() { # label: settle, then count requests over WINDOW seconds
@@ -76,13 +52,9 @@ count() { # label: settle, then count requests over WINDOW seconds
 standby() { # extra restore_command flags
 	run rm -rf "$WORK/sb" "$WORK/spool"
 	ws restore --archive "$ARCH" --pgdata "$WORK/sb" --standby --archive-mode off --slot idle >/dev/null 2>&1
-	cat >>"$WORK/sb/postgresql.auto.conf" <<CONF
-port = $SPORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-CONF
+	bench_listen_conf "$WORK/sb" "$SPORT"
 	run env "${S3ENV[@]}" WALSHIP_SPOOL="$1" "$PGBIN/pg_ctl" -D "$WORK/sb" -l "$WORK/sb.log" -w start >/dev/null
-	until [ "$(psql_ "$SPORT" "SELECT pg_last_wal_replay_lsn() >= '$END'::pg_lsn" 2>/dev/null)" = t ]; do sleep 0.2; done
+	until [ "$(psql_at "$SPORT" "SELECT pg_last_wal_replay_lsn() >= '$END'::pg_lsn" 2>/dev/null)" = t ]; do sleep 0.2; done
 }
 : >"$WORK/results.tsv"
 echo "bench: idle standby with the agent (poll-max $POLL_MAX, heartbeat $HEARTBEAT), $WINDOW s" >&2

@@ -29,130 +29,70 @@ SEGMENTS=${SEGMENTS:-100}
 ROUNDS=${ROUNDS:-3}
 TOOLS=${TOOLS:-walship pgbackrest local}
 SAMPLES=${SAMPLES:-pgbench random}
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/bench-lib.sh
 
-if [ "$(id -u)" = 0 ]; then
-	command -v pgbackrest >/dev/null || apt-get install -y -q pgbackrest >/dev/null
-	[ -x "$PGBIN/postgres" ] || apt-get install -y -q postgresql-15 >/dev/null
-fi
-command -v pgbackrest >/dev/null || { echo "bench: pgbackrest missing (apt-get install pgbackrest)" >&2; exit 1; }
-WORK=$(mktemp -d /tmp/walship-bench-pitr-XXXXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; AS=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_need postgres pgbackrest
+bench_workdir bench-pitr
 PORT=$(free_port); RPORT=$(free_port)
-run() { "${AS[@]}" "$@"; }
 cleanup() {
 	rm -f "$WORK/watch"
-	run "$PGBIN/pg_ctl" -D "$WORK/rec" -m immediate -w stop >/dev/null 2>&1 || true
-	run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
-	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+	bench_cleanup "$WORK/rec:immediate" "$WORK/pg"
 }
 trap cleanup EXIT
-psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
-W="$WORK/walship"
-CGO_ENABLED=0 go build -o "$W" ./cmd/walship
+bench_build_walship
 run mkdir -p "$WORK/arch" "$WORK/pgbr-repo" "$WORK/pgbr-spool" "$WORK/pgbr-lock"
 
-pgbr_conf() { # file pg1-path extra-lines
-	cat >"$1" <<CONF
-[global]
-repo1-path=$WORK/pgbr-repo
-compress-type=zst
-log-level-console=error
-log-level-file=off
-lock-path=$WORK/pgbr-lock
-spool-path=$WORK/pgbr-spool
-$3
-
-[bench]
-pg1-path=$2
-pg1-port=$PORT
-pg1-socket-path=$WORK
-pg1-user=postgres
-CONF
-	chown postgres "$1" 2>/dev/null || true
-}
-pgbr_conf "$WORK/pgbr-push.conf" "$WORK/pg" "archive-async=n"
-pgbr_conf "$WORK/pgbr-get.conf" "$WORK/rec" "$(printf 'archive-async=y\nprocess-max=2\narchive-get-queue-max=1GiB')"
+bench_pgbr_conf "$WORK/pgbr-push.conf" "$WORK/pg" "$PORT" archive-async=n
+bench_pgbr_conf "$WORK/pgbr-get.conf" "$WORK/rec" "$PORT" archive-async=y process-max=2 archive-get-queue-max=1GiB
 PUSHBR="pgbackrest --config=$WORK/pgbr-push.conf --stanza=bench"
 
 # 1. The primary, its archive, two backups and restore points.
-run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
-cat >>"$WORK/pg/postgresql.auto.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-wal_level = replica
-archive_mode = on
-archive_command = '/bin/true'
-max_wal_size = '4GB'
-checkpoint_timeout = '1h'
-CONF
+bench_initdb "$WORK/pg" "$PORT" /bin/true "max_wal_size = '4GB'" "checkpoint_timeout = '1h'"
 run "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
-run $PUSHBR stanza-create >/dev/null
-psql_ "$PORT" "ALTER SYSTEM SET archive_command = '$W push --archive $WORK/arch %p && $PUSHBR archive-push %p'" >/dev/null
-psql_ "$PORT" "SELECT pg_reload_conf()" >/dev/null
+bench_archive_to_both "$PORT" "$PUSHBR"
 run "$PGBIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s 20 -q postgres >/dev/null 2>&1
-psql_ "$PORT" "CREATE EXTENSION pgcrypto; CREATE TABLE r (b bytea); ALTER TABLE r ALTER b SET STORAGE EXTERNAL" >/dev/null
+psql_at "$PORT" "CREATE EXTENSION pgcrypto; CREATE TABLE r (b bytea); ALTER TABLE r ALTER b SET STORAGE EXTERNAL" >/dev/null
 backup() { # sample: a base backup, its id, the first segment it needs
-	psql_ "$PORT" "SELECT pg_switch_wal()" >/dev/null
-	pg_walfile_name_now=$(psql_ "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
+	psql_at "$PORT" "SELECT pg_switch_wal()" >/dev/null
+	pg_walfile_name_now=$(psql_at "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
 	echo "$pg_walfile_name_now" >"$WORK/first-$1"
 	run env PGHOST="$WORK" PGPORT="$PORT" PGUSER=postgres "$W" backup push --archive "$WORK/arch" --checkpoint fast >/dev/null 2>&1
 	run "$W" backup list --archive "$WORK/arch" 2>/dev/null | tail -1 | awk '{print $1}' >"$WORK/backup-$1"
 }
 write_wal() { # sample
-	local start; start=$(psql_ "$PORT" "SELECT pg_current_wal_lsn()")
+	local start; start=$(psql_at "$PORT" "SELECT pg_current_wal_lsn()")
 	if [ "$1" = pgbench ]; then
-		run "$PGBIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -c 2 -T 3600 postgres >/dev/null 2>&1 &
-		local load=$!
-		while [ "$(psql_ "$PORT" "SELECT (pg_current_wal_lsn() - '$start'::pg_lsn) / 16777216 >= $SEGMENTS")" != t ]; do
-			psql_ "$PORT" "CHECKPOINT" >/dev/null
-			psql_ "$PORT" "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 4 = $((RANDOM % 4))" >/dev/null
-		done
-		# runuser does not pass the signal on: end pgbench itself.
-		kill $(pgrep -P $load) $load 2>/dev/null || true; wait $load 2>/dev/null || true
-		# A commit pgbench sent just before it died may still be running.
-		while [ "$(psql_ "$PORT" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")" != 0 ]; do sleep 0.1; done
+		bench_pgbench_wal "$PORT" "$start" "$SEGMENTS"
 	else
-		while [ "$(psql_ "$PORT" "SELECT (pg_current_wal_lsn() - '$start'::pg_lsn) / 16777216 >= $SEGMENTS")" != t ]; do
-			psql_ "$PORT" "INSERT INTO r SELECT (SELECT string_agg(gen_random_bytes(1024), '') FROM generate_series(1, 8) j WHERE i > 0) FROM generate_series(1, 4000) i" >/dev/null
-		done
+		bench_random_wal "$PORT" "$start" "$SEGMENTS"
 	fi
 }
 # What a recovery to the restore point must show.
 contents() { # port sample
-	if [ "$2" = pgbench ]; then psql_ "$1" "SELECT count(*) || ':' || sum(abalance) FROM pgbench_accounts"
-	else psql_ "$1" "SELECT count(*) || ':' || sum(length(b)) FROM r"; fi
+	if [ "$2" = pgbench ]; then psql_at "$1" "SELECT count(*) || ':' || sum(abalance) FROM pgbench_accounts"
+	else psql_at "$1" "SELECT count(*) || ':' || sum(length(b)) FROM r"; fi
 }
 for s in $SAMPLES; do
 	echo "bench: $s: backup, then $SEGMENTS segments of WAL..." >&2
 	backup "$s"
 	write_wal "$s"
 	contents "$PORT" "$s" >"$WORK/expect-$s"
-	psql_ "$PORT" "SELECT pg_walfile_name(pg_create_restore_point('bench-$s'))" >"$WORK/last-$s"
-	psql_ "$PORT" "SELECT pg_switch_wal()" >/dev/null
+	psql_at "$PORT" "SELECT pg_walfile_name(pg_create_restore_point('bench-$s'))" >"$WORK/last-$s"
+	psql_at "$PORT" "SELECT pg_switch_wal()" >/dev/null
 done
 # Something after the last restore point, and everything archived.
-psql_ "$PORT" "CREATE TABLE after_rp (i int)" >/dev/null
+psql_at "$PORT" "CREATE TABLE after_rp (i int)" >/dev/null
 # The segment the switch completed (autovacuum may write more after it).
-LAST=$(psql_ "$PORT" "SELECT pg_walfile_name(pg_switch_wal() - 1)")
-for _ in $(seq 3000); do [ "$(psql_ "$PORT" "SELECT coalesce(last_archived_wal >= '$LAST', false) FROM pg_stat_archiver")" = t ] && break; sleep 0.2; done
-echo "bench: archived to $LAST (failed: $(psql_ "$PORT" "SELECT failed_count FROM pg_stat_archiver"))" >&2
+LAST=$(psql_at "$PORT" "SELECT pg_walfile_name(pg_switch_wal() - 1)")
+bench_wait_archived "$PORT" "$LAST"
+echo "bench: archived to $LAST (failed: $(psql_at "$PORT" "SELECT failed_count FROM pg_stat_archiver"))" >&2
 run "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null
 
 # 2. Per sample: the restored directory (once) and the raw segments.
 for s in $SAMPLES; do
 	run "$W" restore --archive "$WORK/arch" --pgdata "$WORK/base-$s" --backup "$(cat "$WORK/backup-$s")" \
 		--target-name "bench-$s" --archive-mode off 2>/dev/null
-	cat >>"$WORK/base-$s/postgresql.auto.conf" <<CONF
-port = $RPORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-hot_standby = on
-CONF
+	bench_listen_conf "$WORK/base-$s" "$RPORT" "hot_standby = on"
 	run mkdir "$WORK/raw-$s"
 	first=$(cat "$WORK/first-$s"); last=$(cat "$WORK/last-$s")
 	for n in $(ls "$WORK/arch/wal/00000001" | grep -E '^[0-9A-F]{24}$'); do
@@ -197,7 +137,7 @@ one() { # tool sample
 		sleep 0.02
 		kill -0 "$(head -1 "$WORK/rec/postmaster.pid" 2>/dev/null)" 2>/dev/null || { echo "bench: $tool $s: server stopped" >&2; tail "$WORK/rec-$tool-$s.log" >&2; exit 1; }
 	done
-	until [ "$(psql_ "$RPORT" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ]; do sleep 0.02; done
+	until [ "$(psql_at "$RPORT" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ]; do sleep 0.02; done
 	t1=$(date +%s%N)
 	got=$(contents "$RPORT" "$s")
 	if [ "$got" != "$(cat "$WORK/expect-$s")" ] || ! grep -q 'recovery stopping at restore point "bench-' "$WORK/rec-$tool-$s.log"; then
@@ -213,29 +153,21 @@ one() { # tool sample
 	fi
 	printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$s" $(((t1 - t0) / 1000000)) "$rss" "${selfrss:--}" >>"$RES"
 	run "$PGBIN/pg_ctl" -D "$WORK/rec" -m immediate -w stop >/dev/null
-	for _ in $(seq 100); do pgrep -f "$WORK/pgbr-get.conf" >/dev/null || break; sleep 0.1; done
+	bench_wait_gone "$WORK/pgbr-get.conf"
 }
 
-read -r -a TL <<<"$TOOLS"
-for r in $(seq "$ROUNDS"); do
-	echo "bench: round $r ($(uptime | sed 's/.*load/load/'))" >&2
-	nt=${#TL[@]}
-	for s in $SAMPLES; do
-		for i in $(seq 0 $((nt - 1))); do one "${TL[$(((i + r - 1) % nt))]}" "$s"; done
-	done
-done
+bench_rotate one "$TOOLS" "$SAMPLES"
 
-med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "machine: $(nproc) cores; $(pgbackrest version); walship $(git rev-parse --short HEAD); $(date -u +%F)"
 echo "$ROUNDS rounds, tools rotated each round; load at the end: $(uptime | sed 's/.*load average: //')"
 echo
 echo "| WAL | segments replayed | walship s | pgBackRest async s | local pg_wal s | pgBackRest ÷ walship | walship ÷ local | walship runs | pgBackRest runs | local runs | prefetcher VmHWM MiB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for s in $SAMPLES; do
-	w=$(awk -F'\t' -v s=$s '$1=="walship" && $2==s {print $3}' "$RES" | med)
-	p=$(awk -F'\t' -v s=$s '$1=="pgbackrest" && $2==s {print $3}' "$RES" | med)
-	l=$(awk -F'\t' -v s=$s '$1=="local" && $2==s {print $3}' "$RES" | med)
-	runs() { awk -F'\t' -v s=$s -v t="$1" '$1==t && $2==s {printf "%.1f ", $3/1000}' "$RES"; }
+	w=$(bench_values walship "$s" 3 | bench_median)
+	p=$(bench_values pgbackrest "$s" 3 | bench_median)
+	l=$(bench_values local "$s" 3 | bench_median)
+	runs() { bench_runs "$1" "$s" 3; }
 	hwm=$(awk -F'\t' -v s=$s '$1=="walship" && $2==s && $4 > m {m=$4} END {printf "%.1f", m/1024}' "$RES")
 	self=$(awk -F'\t' -v s=$s '$1=="walship" && $2==s && $5+0 > m {m=$5} END {printf "%.1f", m/1024}' "$RES")
 	awk -v s=$s -v n="$(cat "$WORK/count-$s")" -v w=$w -v p=$p -v l=$l -v wr="$(runs walship)" -v pr="$(runs pgbackrest)" -v lr="$(runs local)" -v h=$hwm -v self=$self 'BEGIN {

@@ -15,45 +15,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SEGMENTS=${SEGMENTS:-8}
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/bench-lib.sh
 
-command -v pgbackrest >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -q pgbackrest >/dev/null; }
-[ -x "$PGBIN/postgres" ] || { [ "$(id -u)" = 0 ] && apt-get install -y -q postgresql-15 >/dev/null; }
-command -v pgbackrest >/dev/null || { echo "bench: pgbackrest missing (apt-get install pgbackrest)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { [ "$(id -u)" = 0 ] && apt-get install -y -q time >/dev/null; }
+bench_need postgres pgbackrest time
+bench_workdir bench
+PORT=$(free_port)
+trap 'bench_cleanup "$WORK/pg"' EXIT
+psql_() { psql_at "$PORT" "$1"; }
 
-WORK=$(mktemp -d /tmp/walship-bench-XXXXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; AS=(runuser -u postgres --); fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cleanup() {
-	"${AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
-	[ "${KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
-}
-trap cleanup EXIT
-run() { "${AS[@]}" "$@"; }
-psql_() { run "$PGBIN/psql" -X -At -h "$WORK" -p "$PORT" -U postgres -d postgres -c "$1"; }
-
-CGO_ENABLED=0 go build -o "$WORK/walship" ./cmd/walship
+bench_build_walship
 run mkdir -p "$WORK/samples/pgbench" "$WORK/samples/random" "$WORK/collect"
 
 # 1. Real WAL. archive_command copies each finished segment aside.
-run "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >/dev/null
-cat >>"$WORK/pg/postgresql.auto.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-wal_level = replica
-archive_mode = on
-archive_command = 'cp %p $WORK/collect/%f'
-max_wal_size = '1GB'
-CONF
+bench_initdb "$WORK/pg" "$PORT" "cp %p $WORK/collect/%f" "max_wal_size = '1GB'"
 run "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
 collect() { # $1 = sample name: move the segments archived so far into it
 	psql_ "SELECT pg_switch_wal()" >/dev/null
 	local last; last=$(psql_ "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
-	for _ in $(seq 300); do [ "$(psql_ "SELECT coalesce(last_archived_wal >= '$last', false) FROM pg_stat_archiver")" = t ] && break; sleep 0.1; done
+	bench_wait_archived "$PORT" "$last" 30
 	find "$WORK/collect" -type f -name '0000000*' -size 16M | sort | tail -n "$SEGMENTS" | while read -r f; do run mv "$f" "$WORK/samples/$1/"; done
 	run find "$WORK/collect" -type f -delete
 }
@@ -70,24 +49,7 @@ collect random
 SYSID=$(run "$PGBIN/pg_controldata" "$WORK/pg" | awk '/system identifier/ {print $NF}')
 
 # 2. pgBackRest: posix repo, zstd at its default level, as PostgreSQL would run it.
-cat >"$WORK/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$WORK/pgbr-repo
-compress-type=zst
-log-level-console=error
-log-level-file=off
-lock-path=$WORK/pgbr-lock
-spool-path=$WORK/pgbr-spool
-archive-check=n
-start-fast=y
-
-[bench]
-pg1-path=$WORK/pg
-pg1-port=$PORT
-pg1-socket-path=$WORK
-pg1-user=postgres
-CONF
-chown postgres "$WORK/pgbackrest.conf" 2>/dev/null || true
+bench_pgbr_conf "$WORK/pgbackrest.conf" "$WORK/pg" "$PORT" archive-check=n start-fast=y
 PGBR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
 run "${PGBR[@]}" stanza-create >/dev/null
 
@@ -95,14 +57,7 @@ run "${PGBR[@]}" stanza-create >/dev/null
 # wall time from the shell, peak RSS from GNU time.
 RES="$WORK/results.tsv"
 : >"$RES"
-measure() { # tool op sample cmd...
-	local tool=$1 op=$2 sample=$3; shift 3
-	local t0 t1
-	t0=$(date +%s%N)
-	run /usr/bin/time -f %M -o "$WORK/rss" "$@" >/dev/null 2>"$WORK/err" || { echo "FAILED: $*" >&2; cat "$WORK/err" >&2; exit 1; }
-	t1=$(date +%s%N)
-	printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$op" "$sample" $(((t1 - t0) / 1000)) "$(tail -1 "$WORK/rss")" >>"$RES"
-}
+measure() { bench_measure 3 "$@"; } # tool op sample cmd...
 for round in $(seq "$ROUNDS"); do
 	run rm -rf "$WORK/ws-archive" "$WORK/pgbr-repo/archive/bench/15-1/0000000100000000" "$WORK/out"
 	run mkdir -p "$WORK/ws-archive" "$WORK/out"
@@ -145,25 +100,20 @@ stored() { # tool sample: bytes stored for the sample's segments
 	done
 	echo $stored
 }
-ratio() { # tool sample
-	local raw=0 stored=0 f s
-	for f in "$WORK/samples/$2"/*; do
-		raw=$((raw + 16777216))
-		if [ "$1" = walship ]; then s=$(stat -c %s "$WORK/ws-archive/wal/00000001/$(basename "$f")")
-		else s=$(stat -c %s "$WORK"/pgbr-repo/archive/bench/15-1/0000000100000000/"$(basename "$f")"-*); fi
-		stored=$((stored + s))
-	done
-	awk -v r=$raw -v s=$stored 'BEGIN { printf "%.2f", r / s }'
+ratio() { # tool sample: 16 MiB x segments / bytes stored
+	local n
+	n=$(find "$WORK/samples/$2" -type f | wc -l)
+	awk -v r=$((n * 16777216)) -v s="$(stored "$1" "$2")" 'BEGIN { printf "%.2f", r / s }'
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(pgbackrest version); walship $(git rev-parse --short HEAD)"
+echo "machine: $(bench_cpu); $(pgbackrest version); walship $(git rev-parse --short HEAD)"
 echo "samples: $SEGMENTS segments each, $ROUNDS rounds, tools alternated per segment (system id $SYSID)"
 echo
 echo "| sample | op | walship median ms | pgBackRest median ms | walship MB/s | pgBackRest MB/s | speed-up | walship peak RSS MiB | pgBackRest peak RSS MiB | walship ratio | pgBackRest ratio | walship bytes ÷ pgBackRest bytes |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for sample in pgbench random; do
 	for op in push fetch; do
-		med() { awk -F'\t' -v t="$1" -v o="$op" -v s="$sample" -v c="$2" '$1==t && $2==o && $3==s {print $c}' "$RES" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+		med() { awk -F'\t' -v t="$1" -v o="$op" -v s="$sample" -v c="$2" '$1==t && $2==o && $3==s {print $c}' "$RES" | bench_median; }
 		wm=$(med walship 4); pm=$(med pgbackrest 4); wr=$(med walship 5); pr=$(med pgbackrest 5)
 		wrat=-; prat=-; size=-
 		if [ $op = push ]; then
