@@ -27,23 +27,26 @@ import (
 
 const segSize = 1 << 20
 
+// openStore is the archive's storage: the directory dir, or else a new
+// bucket on the S3 server at WALSHIP_S3_ENDPOINT.
+func openStore(ctx context.Context, dir, bucket string) (backends.Storage, error) {
+	if dir != "" {
+		return fs.New(dir)
+	}
+	st, err := s3.New(ctx, s3.Config{Bucket: bucket, Endpoint: os.Getenv("WALSHIP_S3_ENDPOINT"), PathStyle: true})
+	if err != nil {
+		return nil, err
+	}
+	return st, st.CreateBucket(ctx)
+}
+
 func main() {
 	dir := flag.String("fs", "", "filesystem archive root")
 	bucket := flag.String("s3-bucket", "", "S3 bucket (endpoint from WALSHIP_S3_ENDPOINT)")
 	n := flag.Int("segments", 10000, "segments to write")
 	flag.Parse()
 	ctx := context.Background()
-	var store backends.Storage
-	var err error
-	if *dir != "" {
-		store, err = fs.New(*dir)
-	} else {
-		st, e := s3.New(ctx, s3.Config{Bucket: *bucket, Endpoint: os.Getenv("WALSHIP_S3_ENDPOINT"), PathStyle: true})
-		if e == nil {
-			e = st.CreateBucket(ctx)
-		}
-		store, err = st, e
-	}
+	store, err := openStore(ctx, *dir, *bucket)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
