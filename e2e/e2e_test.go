@@ -110,7 +110,9 @@ func archiveAndReplay(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary.WaitSQL(t, "SELECT last_archived_wal >= '"+last+"' FROM pg_stat_archiver", "t", 2*time.Minute)
 	archived := primary.SQL(t, "SELECT archived_count || ' ' || failed_count FROM pg_stat_archiver")
 	var nArchived, nFailed int
-	fmt.Sscanf(archived, "%d %d", &nArchived, &nFailed)
+	if _, err := fmt.Sscanf(archived, "%d %d", &nArchived, &nFailed); err != nil {
+		t.Fatalf("pg_stat_archiver: %q: %v", archived, err)
+	}
 	if nFailed != 0 {
 		t.Fatalf("pg_stat_archiver.failed_count = %d\n%s", nFailed, primary.Log())
 	}

@@ -336,7 +336,11 @@ func TestTimelineRestore(t *testing.T) {
 		if err := os.WriteFile(chunk, bad, 0o640); err != nil {
 			t.Fatal(err)
 		}
-		defer os.WriteFile(chunk, orig, 0o640)
+		defer func() {
+			if err := os.WriteFile(chunk, orig, 0o640); err != nil {
+				t.Errorf("restore the corrupted chunk: %v", err)
+			}
+		}()
 		dir := filepath.Join(w.Dir, "corrupt")
 		msg := refuse(t, 4, dir, "--target-lsn", b3.lsn)
 		if !strings.Contains(msg, "base.tar.00000") {

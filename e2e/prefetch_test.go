@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,7 +171,7 @@ func TestPrefetchBeliefNeverEndsRecovery(t *testing.T) {
 	}
 	w.Chown(t, wrapper)
 	c.Configure(t, map[string]string{"restore_command": wrapper + " %f %p"})
-	c.Env = append(target.env, "WALSHIP_LOG_LEVEL=debug")
+	c.Env = append(slices.Clip(target.env), "WALSHIP_LOG_LEVEL=debug") // a copy: target.env is shared
 	c.Start(t)
 
 	spoolLog := filepath.Join(prefetchSpoolOf(c.Data), restore.PrefetchLogFile)

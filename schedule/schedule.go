@@ -18,7 +18,7 @@ import (
 	"github.com/robfig/cron/v3"
 )
 
-// ErrNoJob: RunOnce of a name not configured.
+// ErrNoJob is RunOnce's error for a name not configured.
 var ErrNoJob = errors.New("no such job")
 
 // Job is one scheduled piece of work.

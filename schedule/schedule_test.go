@@ -148,8 +148,8 @@ func TestStopLetsTheRunningJobFinishThenCancels(t *testing.T) {
 	cancel() // SIGTERM: the job goes on
 	testenv.WaitFor(t, "the stop deadline timer", 5*time.Second, func() bool { return clock.waiting() > before })
 	select {
-	case <-done:
-		t.Fatal("Run returned while the job was running")
+	case err := <-done:
+		t.Fatalf("Run returned (%v) while the job was running", err)
 	default:
 	}
 	clock.Advance(time.Minute) // the deadline passes: the job is cancelled

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test tier of walship on a fresh machine: installs what the tests
-# need (PostgreSQL 15 from Debian, 16-18 from npm, versitygw with go install),
-# then unit tests, the storage conformance suite (memory, fs, versitygw), the
+# need (PostgreSQL 15 from Debian, 16-18 from npm, versitygw and golangci-lint
+# with go install), then the linter (.golangci.yml; any finding fails the
+# run), unit tests, the storage conformance suite (memory, fs, versitygw), the
 # end-to-end tests against real PostgreSQL, and a short fuzzing pass over
 # every parser.
 # Under CI=true a test that cannot get its server fails instead of skipping.
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSITYGW_VERSION=v1.8.0
+GOLANGCI_LINT_VERSION=v2.15.0
 FUZZTIME=${FUZZTIME:-10s}
 
 log() { printf '== %s\n' "$*"; }
@@ -107,11 +109,21 @@ if ! command -v versitygw >/dev/null 2>&1; then
 	log "installing versitygw $VERSITYGW_VERSION"
 	GOFLAGS=-mod=mod go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 fi
+# The pinned linter, into the same bin directory, unless that exact version
+# is there already (a different version is replaced: findings differ between
+# releases).
+if [ "$("$GOBIN_DIR/golangci-lint" version --short 2>/dev/null)" != "${GOLANGCI_LINT_VERSION#v}" ]; then
+	log "installing golangci-lint $GOLANGCI_LINT_VERSION"
+	GOFLAGS=-mod=mod go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION"
+fi
 
 # The S3 tests use the credentials of the server they start; never let the
 # SDK look for an instance role on the network.
 export AWS_EC2_METADATA_DISABLED=true
 export WALSHIP_TEST_REQUIRE=${WALSHIP_TEST_REQUIRE:-s3,postgres}
+
+log "golangci-lint $GOLANGCI_LINT_VERSION (.golangci.yml)"
+"$GOBIN_DIR/golangci-lint" run ./...
 
 log "go vet"
 go vet ./...

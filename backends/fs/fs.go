@@ -208,7 +208,8 @@ func (s *Storage) write(ctx context.Context, key, dst string, body io.ReadSeeker
 	}
 	if errors.Is(err, fs.ErrNotExist) {
 		// Not "object not found": a put never answers that.
-		return time.Time{}, fmt.Errorf("fs put %q: publish: %v", key, err)
+		return time.Time{}, fmt.Errorf("fs put %q: publish: %v", key, err) //nolint:errorlint // not wrapped, so not fs.ErrNotExist to callers
+
 	}
 	if err != nil {
 		return time.Time{}, classify(fmt.Errorf("fs put %q: publish: %w", key, err))
@@ -369,7 +370,7 @@ func (s *Storage) Delete(ctx context.Context, keys ...string) error {
 func classify(err error) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("%w (%v)", backends.ErrNotFound, err)
+		return fmt.Errorf("%w (%v)", backends.ErrNotFound, err) //nolint:errorlint // one classification: ErrNotFound, not also the fs error
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.ENOSPC),
 		errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.ENOTDIR):
 		return backends.Permanent(err)
@@ -377,8 +378,9 @@ func classify(err error) error {
 	return err
 }
 
+// ctxReader is r, failing once ctx ends: a Read has no context argument.
 type ctxReader struct {
-	ctx context.Context
+	ctx context.Context //nolint:containedctx // an io.Reader can only hold its context
 	r   io.Reader
 }
 

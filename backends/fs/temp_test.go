@@ -198,7 +198,7 @@ func TestForeignTempsGoOnlyWhenOld(t *testing.T) {
 	put(t, root, "slots/a.json")
 	for name, mt := range files {
 		_, err := os.Stat(filepath.Join(td, name))
-		if gone := os.IsNotExist(err); gone != (mt == old) {
+		if gone := os.IsNotExist(err); gone != mt.Equal(old) {
 			t.Errorf("%s (modified %s ago): removed=%v", name, time.Since(mt).Round(time.Minute), gone)
 		}
 	}

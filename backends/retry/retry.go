@@ -155,7 +155,8 @@ func (s *Storage) loop(ctx context.Context, op, key string, tries int, retryable
 		}
 		s.o.Log.Warn("storage request failed; trying again", attrs...)
 		if werr := s.wait(ctx, d); werr != nil {
-			return n, fmt.Errorf("%w (while waiting to retry after: %v)", werr, err)
+			// Only werr wrapped: the caller's context ended, whatever the try's error was.
+			return n, fmt.Errorf("%w (while waiting to retry after: %v)", werr, err) //nolint:errorlint // see above
 		}
 	}
 }
@@ -174,11 +175,13 @@ func outcome(ctx, actx context.Context, op, key string, d time.Duration, err err
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
-	switch context.Cause(actx) {
-	case errAttempt:
-		return fmt.Errorf("%s %q: %w: no answer within %s (%v)", op, key, backends.ErrStalled, d, err)
-	case errStall:
-		return fmt.Errorf("%s %q: %w: no data for %s (%v)", op, key, backends.ErrStalled, d, err)
+	// err (a context error) is only text: wrapped, it would read as the
+	// caller's own cancellation, which is permanent.
+	switch cause := context.Cause(actx); {
+	case errors.Is(cause, errAttempt):
+		return fmt.Errorf("%s %q: %w: no answer within %s (%v)", op, key, backends.ErrStalled, d, err) //nolint:errorlint // see above
+	case errors.Is(cause, errStall):
+		return fmt.Errorf("%s %q: %w: no data for %s (%v)", op, key, backends.ErrStalled, d, err) //nolint:errorlint // see above
 	}
 	return err
 }
@@ -364,9 +367,10 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, backends.
 
 // watched is a Get body under the stall watchdog. The watchdog runs only
 // while a Read is in progress: a slow consumer is not a stalled store.
+// A Get body outlives Get, and Read takes no context: it holds both.
 type watched struct {
-	ctx    context.Context // the caller's
-	actx   context.Context // this try's; cancelled by the watchdog
+	ctx    context.Context //nolint:containedctx // the caller's; Read takes none
+	actx   context.Context //nolint:containedctx // this try's, cancelled by the watchdog; Read takes none
 	cancel context.CancelCauseFunc
 	r      io.ReadCloser
 	key    string
@@ -395,7 +399,7 @@ func (w *watched) Read(p []byte) (int, error) {
 }
 
 func (w *watched) fail(err error) error {
-	if w.ctx.Err() == nil && context.Cause(w.actx) == errStall {
+	if w.ctx.Err() == nil && errors.Is(context.Cause(w.actx), errStall) {
 		return fmt.Errorf("get %q: read body: %w: no data for %s", w.key, backends.ErrStalled, w.d)
 	}
 	return fmt.Errorf("get %q: read body: %w", w.key, err)

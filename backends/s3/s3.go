@@ -432,11 +432,13 @@ func sdkLogger(log *slog.Logger) logging.Logger {
 	if log == nil {
 		log = slog.Default()
 	}
+	// The SDK's logger is handed no context.
 	return logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
-		level := slog.LevelDebug
+		msg := "s3 client: " + fmt.Sprintf(format, v...)
 		if c == logging.Warn {
-			level = slog.LevelWarn
+			log.Warn(msg)
+		} else {
+			log.Debug(msg)
 		}
-		log.Log(context.Background(), level, "s3 client: "+fmt.Sprintf(format, v...))
 	})
 }

@@ -58,7 +58,7 @@ func newFollower(t *testing.T, w *testenv.Workdir, tg target, k *checker) *follo
 	}
 	f.agentA = []string{"agent", "--archive", tg.url, "--spool", f.spool, "--slot", "dr1", "--ahead", "8", "--parallel", "4",
 		"--poll-min", "20ms", "--poll-max", "200ms", "--heartbeat", "200ms", "--log-level", "debug"}
-	f.archiveBatch()
+	f.archiveBatch(t.Context())
 	for _, args := range [][]string{
 		{"slot", "create", "--archive", tg.url, "--ttl", "1h", "dr1"},
 		{"slot", "advance", "--archive", tg.url, "dr1", f.batch[0]},
@@ -73,7 +73,7 @@ func newFollower(t *testing.T, w *testenv.Workdir, tg target, k *checker) *follo
 
 // archiveBatch archives the next agentBatch segments (in this process:
 // the agent is what is under test).
-func (f *follower) archiveBatch() {
+func (f *follower) archiveBatch(ctx context.Context) {
 	f.batch = nil
 	for i := 0; i < agentBatch; i++ {
 		name := segName(f.p.next, agentSegSize)
@@ -83,7 +83,7 @@ func (f *follower) archiveBatch() {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			f.t.Fatal(err)
 		}
-		if _, err := f.a.Push(context.Background(), path, segment.Compression{Codec: segment.CodecZstd}); err != nil {
+		if _, err := f.a.Push(ctx, path, segment.Compression{Codec: segment.CodecZstd}); err != nil {
 			f.t.Fatal(err)
 		}
 		_ = os.Remove(path)
@@ -193,8 +193,7 @@ func stop(pr *proc, done <-chan error) error {
 		return err
 	case <-time.After(15 * time.Second):
 		_ = pr.cmd.Process.Kill()
-		<-done
-		return errors.New("still running 15s after SIGTERM")
+		return fmt.Errorf("still running 15s after SIGTERM (then killed: %w)", <-done)
 	}
 }
 
@@ -265,7 +264,7 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 		if err := stop(pr, done); err != nil {
 			t.Fatalf("agent stopped by SIGTERM: %v\n%s", err, pr.output())
 		}
-		f.archiveBatch()
+		f.archiveBatch(ctx)
 		return d
 	}
 	round()
@@ -298,7 +297,7 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 		if left := tg.tempFiles(t); len(left) > 0 {
 			c.violation("debris in the archive after the restarted agent: %v", left)
 		}
-		f.archiveBatch()
+		f.archiveBatch(ctx)
 	}
 	c.report(fmt.Sprintf(", %d segments followed", len(f.want)))
 }

@@ -194,8 +194,8 @@ func measure(t *testing.T, n int, op func() time.Duration) time.Duration {
 
 const remeasureEvery = 25
 
-func randDelay(rng *rand.Rand, max time.Duration) time.Duration {
-	return time.Duration(rng.Int63n(int64(max) + 1))
+func randDelay(rng *rand.Rand, limit time.Duration) time.Duration {
+	return time.Duration(rng.Int63n(int64(limit) + 1))
 }
 
 // target is an archive as walship's command line and the test see it.

@@ -157,8 +157,7 @@ func TestPushRefusesAFIFO(t *testing.T) {
 		case err = <-done:
 		case <-time.After(10 * time.Second):
 			_ = pr.cmd.Process.Kill()
-			<-done
-			t.Fatalf("push of a %s still running after 10s", kind)
+			t.Fatalf("push of a %s still running after 10s (then killed: %v)", kind, <-done)
 		}
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 5 {

@@ -93,9 +93,9 @@ func StopS3() {
 }
 
 var (
-	s3Once sync.Once
-	s3Srv  *S3
-	s3Err  error
+	s3Once     sync.Once
+	s3Srv      *S3
+	errS3Start error
 )
 
 func findBinary(name string) (string, error) {
@@ -122,9 +122,9 @@ func StartS3(t testing.TB) *S3 {
 	if ep := os.Getenv("WALSHIP_TEST_S3_ENDPOINT"); ep != "" {
 		return &S3{Endpoint: ep, AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"), Region: "us-east-1"}
 	}
-	s3Once.Do(func() { s3Srv, s3Err = startVersity() })
-	if s3Err != nil {
-		Unavailable(t, "s3", s3Err.Error())
+	s3Once.Do(func() { s3Srv, errS3Start = startVersity() })
+	if errS3Start != nil {
+		Unavailable(t, "s3", errS3Start.Error())
 	}
 	return s3Srv
 }

@@ -2,6 +2,7 @@ package contract
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,9 +46,11 @@ func runAs(t *testing.T, w *testenv.Workdir, env []string, args ...string) resul
 	start := time.Now()
 	err := cmd.Run()
 	res := result{elapsed: time.Since(start), stderr: stderr.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
 		res.code = ee.ExitCode()
-	} else if err != nil {
+	case err != nil:
 		t.Fatal(err)
 	}
 	return res
