@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,27 +23,16 @@ import (
 // bgWalship is a walship process running in the background.
 type bgWalship struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	out  testenv.Output
 	done chan struct{}
 }
 
-func (b *bgWalship) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.out.Write(p)
-}
-
-func (b *bgWalship) log() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.out.String()
-}
+func (b *bgWalship) log() string { return b.out.String() }
 
 func startWalship(t *testing.T, w *testenv.Workdir, env []string, args ...string) *bgWalship {
 	t.Helper()
 	b := &bgWalship{cmd: w.Command(env, walshipBin, args...), done: make(chan struct{})}
-	b.cmd.Stdout, b.cmd.Stderr = b, b
+	b.cmd.Stdout, b.cmd.Stderr = &b.out, &b.out
 	if err := b.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

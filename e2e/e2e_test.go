@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 	"time"
 
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backends/fs"
-	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/internal/testenv"
 )
 
@@ -39,48 +36,49 @@ type archiveTarget struct {
 }
 
 func fsTarget(t *testing.T, w *testenv.Workdir) archiveTarget {
-	dir := w.Mkdir(t, "archive")
-	st, err := fs.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return archiveTarget{url: "file://" + dir, store: st}
+	a := testenv.FSArchive(t, w)
+	return archiveTarget{url: a.URL, store: a.Store}
 }
 
 func s3Target(t *testing.T) archiveTarget {
-	srv := testenv.StartS3(t)
-	bucket := testenv.RandName("e2e")
-	env := []string{
-		"AWS_ACCESS_KEY_ID=" + srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey,
-		"AWS_EC2_METADATA_DISABLED=true", "WALSHIP_S3_ENDPOINT=" + srv.Endpoint, "WALSHIP_S3_PATH_STYLE=true",
-	}
-	for _, kv := range env[:3] {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	st, err := s3.New(context.Background(), s3.Config{Bucket: bucket, Endpoint: srv.Endpoint, PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreateBucket(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	prefixed, err := s3.New(context.Background(), s3.Config{Bucket: bucket, Prefix: "cluster-a", Endpoint: srv.Endpoint, PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return archiveTarget{url: "s3://" + bucket + "/cluster-a", env: env, store: prefixed}
+	a := testenv.S3Archive(t, "e2e", "cluster-a")
+	return archiveTarget{url: a.URL, env: a.Env, store: a.Store}
 }
 
-func TestArchiveAndReplayFilesystem(t *testing.T) {
+// onFilesystem runs test with a new work directory and an archive in it.
+func onFilesystem(t *testing.T, test func(*testing.T, *testenv.Workdir, archiveTarget)) {
 	w := testenv.NewWorkdir(t)
-	archiveAndReplay(t, w, fsTarget(t, w))
+	test(t, w, fsTarget(t, w))
 }
 
-func TestArchiveAndReplayS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	archiveAndReplay(t, w, s3Target(t))
+// onS3 runs test with a new work directory and an archive in a new bucket
+// of the shared versitygw.
+func onS3(t *testing.T, test func(*testing.T, *testenv.Workdir, archiveTarget)) {
+	test(t, testenv.NewWorkdir(t), s3Target(t))
 }
+
+// replayFromArchive starts standby as an archive-only standby of target
+// (walship fetch as its restore_command, no primary_conninfo) and waits
+// until it has replayed up to lsn.
+func replayFromArchive(t *testing.T, w *testenv.Workdir, standby *testenv.Cluster, target archiveTarget, lsn string, timeout time.Duration) {
+	t.Helper()
+	standby.Env = target.env
+	if err := os.WriteFile(filepath.Join(standby.Data, "standby.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.Chown(t, standby.Data)
+	standby.Configure(t, map[string]string{
+		"restore_command": walshipBin + " fetch --archive " + target.url + " %f %p",
+		"archive_mode":    "off", "primary_conninfo": "", "hot_standby": "on",
+		"wal_retrieve_retry_interval": "200ms",
+	})
+	standby.Start(t)
+	standby.WaitSQL(t, "SELECT pg_last_wal_replay_lsn() >= '"+lsn+"'::pg_lsn", "t", timeout)
+}
+
+func TestArchiveAndReplayFilesystem(t *testing.T) { onFilesystem(t, archiveAndReplay) }
+
+func TestArchiveAndReplayS3(t *testing.T) { onS3(t, archiveAndReplay) }
 
 func archiveAndReplay(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary := testenv.InitDB(t, w, "primary")
@@ -122,18 +120,7 @@ func archiveAndReplay(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	t.Logf("primary archived %d files, last %s, switch at %s", nArchived, last, endLSN)
 
 	// The standby: restore_command only, no primary_conninfo.
-	standby.Env = target.env
-	if err := os.WriteFile(filepath.Join(standby.Data, "standby.signal"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w.Chown(t, standby.Data)
-	standby.Configure(t, map[string]string{
-		"restore_command": walshipBin + " fetch --archive " + target.url + " %f %p",
-		"archive_mode":    "off", "primary_conninfo": "", "hot_standby": "on",
-		"wal_retrieve_retry_interval": "200ms",
-	})
-	standby.Start(t)
-	standby.WaitSQL(t, "SELECT pg_last_wal_replay_lsn() >= '"+endLSN+"'::pg_lsn", "t", 3*time.Minute)
+	replayFromArchive(t, w, standby, target, endLSN, 3*time.Minute)
 
 	for _, q := range []string{
 		"SELECT count(*) || ':' || md5(string_agg(aid || ',' || bid || ',' || abalance, ';' ORDER BY aid)) FROM pgbench_accounts",

@@ -18,14 +18,10 @@ import (
 // postgresql.conf; the second restore must replace the one and override
 // the other, and keep the copy's own settings.
 func TestRestoreBackupOfRestoredCopyFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	restoreBackupOfRestoredCopy(t, w, fsTarget(t, w))
+	onFilesystem(t, restoreBackupOfRestoredCopy)
 }
 
-func TestRestoreBackupOfRestoredCopyS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	restoreBackupOfRestoredCopy(t, w, s3Target(t))
-}
+func TestRestoreBackupOfRestoredCopyS3(t *testing.T) { onS3(t, restoreBackupOfRestoredCopy) }
 
 func restoreBackupOfRestoredCopy(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)

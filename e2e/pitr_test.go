@@ -169,15 +169,9 @@ func restartPromoted(t *testing.T, c *testenv.Cluster, query, want string) {
 	}
 }
 
-func TestBackupAndPITRFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	backupAndPITR(t, w, fsTarget(t, w))
-}
+func TestBackupAndPITRFilesystem(t *testing.T) { onFilesystem(t, backupAndPITR) }
 
-func TestBackupAndPITRS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	backupAndPITR(t, w, s3Target(t))
-}
+func TestBackupAndPITRS3(t *testing.T) { onS3(t, backupAndPITR) }
 
 func backupAndPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
@@ -237,20 +231,23 @@ func backupAndPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 // TestTimelineRestore promotes a standby that archives into the same
 // archive, writes on timeline 2, and restores along the history; then
 // checks restore's refusals on the same archive.
-func TestTimelineRestore(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
-	archiveDir := strings.TrimPrefix(target.url, "file://")
+// promotedStandby makes a primary archiving into target, its backup (id)
+// and batches 1 and 2 of rows, and a standby restored from that backup
+// (tablespace ts1 mapped to sb-ts1) that replays both batches from the
+// archive and, once the primary is stopped, is promoted. It keeps the
+// backup's archive_command: it archives timeline 2 and its history file
+// into the same archive.
+func promotedStandby(t *testing.T, w *testenv.Workdir, target archiveTarget) (sb *testenv.Cluster, id string) {
+	t.Helper()
 	primary, _ := archivingPrimary(t, w, target)
-	id := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, nil), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
+	id = strings.TrimSpace(mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
 	commitBatch(t, primary, 1)
 	switchAndWait(t, primary)
 
-	// The standby keeps the backup's archive_command: once promoted it
-	// archives timeline 2 and its history file into the same archive.
-	sb := testenv.EmptyCluster(t, w, "standby")
-	mustWalship(t, w, nil, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby",
+	sb = testenv.EmptyCluster(t, w, "standby")
+	mustWalship(t, w, target.env, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby",
 		"--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "sb-ts1"))
+	sb.Env = target.env
 	sb.Configure(t, map[string]string{"wal_retrieve_retry_interval": "200ms"})
 	sb.Start(t)
 	commitBatch(t, primary, 2)
@@ -259,6 +256,14 @@ func TestTimelineRestore(t *testing.T) {
 	primary.Stop()
 	sb.SQL(t, "SELECT pg_promote()")
 	sb.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", time.Minute)
+	return sb, id
+}
+
+func TestTimelineRestore(t *testing.T) {
+	w := testenv.NewWorkdir(t)
+	target := fsTarget(t, w)
+	archiveDir := strings.TrimPrefix(target.url, "file://")
+	sb, id := promotedStandby(t, w, target)
 	b3 := commitBatch(t, sb, 3)
 	commitBatch(t, sb, 4)
 	switchAndWait(t, sb)

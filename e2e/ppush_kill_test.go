@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/fs"
+	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/segment"
 )
 
@@ -148,14 +148,7 @@ func (k *killRig) status(name, kind string) string {
 // and the rest repetitive, like WAL.
 func killSegment(no uint64, rng *rand.Rand) []byte {
 	b := make([]byte, killSegSize)
-	le := binary.LittleEndian
-	le.PutUint16(b[0:], 0xD110)
-	le.PutUint16(b[2:], 2)
-	le.PutUint32(b[4:], 1)
-	le.PutUint64(b[8:], no*killSegSize)
-	le.PutUint64(b[24:], killSysID)
-	le.PutUint32(b[32:], killSegSize)
-	le.PutUint32(b[36:], 8192)
+	testenv.PutLongHeader(b, 1, no, killSysID)
 	for off := 8192; off < killSegSize; off += 8192 {
 		page := b[off : off+8192]
 		if rng.Intn(3) == 0 {

@@ -22,15 +22,9 @@ import (
 // return at once on the proofs. Every segment is archived, the archiver
 // records no failure, walship logs no warning, no proof is left, and an
 // archive-only standby replays all of it to the primary's exact contents.
-func TestParallelPushDrainsABacklogFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	drainBacklogs(t, w, fsTarget(t, w))
-}
+func TestParallelPushDrainsABacklogFilesystem(t *testing.T) { onFilesystem(t, drainBacklogs) }
 
-func TestParallelPushDrainsABacklogS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	drainBacklogs(t, w, s3Target(t))
-}
+func TestParallelPushDrainsABacklogS3(t *testing.T) { onS3(t, drainBacklogs) }
 
 func drainBacklogs(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary := testenv.InitDB(t, w, "primary")
@@ -98,18 +92,7 @@ func drainBacklogs(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	}
 
 	// Contents: an archive-only standby replays everything.
-	standby.Env = target.env
-	if err := os.WriteFile(filepath.Join(standby.Data, "standby.signal"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w.Chown(t, standby.Data)
-	standby.Configure(t, map[string]string{
-		"restore_command": walshipBin + " fetch --archive " + target.url + " %f %p",
-		"archive_mode":    "off", "primary_conninfo": "", "hot_standby": "on",
-		"wal_retrieve_retry_interval": "200ms",
-	})
-	standby.Start(t)
-	standby.WaitSQL(t, "SELECT pg_last_wal_replay_lsn() >= '"+endLSN+"'::pg_lsn", "t", 5*time.Minute)
+	replayFromArchive(t, w, standby, target, endLSN, 5*time.Minute)
 	for _, q := range []string{
 		"SELECT count(*) || ':' || sum(hashtext(aid || ',' || bid || ',' || abalance)) FROM pgbench_accounts",
 		"SELECT count(*) || ':' || md5(string_agg(tid || ',' || bid || ',' || tbalance, ';' ORDER BY tid)) FROM pgbench_tellers",

@@ -91,26 +91,14 @@ func loop(pace time.Duration, fn func() error) (stop func() (int, []error)) {
 // stderr kept apart.
 type bgCmd struct {
 	cmd      *exec.Cmd
-	mu       sync.Mutex
-	out, err bytes.Buffer
+	out, err testenv.Output
 	done     chan struct{}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
 }
 
 func startBg(t *testing.T, w *testenv.Workdir, env []string, args ...string) *bgCmd {
 	t.Helper()
 	b := &bgCmd{cmd: w.Command(env, walshipBin, args...), done: make(chan struct{})}
-	b.cmd.Stdout, b.cmd.Stderr = lockedWriter{&b.mu, &b.out}, lockedWriter{&b.mu, &b.err}
+	b.cmd.Stdout, b.cmd.Stderr = &b.out, &b.err
 	if err := b.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -133,8 +121,8 @@ func (b *bgCmd) exited() bool {
 	}
 }
 
-func (b *bgCmd) stdout() string { b.mu.Lock(); defer b.mu.Unlock(); return b.out.String() }
-func (b *bgCmd) stderr() string { b.mu.Lock(); defer b.mu.Unlock(); return b.err.String() }
+func (b *bgCmd) stdout() string { return b.out.String() }
+func (b *bgCmd) stderr() string { return b.err.String() }
 
 // wait waits for the command to end; it fails the test after timeout.
 func (b *bgCmd) wait(t *testing.T, timeout time.Duration) int {
@@ -171,15 +159,9 @@ func commandErr(w *testenv.Workdir, env []string, name string, args ...string) e
 	return nil
 }
 
-func TestRaceRetentionSlowBackupFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	raceRetentionSlowBackup(t, w, fsTarget(t, w))
-}
+func TestRaceRetentionSlowBackupFilesystem(t *testing.T) { onFilesystem(t, raceRetentionSlowBackup) }
 
-func TestRaceRetentionSlowBackupS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	raceRetentionSlowBackup(t, w, s3Target(t))
-}
+func TestRaceRetentionSlowBackupS3(t *testing.T) { onS3(t, raceRetentionSlowBackup) }
 
 // raceRetentionSlowBackup: retention apply with no grace runs in a loop
 // while a slow backup (1 MiB chunks, the server throttled to 4 MB/s) runs
@@ -367,15 +349,9 @@ func deleteRunningBackup(t *testing.T, w *testenv.Workdir, target archiveTarget,
 	}
 }
 
-func TestRetentionAfterPromotionFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	retentionAfterPromotion(t, w, fsTarget(t, w))
-}
+func TestRetentionAfterPromotionFilesystem(t *testing.T) { onFilesystem(t, retentionAfterPromotion) }
 
-func TestRetentionAfterPromotionS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	retentionAfterPromotion(t, w, s3Target(t))
-}
+func TestRetentionAfterPromotionS3(t *testing.T) { onS3(t, retentionAfterPromotion) }
 
 // retentionAfterPromotion: a standby restored from the archive is
 // promoted and archives 00000002.history, and nothing of timeline 2 else
@@ -385,23 +361,7 @@ func TestRetentionAfterPromotionS3(t *testing.T) {
 // verify and status report it.
 func retentionAfterPromotion(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	env := target.env
-	primary, _ := archivingPrimary(t, w, target)
-	id := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
-	commitBatch(t, primary, 1)
-	switchAndWait(t, primary)
-
-	sb := testenv.EmptyCluster(t, w, "standby")
-	mustWalship(t, w, env, "restore", "--archive", target.url, "--pgdata", sb.Data, "--standby",
-		"--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "sb-ts1"))
-	sb.Env = env
-	sb.Configure(t, map[string]string{"wal_retrieve_retry_interval": "200ms"})
-	sb.Start(t)
-	commitBatch(t, primary, 2)
-	switchAndWait(t, primary)
-	sb.WaitSQL(t, "SELECT count(*) FROM rows", rowsUpTo(2), 2*time.Minute)
-	primary.Stop()
-	sb.SQL(t, "SELECT pg_promote()")
-	sb.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", time.Minute)
+	sb, id := promotedStandby(t, w, target)
 	waitFor(t, "the new primary to archive 00000002.history", time.Minute, func() bool {
 		_, err := target.store.Stat(context.Background(), "history/00000002.history")
 		return err == nil

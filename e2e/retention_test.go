@@ -42,15 +42,9 @@ func archivedSegments(t *testing.T, target archiveTarget) []string {
 // one's start; retention keeps what the slot needs until it expires; verify
 // passes after every apply; a deleted middle segment is reported as a gap
 // by push, status and verify; a restore drill runs against the archive.
-func TestRetentionVerifyGapsDrillFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	retentionVerifyGapsDrill(t, w, fsTarget(t, w))
-}
+func TestRetentionVerifyGapsDrillFilesystem(t *testing.T) { onFilesystem(t, retentionVerifyGapsDrill) }
 
-func TestRetentionVerifyGapsDrillS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	retentionVerifyGapsDrill(t, w, s3Target(t))
-}
+func TestRetentionVerifyGapsDrillS3(t *testing.T) { onS3(t, retentionVerifyGapsDrill) }
 
 func retentionVerifyGapsDrill(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	env := target.env

@@ -168,19 +168,22 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if exclusive {
 		in.IfNoneMatch = aws.String("*")
 	}
-	if s.cfg.StorageClass != "" {
-		in.StorageClass = types.StorageClass(s.cfg.StorageClass)
-	}
-	if s.cfg.SSE != "" {
-		in.ServerSideEncryption = types.ServerSideEncryption(s.cfg.SSE)
-		if s.cfg.SSEKMSKeyID != "" {
-			in.SSEKMSKeyId = aws.String(s.cfg.SSEKMSKeyID)
-		}
-	}
+	in.StorageClass, in.ServerSideEncryption, in.SSEKMSKeyId = s.newObjectOptions()
 	if _, err := s.client.PutObject(ctx, in); err != nil {
 		return s.classify("put", key, err)
 	}
 	return nil
+}
+
+// newObjectOptions are the storage class and server-side encryption (and
+// its KMS key) of every object written; the SDK sends no header for an
+// empty value.
+func (s *Storage) newObjectOptions() (types.StorageClass, types.ServerSideEncryption, *string) {
+	var kmsKey *string
+	if s.cfg.SSE != "" && s.cfg.SSEKMSKeyID != "" {
+		kmsKey = aws.String(s.cfg.SSEKMSKeyID)
+	}
+	return types.StorageClass(s.cfg.StorageClass), types.ServerSideEncryption(s.cfg.SSE), kmsKey
 }
 
 func readExactly(r io.Reader, size int64) ([]byte, error) {
@@ -213,15 +216,7 @@ func (s *Storage) putMultipart(ctx context.Context, key, k string, body io.ReadS
 		Key:         aws.String(k),
 		ContentType: aws.String("application/octet-stream"),
 	}
-	if s.cfg.StorageClass != "" {
-		create.StorageClass = types.StorageClass(s.cfg.StorageClass)
-	}
-	if s.cfg.SSE != "" {
-		create.ServerSideEncryption = types.ServerSideEncryption(s.cfg.SSE)
-		if s.cfg.SSEKMSKeyID != "" {
-			create.SSEKMSKeyId = aws.String(s.cfg.SSEKMSKeyID)
-		}
-	}
+	create.StorageClass, create.ServerSideEncryption, create.SSEKMSKeyId = s.newObjectOptions()
 	up, err := s.client.CreateMultipartUpload(ctx, create)
 	if err != nil {
 		return s.classify("put", key, err)

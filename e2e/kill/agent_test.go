@@ -26,15 +26,9 @@ const (
 	agentBatch   = 4 // segments archived before each kill
 )
 
-func TestKillAgentFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	killAgent(t, w, fsTarget(t, w))
-}
+func TestKillAgentFilesystem(t *testing.T) { onFilesystem(t, killAgent) }
 
-func TestKillAgentS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	killAgent(t, w, s3Target(t))
-}
+func TestKillAgentS3(t *testing.T) { onS3(t, killAgent) }
 
 // follower is an archive being followed by walship agent into a spool,
 // and the standby's side of the spool (which takes the files).
@@ -267,13 +261,7 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 		f.archiveBatch(ctx)
 		return d
 	}
-	round()
-	var longest time.Duration
-	for i := 0; c.kills < iterations() && i < 3*iterations(); i++ {
-		if i%remeasureEvery == 0 {
-			longest = measure(t, 3, round)
-		}
-		delay := randDelay(rng, longest)
+	c.untilKilled(rng, 3, round, func(i int, delay time.Duration) {
 		c.what = fmt.Sprintf("iteration %d: agent killed after %v, batch %s..%s", i, delay, f.batch[0], f.batch[len(f.batch)-1])
 		pr := f.agent()
 		killed, err := runKilled(pr, delay)
@@ -298,7 +286,7 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 			c.violation("debris in the archive after the restarted agent: %v", left)
 		}
 		f.archiveBatch(ctx)
-	}
+	})
 	c.report(fmt.Sprintf(", %d segments followed", len(f.want)))
 }
 

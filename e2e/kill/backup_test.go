@@ -69,13 +69,7 @@ func TestKillBackupPush(t *testing.T) {
 		}
 		return d
 	}
-	op()
-	var longest time.Duration
-	for i := 0; c.kills < iterations() && i < 3*iterations(); i++ {
-		if i%remeasureEvery == 0 {
-			longest = measure(t, 3, op)
-		}
-		delay := randDelay(rng, longest)
+	c.untilKilled(rng, 3, op, func(i int, delay time.Duration) {
 		c.what = fmt.Sprintf("iteration %d: backup push killed after %v", i, delay)
 		pr := walship(w, env, r.args()...)
 		killed, err := runKilled(pr, delay)
@@ -115,7 +109,7 @@ func TestKillBackupPush(t *testing.T) {
 		if left := tg.tempFiles(t); len(left) > 0 {
 			c.violation("debris after the re-run and clean-up: %v", left)
 		}
-	}
+	})
 	if n := psql(t, pg, "SELECT failed_count FROM pg_stat_archiver"); n != "0" {
 		t.Errorf("the primary's archive_command failed %s times", n)
 	}

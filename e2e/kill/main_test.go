@@ -12,7 +12,6 @@ package kill
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -32,8 +31,6 @@ import (
 	"time"
 
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backends/fs"
-	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/segment"
@@ -129,25 +126,14 @@ func (c *tally) report(extra string) {
 // proc is a walship process with its output kept.
 type proc struct {
 	cmd *exec.Cmd
-	out bytes.Buffer
-	mu  sync.Mutex
+	out testenv.Output
 }
 
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+func (p *proc) output() string { return p.out.String() }
 
 func walship(w *testenv.Workdir, env []string, args ...string) *proc {
 	p := &proc{cmd: w.Command(env, walshipBin, args...)}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	return p
 }
 
@@ -194,6 +180,22 @@ func measure(t *testing.T, n int, op func() time.Duration) time.Duration {
 
 const remeasureEvery = 25
 
+// untilKilled is the tier's loop: op runs once as a warm-up, then
+// iteration(i, delay) until c counts iterations() kills or 3×iterations()
+// tries are spent. delay is drawn with rng from [0, the median of samples
+// runs of op], op being measured again every remeasureEvery iterations.
+func (c *tally) untilKilled(rng *rand.Rand, samples int, op func() time.Duration, iteration func(i int, delay time.Duration)) {
+	c.t.Helper()
+	op()
+	var longest time.Duration
+	for i := 0; c.kills < iterations() && i < 3*iterations(); i++ {
+		if i%remeasureEvery == 0 {
+			longest = measure(c.t, samples, op)
+		}
+		iteration(i, randDelay(rng, longest))
+	}
+}
+
 func randDelay(rng *rand.Rand, limit time.Duration) time.Duration {
 	return time.Duration(rng.Int63n(int64(limit) + 1))
 }
@@ -207,38 +209,25 @@ type target struct {
 }
 
 func fsTarget(t *testing.T, w *testenv.Workdir) target {
-	dir := w.Mkdir(t, "archive")
-	st, err := fs.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return target{url: "file://" + dir, store: st, root: dir}
+	a := testenv.FSArchive(t, w)
+	return target{url: a.URL, store: a.Store, root: a.Root}
 }
 
 func s3Target(t *testing.T) target {
-	srv := testenv.StartS3(t)
-	bucket := testenv.RandName("kill")
-	env := []string{
-		"AWS_ACCESS_KEY_ID=" + srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey,
-		"AWS_EC2_METADATA_DISABLED=true", "WALSHIP_S3_ENDPOINT=" + srv.Endpoint, "WALSHIP_S3_PATH_STYLE=true",
-	}
-	for _, kv := range env[:3] {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	ctx := context.Background()
-	st, err := s3.New(ctx, s3.Config{Bucket: bucket, Endpoint: srv.Endpoint, PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreateBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
-	prefixed, err := s3.New(ctx, s3.Config{Bucket: bucket, Prefix: "c1", Endpoint: srv.Endpoint, PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return target{url: "s3://" + bucket + "/c1", env: env, store: prefixed}
+	a := testenv.S3Archive(t, "kill", "c1")
+	return target{url: a.URL, env: a.Env, store: a.Store}
+}
+
+// onFilesystem runs test with a new work directory and an archive in it.
+func onFilesystem(t *testing.T, test func(*testing.T, *testenv.Workdir, target)) {
+	w := testenv.NewWorkdir(t)
+	test(t, w, fsTarget(t, w))
+}
+
+// onS3 runs test with a new work directory and an archive in a new bucket
+// of the shared versitygw.
+func onS3(t *testing.T, test func(*testing.T, *testenv.Workdir, target)) {
+	test(t, testenv.NewWorkdir(t), s3Target(t))
 }
 
 // tempFiles lists the debris in a filesystem archive: every file named
@@ -450,14 +439,7 @@ func makeSegment(name string, segSize int, rng *rand.Rand) []byte {
 	}
 	no, _ := f.SegNo(uint64(segSize))
 	b := make([]byte, segSize)
-	le := binary.LittleEndian
-	le.PutUint16(b[0:], 0xD110)
-	le.PutUint16(b[2:], 2)
-	le.PutUint32(b[4:], f.TLI)
-	le.PutUint64(b[8:], no*uint64(segSize))
-	le.PutUint64(b[24:], sysID)
-	le.PutUint32(b[32:], uint32(segSize))
-	le.PutUint32(b[36:], 8192)
+	testenv.PutLongHeader(b, f.TLI, no, sysID)
 	rng.Read(b[64 : segSize/2])
 	return b
 }

@@ -20,15 +20,9 @@ import (
 // of a push, small enough for hundreds of pushes in seconds.
 const pushSegSize = 4 << 20
 
-func TestKillPushFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	killPush(t, w, fsTarget(t, w))
-}
+func TestKillPushFilesystem(t *testing.T) { onFilesystem(t, killPush) }
 
-func TestKillPushS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	killPush(t, w, s3Target(t))
-}
+func TestKillPushS3(t *testing.T) { onS3(t, killPush) }
 
 // pusher makes segments in a pg_wal directory and pushes them.
 type pusher struct {
@@ -146,13 +140,11 @@ func TestPushRefusesAFIFO(t *testing.T) {
 	w.Chown(t, dir)
 	for path, kind := range map[string]string{fifo: "named pipe", sub: "directory"} {
 		pr := walship(w, tg.env, "push", "--archive", tg.url, path)
-		start := time.Now()
-		if err := pr.cmd.Start(); err != nil {
+		began := time.Now()
+		done, err := start(pr)
+		if err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
-		go func() { done <- pr.cmd.Wait() }()
-		var err error
 		select {
 		case err = <-done:
 		case <-time.After(10 * time.Second):
@@ -167,7 +159,7 @@ func TestPushRefusesAFIFO(t *testing.T) {
 		if strings.Count(out, "\n") != 0 || !strings.Contains(out, kind) {
 			t.Errorf("push of a %s: want one line naming it, got:\n%s", kind, out)
 		}
-		t.Logf("push of a %s refused in %v: %s", kind, time.Since(start).Round(time.Millisecond), out)
+		t.Logf("push of a %s refused in %v: %s", kind, time.Since(began).Round(time.Millisecond), out)
 	}
 }
 
@@ -175,15 +167,9 @@ func TestPushRefusesAFIFO(t *testing.T) {
 // (what PostgreSQL expects of an interrupted archive_command) having
 // removed its temporary file, or it had finished with 0. Either way
 // nothing partial is archived and the re-run succeeds.
-func TestPushSIGTERMFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	pushSIGTERM(t, w, fsTarget(t, w))
-}
+func TestPushSIGTERMFilesystem(t *testing.T) { onFilesystem(t, pushSIGTERM) }
 
-func TestPushSIGTERMS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	pushSIGTERM(t, w, s3Target(t))
-}
+func TestPushSIGTERMS3(t *testing.T) { onS3(t, pushSIGTERM) }
 
 func pushSIGTERM(t *testing.T, w *testenv.Workdir, tg target) {
 	ctx := context.Background()
@@ -209,12 +195,10 @@ func pushSIGTERM(t *testing.T, w *testenv.Workdir, tg target) {
 		delay := randDelay(p.rng, longest)
 		c.what = fmt.Sprintf("iteration %d: push %s sent SIGTERM after %v", i, filepath.Base(path), delay)
 		pr := p.push(path)
-		if err := pr.cmd.Start(); err != nil {
+		done, err := start(pr)
+		if err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
-		go func() { done <- pr.cmd.Wait() }()
-		var err error
 		select {
 		case err = <-done:
 		case <-time.After(delay):

@@ -22,6 +22,7 @@ import (
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/segment"
 )
 
@@ -72,15 +73,8 @@ func main() {
 			raw := make([]byte, segSize)
 			for i := range jobs {
 				no := uint64(i + 1)
-				le := binary.LittleEndian
-				le.PutUint16(raw[0:], 0xD110)
-				le.PutUint16(raw[2:], 2)
-				le.PutUint32(raw[4:], 1)
-				le.PutUint64(raw[8:], no*segSize)
-				le.PutUint64(raw[24:], sys)
-				le.PutUint32(raw[32:], segSize)
-				le.PutUint32(raw[36:], 8192)
-				le.PutUint64(raw[4096:], no)
+				testenv.PutLongHeader(raw, 1, no, sys)
+				binary.LittleEndian.PutUint64(raw[4096:], no)
 				sealed, err := segment.Seal(raw, segment.Compression{Codec: segment.CodecZstd})
 				if err != nil {
 					panic(err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -215,7 +216,7 @@ func TestEveryTimesProbabilityAndKey(t *testing.T) {
 	for range 6 {
 		got = append(got, status("/bucket/wal/x"))
 	}
-	if want := []int{200, 200, 500, 200, 200, 500}; !equal(got, want) {
+	if want := []int{200, 200, 500, 200, 200, 500}; !slices.Equal(got, want) {
 		t.Fatalf("every 3rd: %v, want %v", got, want)
 	}
 	if s1, s2 := status("/bucket/once"), status("/bucket/once"); s1 != 503 || s2 != 200 {
@@ -241,21 +242,9 @@ func TestEveryTimesProbabilityAndKey(t *testing.T) {
 		}
 		return s
 	}
-	if a, b := run(), run(); !equal(a, b) {
+	if a, b := run(), run(); !slices.Equal(a, b) {
 		t.Fatal("the same seed injected different faults")
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestStripIfNoneMatchSignsAgain(t *testing.T) {

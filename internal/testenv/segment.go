@@ -9,6 +9,21 @@ import (
 	"github.com/walship/walship/segment"
 )
 
+// PutLongHeader writes into seg, a whole segment of len(seg) bytes, the
+// long page header PostgreSQL 15 starts segment segNo of timeline tli
+// with: magic, XLP_LONG_HEADER, the page's address, the system
+// identifier, the segment size and 8 KiB pages.
+func PutLongHeader(seg []byte, tli uint32, segNo, sysID uint64) {
+	le := binary.LittleEndian
+	le.PutUint16(seg[0:], 0xD110)
+	le.PutUint16(seg[2:], 2)
+	le.PutUint32(seg[4:], tli)
+	le.PutUint64(seg[8:], segNo*uint64(len(seg)))
+	le.PutUint64(seg[24:], sysID)
+	le.PutUint32(seg[32:], uint32(len(seg)))
+	le.PutUint32(seg[36:], 8192)
+}
+
 // WriteSegment writes a synthetic 1 MiB PostgreSQL 15 segment called name
 // into dir, with a long page header that agrees with the name and sysID,
 // then lets mutate alter it. It returns the path.
@@ -21,14 +36,7 @@ func WriteSegment(t testing.TB, dir, name string, sysID uint64, mutate func([]by
 	}
 	no, _ := f.SegNo(size)
 	b := make([]byte, size)
-	le := binary.LittleEndian
-	le.PutUint16(b[0:], 0xD110)
-	le.PutUint16(b[2:], 2)
-	le.PutUint32(b[4:], f.TLI)
-	le.PutUint64(b[8:], no*size)
-	le.PutUint64(b[24:], sysID)
-	le.PutUint32(b[32:], size)
-	le.PutUint32(b[36:], 8192)
+	PutLongHeader(b, f.TLI, no, sysID)
 	for i := 64; i < size; i += 97 {
 		b[i] = byte(i)
 	}

@@ -1,7 +1,6 @@
 package contract
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -40,17 +39,9 @@ func (r *rig) walshipEnv() []string {
 // runAs runs walship as the server's user, in w.
 func runAs(t *testing.T, w *testenv.Workdir, env []string, args ...string) result {
 	t.Helper()
-	cmd := w.Command(env, walshipBin, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	start := time.Now()
-	err := cmd.Run()
-	res := result{elapsed: time.Since(start), stderr: stderr.String()}
+	res, err := runCmd(w.Command(env, walshipBin, args...))
 	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	case err != nil:
+	if err != nil && !errors.As(err, &ee) {
 		t.Fatal(err)
 	}
 	return res

@@ -93,11 +93,7 @@ func (r *rig) run(t *testing.T, limit time.Duration, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, walshipBin, args...)
 	cmd.Dir, cmd.Env = r.dir, r.env
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	start := time.Now()
-	err := cmd.Run()
-	res := result{elapsed: time.Since(start), stderr: stderr.String()}
+	res, err := runCmd(cmd)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -107,11 +103,26 @@ func (r *rig) run(t *testing.T, limit time.Duration, args ...string) result {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			t.Fatalf("walship %v died by %s", args, ws.Signal())
 		}
-		res.code = ee.ExitCode()
 	default:
 		t.Fatal(err)
 	}
 	return res
+}
+
+// runCmd runs cmd and returns its exit status, how long it took and its
+// stderr; err is nil, an *exec.ExitError (whose status res has) or why it
+// did not run.
+func runCmd(cmd *exec.Cmd) (res result, err error) {
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	err = cmd.Run()
+	res = result{elapsed: time.Since(start), stderr: stderr.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		res.code = ee.ExitCode()
+	}
+	return res, err
 }
 
 func segName(n int) string { return fmt.Sprintf("00000001%08X%08X", n/4096, n%4096) }
@@ -142,6 +153,17 @@ func (r *rig) write(t *testing.T, name string, mutate func([]byte)) ([]byte, str
 		t.Fatal(err)
 	}
 	return b, p
+}
+
+// pushed writes segment name into the rig's directory, pushes it through
+// the proxy and returns its bytes; a push that fails fails the test.
+func (r *rig) pushed(t *testing.T, name string) []byte {
+	t.Helper()
+	b, path := r.write(t, name, nil)
+	if res := r.run(t, time.Minute, "push", path); res.code != 0 {
+		t.Fatalf("push %s: %d\n%s", name, res.code, res.stderr)
+	}
+	return b
 }
 
 type figures struct {
@@ -244,11 +266,7 @@ func TestContractFetchUnderFaults(t *testing.T) {
 	local := map[string][]byte{}
 	for i := 1; i <= present; i++ {
 		name := segName(i)
-		b, path := r.write(t, name, nil)
-		local[name] = b
-		if res := r.run(t, time.Minute, "push", path); res.code != 0 {
-			t.Fatalf("push without faults: %d\n%s", res.code, res.stderr)
-		}
+		local[name] = r.pushed(t, name)
 	}
 	r.proxy.SetRules(fetchFaults...)
 	var f figures
@@ -292,10 +310,7 @@ func TestContractFetchUnderFaults(t *testing.T) {
 // recovery early. There it is 131 (3 + 128), which stops PostgreSQL.
 func TestContractHTML404IsNeverAbsent(t *testing.T) {
 	r := newRig(t, 13)
-	_, path := r.write(t, segName(1), nil)
-	if res := r.run(t, time.Minute, "push", path); res.code != 0 {
-		t.Fatalf("push: %d\n%s", res.code, res.stderr)
-	}
+	r.pushed(t, segName(1))
 	r.proxy.SetRules(faultproxy.Rule{Method: "GET", Key: "/wal/", Fault: faultproxy.HTML404})
 	var f figures
 	for _, name := range []string{segName(1), segName(2)} {
@@ -321,10 +336,7 @@ func TestContractHTML404IsNeverAbsent(t *testing.T) {
 // body that stops after its headers, or no answer at all.
 func TestContractStallsReturnWithinBound(t *testing.T) {
 	r := newRig(t, 14)
-	_, path := r.write(t, segName(1), nil)
-	if res := r.run(t, time.Minute, "push", path); res.code != 0 {
-		t.Fatalf("push: %d\n%s", res.code, res.stderr)
-	}
+	r.pushed(t, segName(1))
 	_, path2 := r.write(t, segName(2), nil)
 	var f figures
 	cases := []struct {
@@ -376,10 +388,7 @@ func TestContractStallsReturnWithinBound(t *testing.T) {
 // happen in one place, not in the SDK, Fetch and the caller each.
 func TestContractOneFetchAtMostAttemptsGETs(t *testing.T) {
 	r := newRig(t, 15, "WALSHIP_S3_MAX_ATTEMPTS=3")
-	b, path := r.write(t, segName(1), nil)
-	if res := r.run(t, time.Minute, "push", path); res.code != 0 {
-		t.Fatalf("push: %d\n%s", res.code, res.stderr)
-	}
+	b := r.pushed(t, segName(1))
 	for _, tc := range []struct {
 		rule faultproxy.Rule
 		code int
