@@ -25,6 +25,7 @@ import (
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -151,7 +152,7 @@ func (s *fakeServer) BaseBackup(ctx context.Context, o postgres.BackupOptions, h
 
 func options() backup.Options {
 	return backup.Options{
-		Compression: segment.Compression{Codec: segment.CodecZstd}, ChunkSize: 16 << 10, Parallel: 3,
+		Compression: sealed.Compression{Codec: sealed.CodecZstd}, ChunkSize: 16 << 10, Parallel: 3,
 		WALTimeout: 200 * time.Millisecond, PollInterval: time.Millisecond,
 	}
 }
@@ -263,7 +264,7 @@ func TestPushThenRestore(t *testing.T) {
 	dir2 := filepath.Join(t.TempDir(), "pgdata2")
 	err = restore.Restore(ctx, a, plan, restore.Options{PGData: dir2, Target: restore.Target{Timeline: "latest"}, RestoreCommand: "x",
 		TablespaceMap: map[string]string{tsDir: filepath.Join(t.TempDir(), "ts2")}})
-	if !errors.Is(err, segment.ErrChecksum) {
+	if !errors.Is(err, sealed.ErrChecksum) {
 		t.Fatalf("restore of a damaged chunk: %v", err)
 	}
 	if _, err := os.Stat(dir2); !errors.Is(err, os.ErrNotExist) {
@@ -304,13 +305,13 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 	}{
 		{"file differs from the server's manifest", func(t *testing.T, s *fakeServer) {
 			*s = *newFakeServer(t, true)
-		}, 3, segment.ErrChecksum},
+		}, 3, sealed.ErrChecksum},
 		{"server fails mid-stream", func(_ *testing.T, s *fakeServer) { s.failAfter = 40000 }, 3, nil},
 		{"WAL never archived", func(*testing.T, *fakeServer) {}, 0, backup.ErrIncomplete},
 		{"archive_mode off", func(_ *testing.T, s *fakeServer) { s.archiveMode = "off" }, 3, postgres.ErrServer},
 		{"manifest tampered", func(_ *testing.T, s *fakeServer) {
 			s.manifest = bytes.Replace(s.manifest, []byte("10:00:00 GMT"), []byte("10:00:01 GMT"), 1)
-		}, 3, segment.ErrChecksum},
+		}, 3, sealed.ErrChecksum},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -31,6 +31,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -165,19 +166,19 @@ func Get(ctx context.Context, store backends.Storage, id string) (*Manifest, err
 func decodeManifest(id string, b []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("backup %s: manifest is damaged: %w", id, segment.ErrChecksum)
+		return nil, fmt.Errorf("backup %s: manifest is damaged: %w", id, sealed.ErrChecksum)
 	}
 	if m.Format != ManifestFormat {
 		return nil, fmt.Errorf("backup %s: manifest format %d is not one this walship reads", id, m.Format)
 	}
 	if m.ID != id {
-		return nil, fmt.Errorf("backup %s: manifest names backup %q: %w", id, m.ID, segment.ErrChecksum)
+		return nil, fmt.Errorf("backup %s: manifest names backup %q: %w", id, m.ID, sealed.ErrChecksum)
 	}
 	prefix := Prefix + id + "/"
 	for _, a := range m.Archives {
 		for _, c := range a.Chunks {
 			if !strings.HasPrefix(c.Key, prefix) || backends.ValidKey(c.Key) != nil {
-				return nil, fmt.Errorf("backup %s: manifest names a chunk outside the backup: %w", id, segment.ErrChecksum)
+				return nil, fmt.Errorf("backup %s: manifest names a chunk outside the backup: %w", id, sealed.ErrChecksum)
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -42,7 +43,7 @@ func (noProgress) End(error)           {}
 
 // Options for Push.
 type Options struct {
-	Compression    segment.Compression
+	Compression    sealed.Compression
 	ChunkSize      int           // bytes of tar per chunk before compression; default 16 MiB
 	Parallel       int           // chunks compressed and uploaded at once; default GOMAXPROCS
 	WALTimeout     time.Duration // how long to wait for the backup's WAL in the archive; default 5m
@@ -434,8 +435,8 @@ func (m *Manifest) NeededWAL() []segment.Name {
 	return out
 }
 
-func putServerManifest(ctx context.Context, store backends.Storage, m *Manifest, b []byte, c segment.Compression) error {
-	sealed, err := segment.Seal(b, c)
+func putServerManifest(ctx context.Context, store backends.Storage, m *Manifest, b []byte, c sealed.Compression) error {
+	sealed, err := sealed.Seal(b, c)
 	if err != nil {
 		return err
 	}

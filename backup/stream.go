@@ -13,6 +13,7 @@ import (
 
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -50,7 +51,7 @@ type streamer struct {
 	cancel   context.CancelCauseFunc
 	store    backends.Storage
 	id       string
-	comp     segment.Compression
+	comp     sealed.Compression
 	progress Progress
 
 	pool   chan []byte
@@ -228,7 +229,7 @@ func (s *streamer) release(j *job) {
 // failure it only releases what it is given.
 func (s *streamer) sealer() {
 	defer s.sealWG.Done()
-	sl, err := segment.NewSealer(s.comp)
+	sl, err := sealed.NewSealer(s.comp)
 	if err != nil {
 		s.fail(err)
 	}
@@ -244,7 +245,7 @@ func (s *streamer) sealer() {
 
 // upload seals and stores one chunk. Parallelism is across chunks, one
 // Sealer per worker, so encoders and buffers are reused.
-func (s *streamer) upload(sl *segment.Sealer, j *job) error {
+func (s *streamer) upload(sl *sealed.Sealer, j *job) error {
 	sealed, err := sl.Seal(j.data)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -48,7 +49,7 @@ type ServerManifest struct {
 func ParseServerManifest(b []byte) (*ServerManifest, error) {
 	i := bytes.LastIndex(b, []byte("\n\"Manifest-Checksum\""))
 	if i < 0 {
-		return nil, fmt.Errorf("server backup_manifest has no checksum line: %w", segment.ErrChecksum)
+		return nil, fmt.Errorf("server backup_manifest has no checksum line: %w", sealed.ErrChecksum)
 	}
 	var m ServerManifest
 	if err := json.Unmarshal(b, &m); err != nil {
@@ -56,7 +57,7 @@ func ParseServerManifest(b []byte) (*ServerManifest, error) {
 	}
 	sum := sha256.Sum256(b[:i+1])
 	if !strings.EqualFold(hex.EncodeToString(sum[:]), m.Checksum) {
-		return nil, fmt.Errorf("server backup_manifest checksum mismatch: %w", segment.ErrChecksum)
+		return nil, fmt.Errorf("server backup_manifest checksum mismatch: %w", sealed.ErrChecksum)
 	}
 	if m.Version < 1 || len(m.WALRanges) == 0 {
 		return nil, fmt.Errorf("server backup_manifest: version %d with %d WAL ranges", m.Version, len(m.WALRanges))
@@ -107,7 +108,7 @@ func (m *ServerManifest) check(got map[string]fileSum) error {
 			return fmt.Errorf("%w: %s: received %d bytes, server's manifest says %d", ErrIncomplete, p, s.size, f.Size)
 		}
 		if f.Algorithm == "CRC32C" && !crcMatches(s.crc32, f.Checksum) {
-			return fmt.Errorf("%w: %s: CRC-32C differs from the server's manifest", segment.ErrChecksum, p)
+			return fmt.Errorf("%w: %s: CRC-32C differs from the server's manifest", sealed.ErrChecksum, p)
 		}
 	}
 	if seen != len(got) {

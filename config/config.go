@@ -17,9 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walship/walship/sealed"
 	"go.yaml.in/yaml/v3"
-
-	"github.com/walship/walship/segment"
 )
 
 // Config is every setting. Credentials are deliberately absent: S3
@@ -389,12 +388,12 @@ func (c Config) Validate() error {
 }
 
 // CompressionSetting is the validated compression.
-func (c Config) CompressionSetting() (segment.Compression, error) {
-	codec, err := segment.ParseCodec(c.Compression)
+func (c Config) CompressionSetting() (sealed.Compression, error) {
+	codec, err := sealed.ParseCodec(c.Compression)
 	if err != nil {
-		return segment.Compression{}, &Error{"compression", err.Error()}
+		return sealed.Compression{}, &Error{"compression", err.Error()}
 	}
-	comp := segment.Compression{Codec: codec, Level: c.CompressionLevel}
+	comp := sealed.Compression{Codec: codec, Level: c.CompressionLevel}
 	if err := comp.Validate(); err != nil {
 		return comp, &Error{"compression-level", err.Error()}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -31,7 +32,7 @@ func seg(n uint64) string { return segment.Name{TLI: 1, SegNo: n}.String(1 << 20
 func pushSegments(t *testing.T, a *archive.Archive, from, to uint64) {
 	dir := t.TempDir()
 	for n := from; n <= to; n++ {
-		if _, err := a.Push(context.Background(), testenv.WriteSegment(t, dir, seg(n), sys, nil), segment.Compression{Codec: segment.CodecZstd}); err != nil {
+		if _, err := a.Push(context.Background(), testenv.WriteSegment(t, dir, seg(n), sys, nil), sealed.Compression{Codec: sealed.CodecZstd}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -69,12 +70,12 @@ func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts Fetc
 }
 
 func retryable(err error) bool {
-	if errors.Is(err, segment.ErrChecksum) {
+	if errors.Is(err, sealed.ErrChecksum) {
 		return true // may be damage in transit; a stored corruption fails again
 	}
 	return !backends.IsPermanent(err) && !errors.Is(err, archive.ErrLocal) &&
 		!errors.Is(err, archive.ErrWrongCluster) && !errors.Is(err, archive.ErrNoIdentity) &&
-		!errors.Is(err, segment.ErrBadHeader) && !errors.Is(err, segment.ErrNotSealed)
+		!errors.Is(err, segment.ErrBadHeader) && !errors.Is(err, sealed.ErrNotSealed)
 }
 
 func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *FetchResult) error {
@@ -106,7 +107,7 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	if idr.err != nil {
 		return idr.err
 	}
-	sr, err := segment.NewReader(&ctxReader{ctx, rc})
+	sr, err := sealed.NewReader(&ctxReader{ctx, rc})
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}

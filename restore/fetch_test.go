@@ -18,13 +18,14 @@ import (
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
 const sysID = 7300000000000000001
 
 var (
-	zstd  = segment.Compression{Codec: segment.CodecZstd}
+	zstd  = sealed.Compression{Codec: sealed.CodecZstd}
 	quick = restore.FetchOptions{Attempts: 3}
 )
 
@@ -96,7 +97,7 @@ func TestFetchCorruptedObject(t *testing.T) {
 	store.Corrupt("wal/00000001/000000010000000000000004", 2000)
 	out := t.TempDir()
 	res, err := restore.Fetch(context.Background(), a, "000000010000000000000004", filepath.Join(out, "RECOVERYXLOG"), quick)
-	if !errors.Is(err, segment.ErrChecksum) {
+	if !errors.Is(err, sealed.ErrChecksum) {
 		t.Fatalf("corrupted object: %v, want ErrChecksum", err)
 	}
 	if res.Attempts != 3 {

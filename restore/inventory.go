@@ -11,6 +11,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -95,7 +96,7 @@ func readSealed(ctx context.Context, store backends.Storage, key string) ([]byte
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
-	raw, _, err := segment.Unseal(obj)
+	raw, _, err := sealed.Unseal(obj)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", key, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -203,7 +204,7 @@ func TestPrefetchNeverOffersDamaged(t *testing.T) {
 		t.Fatalf("take 3: %v %v", took, err)
 	}
 	took, err := r.fetch(4)
-	if took || !errors.Is(err, segment.ErrChecksum) || errors.Is(err, backends.ErrNotFound) {
+	if took || !errors.Is(err, sealed.ErrChecksum) || errors.Is(err, backends.ErrNotFound) {
 		t.Fatalf("fetch of the damaged segment: from spool %v, %v; want the archive's checksum error", took, err)
 	}
 	if _, serr := os.Stat(r.dest); serr != nil {

@@ -22,7 +22,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/backup"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 // Progress is backup.Progress: a bar on a terminal, log lines elsewhere.
@@ -223,7 +223,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			u, err := segment.NewUnsealer(maxChunk(ar))
+			u, err := sealed.NewUnsealer(maxChunk(ar))
 			if err != nil {
 				cancel()
 				return
@@ -280,14 +280,14 @@ func maxChunk(ar backup.Archive) int64 {
 // fetchChunk reads one chunk into obj and decompresses it into buf,
 // checking the seal's own SHA-256 and CRC, and that it is the chunk the
 // manifest names. It returns the data and the (possibly grown) obj buffer.
-func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *segment.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
+func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *sealed.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
 	rc, info, err := store.Get(ctx, c.Key)
 	if err != nil {
 		return nil, obj, fmt.Errorf("read %s: %w", c.Key, err)
 	}
 	defer rc.Close()
 	if info.Size != c.StoredSize {
-		return nil, obj, fmt.Errorf("backup chunk %s has %d bytes, the manifest says %d: %w", c.Key, info.Size, c.StoredSize, segment.ErrChecksum)
+		return nil, obj, fmt.Errorf("backup chunk %s has %d bytes, the manifest says %d: %w", c.Key, info.Size, c.StoredSize, sealed.ErrChecksum)
 	}
 	if int64(cap(obj)) < info.Size {
 		obj = make([]byte, info.Size)
@@ -301,7 +301,7 @@ func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *
 		return nil, obj, fmt.Errorf("backup chunk %s: %w", c.Key, err)
 	}
 	if hex.EncodeToString(h.SHA256[:]) != c.SHA256 || int64(len(raw)) != c.Size {
-		return nil, obj, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, segment.ErrChecksum)
+		return nil, obj, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, sealed.ErrChecksum)
 	}
 	return raw, obj, nil
 }

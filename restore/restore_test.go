@@ -18,7 +18,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/backup"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 // entry is one tar entry of a test backup.
@@ -72,7 +72,7 @@ func mkTar(t testing.TB, entries []entry) []byte {
 func sealBackup(t testing.TB, store backends.Storage, id string, chunk int, archives map[string][]byte) *backup.Manifest {
 	t.Helper()
 	ctx := context.Background()
-	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	sl, err := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +303,7 @@ func TestGarbledHistoryIsDamage(t *testing.T) {
 	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: 42, PGVersion: "15", SegmentSize: 16 << 20, BlockSize: 8192}); err != nil {
 		t.Fatal(err)
 	}
-	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	sl, err := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 	"github.com/walship/walship/verify"
 )
@@ -66,7 +67,7 @@ func TestVerifyReportsMissingHistory(t *testing.T) {
 	a := archive.New(store, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
 	const sysID = 7300000000000000003
-	zstd := segment.Compression{Codec: segment.CodecZstd}
+	zstd := sealed.Compression{Codec: sealed.CodecZstd}
 	push := func(tli uint32, n uint64) {
 		name := segment.Name{TLI: tli, SegNo: n}.String(1 << 20)
 		if _, err := a.Push(ctx, testenv.WriteSegment(t, dir, name, sysID, nil), zstd); err != nil {

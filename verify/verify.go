@@ -18,6 +18,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -257,14 +258,14 @@ func checkObject(ctx context.Context, store backends.Storage, key, sha string) e
 		return err
 	}
 	defer rc.Close()
-	sr, err := segment.NewReader(rc)
+	sr, err := sealed.NewReader(rc)
 	if err != nil {
 		return err
 	}
 	defer sr.Close()
 	h := sr.Header()
 	if sha != "" && hex.EncodeToString(h.SHA256[:]) != sha {
-		return fmt.Errorf("not the chunk its backup manifest names: %w", segment.ErrChecksum)
+		return fmt.Errorf("not the chunk its backup manifest names: %w", sealed.ErrChecksum)
 	}
 	_, err = io.Copy(io.Discard, sr)
 	return err

@@ -9,6 +9,7 @@ import (
 	"github.com/walship/walship/config"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -93,7 +94,7 @@ func exitCode(o op, err error) int {
 		return exitLocal
 	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster), errors.Is(err, archive.ErrDamaged),
 		errors.Is(err, segment.ErrBadHistory),
-		errors.Is(err, segment.ErrBadHeader), errors.Is(err, segment.ErrChecksum), errors.Is(err, segment.ErrNotSealed):
+		errors.Is(err, segment.ErrBadHeader), errors.Is(err, sealed.ErrChecksum), errors.Is(err, sealed.ErrNotSealed):
 		return exitIntegrity
 	case o == opFetch && errors.Is(err, backends.ErrNotFound) && !errors.Is(err, archive.ErrNoIdentity):
 		return exitAbsent

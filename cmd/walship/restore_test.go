@@ -18,6 +18,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -50,7 +51,7 @@ func fsBackup(t *testing.T, add func(tw *tar.Writer), mutate func(*backup.Manife
 	add(tw)
 	reg("global/pg_control", strings.Repeat("c", 8192))
 	_ = tw.Close()
-	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	sl, err := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestRestoreDamagedBackupStatus(t *testing.T) {
 		// A chunk that is sealed correctly but holds no tar stream.
 		arch := fsBackup(t, func(*tar.Writer) {}, nil)
 		store, _ := fs.New(arch)
-		sl, _ := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+		sl, _ := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 		junk := bytes.Repeat([]byte("not a tar stream "), 200)
 		s, _ := sl.Seal(junk)
 		key := backup.Prefix + "20260101T000000Z/base.tar.00000"

@@ -36,6 +36,7 @@ import (
 	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -390,7 +391,7 @@ func (k *checker) object(ctx context.Context, key string) error {
 			return fmt.Errorf("is not valid JSON: %q", b)
 		}
 	case strings.HasPrefix(key, "wal/"), strings.HasPrefix(key, "history/"), strings.HasPrefix(key, backup.Prefix):
-		raw, _, err := segment.Unseal(b)
+		raw, _, err := sealed.Unseal(b)
 		if err != nil {
 			return fmt.Errorf("does not unseal: %w", err)
 		}
@@ -432,7 +433,7 @@ func (k *checker) backup(ctx context.Context, id string, objs map[string]backend
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", ch.Key, err)
 		}
-		h, err := segment.ReadSealedHeader(rc)
+		h, err := sealed.ReadHeader(rc)
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", ch.Key, err)

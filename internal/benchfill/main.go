@@ -22,6 +22,7 @@ import (
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -78,7 +79,7 @@ func main() {
 				le.PutUint32(raw[32:], segSize)
 				le.PutUint32(raw[36:], 8192)
 				le.PutUint64(raw[4096:], no)
-				sealed, err := segment.Seal(raw, segment.Compression{Codec: segment.CodecZstd})
+				sealed, err := sealed.Seal(raw, sealed.Compression{Codec: sealed.CodecZstd})
 				if err != nil {
 					panic(err)
 				}
@@ -95,8 +96,8 @@ func main() {
 	put(archive.HeadKey(1), head)
 	for i, at := range []int{*n / 100, *n / 2} {
 		id := time.Date(2026, 11, 20+i, 0, 0, 0, 0, time.UTC).Format("20060102T150405Z")
-		chunk, _ := segment.Seal([]byte("a tar stream"), segment.Compression{Codec: segment.CodecZstd})
-		sm, _ := segment.Seal([]byte("{}"), segment.Compression{Codec: segment.CodecZstd})
+		chunk, _ := sealed.Seal([]byte("a tar stream"), sealed.Compression{Codec: sealed.CodecZstd})
+		sm, _ := sealed.Seal([]byte("{}"), sealed.Compression{Codec: sealed.CodecZstd})
 		start := segment.LSN(uint64(at)*segSize + 0x28)
 		m := backup.Manifest{Format: backup.ManifestFormat, ID: id, PGVersion: "15", SystemIdentifier: sys, SegmentSize: segSize,
 			Timeline: 1, StopTimeline: 1, StartLSN: start, StopLSN: start + 0x100,
