@@ -23,6 +23,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/sealed"
@@ -200,7 +201,7 @@ func TestPushThenRestore(t *testing.T) {
 	if m.StartWAL != "000000010000000000000002" || m.StopWAL != "000000010000000000000002" {
 		t.Errorf("WAL %s..%s", m.StartWAL, m.StopWAL)
 	}
-	l, err := backup.List(ctx, store)
+	l, err := manifest.List(ctx, store)
 	if err != nil || len(l.Backups) != 1 || l.Backups[0].ID != m.ID {
 		t.Fatalf("list: %+v %v", l, err)
 	}
@@ -274,10 +275,10 @@ func TestPushThenRestore(t *testing.T) {
 	if err := backup.Delete(ctx, store, m.ID); err != nil {
 		t.Fatal(err)
 	}
-	if keys := keysUnder(t, store, backup.Prefix); len(keys) != 0 {
+	if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
 		t.Errorf("delete left %v", keys)
 	}
-	if _, err := backup.Get(ctx, store, m.ID); !errors.Is(err, backup.ErrNoBackup) {
+	if _, err := manifest.Get(ctx, store, m.ID); !errors.Is(err, manifest.ErrNoBackup) {
 		t.Errorf("get after delete: %v", err)
 	}
 }
@@ -325,7 +326,7 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if keys := keysUnder(t, store, backup.Prefix); len(keys) != 0 {
+			if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
 				sort.Strings(keys)
 				t.Errorf("failed backup left %v", keys)
 			}
@@ -347,12 +348,12 @@ func TestWrongClusterRefused(t *testing.T) {
 
 func TestValidID(t *testing.T) {
 	for _, id := range []string{"20261126T071033Z"} {
-		if err := backup.ValidID(id); err != nil {
+		if err := manifest.ValidID(id); err != nil {
 			t.Errorf("%s: %v", id, err)
 		}
 	}
 	for _, id := range []string{"", "latest", "../x", "20261126T071033", "20261126T071033Z/x"} {
-		if err := backup.ValidID(id); !errors.Is(err, backup.ErrBadID) {
+		if err := manifest.ValidID(id); !errors.Is(err, manifest.ErrBadID) {
 			t.Errorf("%q: %v", id, err)
 		}
 	}

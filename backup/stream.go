@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
@@ -34,7 +35,7 @@ type job struct {
 
 // archiveState is one tar stream being received.
 type archiveState struct {
-	entry   Archive
+	entry   manifest.Archive
 	seq     int
 	verifyQ chan *job
 	sum     *tarSummer
@@ -120,7 +121,7 @@ func (s *streamer) Archive(name, location string) error {
 		return fmt.Errorf("BASE_BACKUP sent an archive named %q; walship takes uncompressed tar archives only", name)
 	}
 	a := &archiveState{
-		entry:   Archive{Name: name, Location: location},
+		entry:   manifest.Archive{Name: name, Location: location},
 		verifyQ: make(chan *job, 2),
 		done:    make(chan error, 1),
 		sum:     &tarSummer{files: map[string]fileSum{}},
@@ -250,16 +251,16 @@ func (s *streamer) upload(sl *sealed.Sealer, j *job) error {
 	if err != nil {
 		return err
 	}
-	key := fmt.Sprintf("%s%s/%s.%05d", Prefix, s.id, j.arch.entry.Name, j.seq)
+	key := fmt.Sprintf("%s%s/%s.%05d", manifest.Prefix, s.id, j.arch.entry.Name, j.seq)
 	if err := s.store.PutIfAbsent(s.ctx, key, sealed.Reader(), sealed.Size()); err != nil {
 		return fmt.Errorf("upload %s: %w", key, err)
 	}
-	c := Chunk{Key: key, Size: int64(len(j.data)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
+	c := manifest.Chunk{Key: key, Size: int64(len(j.data)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.written = append(s.written, key)
 	for len(j.arch.entry.Chunks) <= j.seq {
-		j.arch.entry.Chunks = append(j.arch.entry.Chunks, Chunk{})
+		j.arch.entry.Chunks = append(j.arch.entry.Chunks, manifest.Chunk{})
 	}
 	j.arch.entry.Chunks[j.seq] = c
 	return nil

@@ -10,7 +10,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
@@ -20,7 +20,7 @@ import (
 // lists the archive; it reads no WAL and no backup data.
 type Inventory struct {
 	SegSize uint64
-	Backups []*backup.Manifest // oldest first
+	Backups []*manifest.Manifest // oldest first
 	// History holds each timeline's parsed history file (timeline 1 has
 	// none).
 	History map[uint32][]segment.HistoryEntry
@@ -36,7 +36,7 @@ func LoadInventory(ctx context.Context, a *archive.Archive) (*Inventory, error) 
 	}
 	inv := &Inventory{SegSize: id.SegmentSize, History: map[uint32][]segment.HistoryEntry{}, WAL: map[uint32]map[uint64]time.Time{}}
 	store := a.Storage()
-	l, err := backup.List(ctx, store)
+	l, err := manifest.List(ctx, store)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ func (inv *Inventory) path(from, tli uint32) ([]span, error) {
 // targetTimeline resolves "latest", "current" or a number for backup b.
 // "latest" is found as PostgreSQL finds it: the highest timeline reached
 // by probing history files one after another from the backup's timeline.
-func (inv *Inventory) targetTimeline(b *backup.Manifest, spec string) (uint32, error) {
+func (inv *Inventory) targetTimeline(b *manifest.Manifest, spec string) (uint32, error) {
 	switch spec {
 	case TimelineCurrent:
 		return b.StopTimeline, nil
@@ -158,7 +158,7 @@ func (inv *Inventory) targetTimeline(b *backup.Manifest, spec string) (uint32, e
 
 // onPath reports whether the backup's WAL lies on the path: its timelines
 // are on it and the stop position comes before its timeline ends there.
-func onPath(b *backup.Manifest, spans []span) bool {
+func onPath(b *manifest.Manifest, spans []span) bool {
 	for _, r := range b.WALRanges {
 		found := false
 		for _, s := range spans {
@@ -247,7 +247,7 @@ func (inv *Inventory) firstArchivedAfter(spans []span, from uint64, t time.Time)
 // to the newest segment on the latest timeline reachable from it, through
 // the history chain. It returns the first missing segment, if any, and
 // the last segment checked.
-func (inv *Inventory) MissingWAL(b *backup.Manifest) (missing segment.Name, gap bool, last segment.Name, err error) {
+func (inv *Inventory) MissingWAL(b *manifest.Manifest) (missing segment.Name, gap bool, last segment.Name, err error) {
 	tli, err := inv.targetTimeline(b, TimelineLatest)
 	if err != nil {
 		return missing, false, last, err

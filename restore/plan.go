@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -112,7 +112,7 @@ func (t Target) String() string {
 
 // Plan is the chosen backup and what recovery will read.
 type Plan struct {
-	Backup    *backup.Manifest
+	Backup    *manifest.Manifest
 	Timeline  uint32 // the resolved target timeline
 	Why       string
 	Notes     []string
@@ -134,7 +134,7 @@ func Choose(inv *Inventory, t Target, backupID string) (*Plan, error) {
 		cands = nil
 		for _, b := range inv.Backups {
 			if b.ID == backupID {
-				cands = []*backup.Manifest{b}
+				cands = []*manifest.Manifest{b}
 			}
 		}
 		if cands == nil {
@@ -182,7 +182,7 @@ const (
 )
 
 // try checks one backup.
-func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, kind refusal, why string) {
+func (inv *Inventory) try(b *manifest.Manifest, t Target) (p *Plan, kind refusal, why string) {
 	tli, err := inv.targetTimeline(b, t.Timeline)
 	if err != nil {
 		return nil, cannot, err.Error()

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -22,11 +22,11 @@ func lsn(s string) segment.LSN {
 	return l
 }
 
-func mkBackup(id string, tli uint32, start, stop string, stopTime time.Time, nextXID uint64) *backup.Manifest {
-	return &backup.Manifest{
+func mkBackup(id string, tli uint32, start, stop string, stopTime time.Time, nextXID uint64) *manifest.Manifest {
+	return &manifest.Manifest{
 		ID: id, Timeline: tli, StopTimeline: tli, StartLSN: lsn(start), StopLSN: lsn(stop),
 		StartTime: stopTime.Add(-time.Minute), StopTime: stopTime, NextXID: nextXID, SegmentSize: mib16,
-		WALRanges: []backup.WALRange{{Timeline: tli, Start: lsn(start), End: lsn(stop)}},
+		WALRanges: []manifest.WALRange{{Timeline: tli, Start: lsn(start), End: lsn(stop)}},
 	}
 }
 
@@ -39,7 +39,7 @@ func inventory() *Inventory {
 		SegSize: mib16,
 		History: map[uint32][]segment.HistoryEntry{2: {{TLI: 1, SwitchLSN: lsn("0/7000000")}}},
 		WAL:     map[uint32]map[uint64]time.Time{1: {}, 2: {}},
-		Backups: []*backup.Manifest{
+		Backups: []*manifest.Manifest{
 			mkBackup("B1", 1, "0/2000028", "0/2000100", t0.Add(2*time.Minute), 700),
 			mkBackup("B2", 1, "0/5000028", "0/5000100", t0.Add(5*time.Minute), 900),
 			mkBackup("B4", 1, "0/8000028", "0/8000100", t0.Add(8*time.Minute), 1100), // after the branch, on timeline 1

@@ -21,12 +21,19 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
 )
 
-// Progress is backup.Progress: a bar on a terminal, log lines elsewhere.
-type Progress = backup.Progress
+// Progress hears about the download: Phase starts a phase with its
+// expected byte total, Add counts bytes done, End closes it with the error
+// that ended it, if any. The command line's progress bar serves both this
+// and backup push.
+type Progress interface {
+	Phase(name string, total int64)
+	Add(n int64)
+	End(err error)
+}
 
 // Options for Restore.
 type Options struct {
@@ -192,7 +199,7 @@ type chunkResult struct {
 // worker with its own decoder and download buffer, verifies each against
 // the manifest and unpacks the tar stream into dir. Decompressed chunks
 // wait in a pool of o.Parallel+1 buffers, which bounds memory.
-func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archive, dir string, o Options) error {
+func extractArchive(ctx context.Context, store backends.Storage, ar manifest.Archive, dir string, o Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make([]chan chunkResult, len(ar.Chunks))
@@ -269,7 +276,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 // 1 MiB, since a zstd frame's window is never below 1 KiB, so a small
 // archive's only chunk (a new tablespace's one directory entry) would
 // otherwise be refused as damaged.
-func maxChunk(ar backup.Archive) int64 {
+func maxChunk(ar manifest.Archive) int64 {
 	var m int64 = 1 << 20
 	for _, c := range ar.Chunks {
 		m = max(m, c.Size)
@@ -280,7 +287,7 @@ func maxChunk(ar backup.Archive) int64 {
 // fetchChunk reads one chunk into obj and decompresses it into buf,
 // checking the seal's own SHA-256 and CRC, and that it is the chunk the
 // manifest names. It returns the data and the (possibly grown) obj buffer.
-func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *sealed.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
+func fetchChunk(ctx context.Context, store backends.Storage, c manifest.Chunk, u *sealed.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
 	rc, info, err := store.Get(ctx, c.Key)
 	if err != nil {
 		return nil, obj, fmt.Errorf("read %s: %w", c.Key, err)
@@ -363,7 +370,7 @@ func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Optio
 
 // rewriteTablespaceMap points tablespace_map at the directories the
 // tablespaces were restored into.
-func rewriteTablespaceMap(pgdata string, m *backup.Manifest, dirs map[string]string) error {
+func rewriteTablespaceMap(pgdata string, m *manifest.Manifest, dirs map[string]string) error {
 	path := filepath.Join(pgdata, "tablespace_map")
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 )
 
 // Load lists everything the planner needs. Any listing or read failure
@@ -24,7 +24,7 @@ func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, e
 	}
 	inv.SegmentSize = id.SegmentSize
 	store := a.Storage()
-	for _, prefix := range []string{"wal/", "history/", backup.Prefix} {
+	for _, prefix := range []string{"wal/", "history/", manifest.Prefix} {
 		err := store.List(ctx, prefix, func(o backends.ObjectInfo) error {
 			inv.Objects = append(inv.Objects, Object{Key: o.Key, Size: o.Size, Modified: o.Modified})
 			return nil
@@ -36,7 +36,7 @@ func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, e
 	if inv.Leases, err = loadLeases(ctx, a, inv.Objects); err != nil {
 		return inv, nil, err
 	}
-	l, err := backup.List(ctx, store)
+	l, err := manifest.List(ctx, store)
 	if err != nil {
 		return inv, nil, err
 	}
@@ -54,8 +54,8 @@ func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, e
 func loadLeases(ctx context.Context, a *archive.Archive, objects []Object) (map[string]BackupLease, error) {
 	leases := map[string]BackupLease{}
 	for _, o := range objects {
-		id, name, ok := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
-		if !ok || name != archive.LeaseName || !strings.HasPrefix(o.Key, backup.Prefix) || backup.ValidID(id) != nil {
+		id, name, ok := strings.Cut(strings.TrimPrefix(o.Key, manifest.Prefix), "/")
+		if !ok || name != archive.LeaseName || !strings.HasPrefix(o.Key, manifest.Prefix) || manifest.ValidID(id) != nil {
 			continue
 		}
 		l, info, err := a.ReadLease(ctx, o.Key)
@@ -92,9 +92,9 @@ func Apply(ctx context.Context, a *archive.Archive, p *Plan, log *slog.Logger) (
 			continue
 		}
 		switch {
-		case strings.HasPrefix(it.Key, backup.Prefix) && strings.HasSuffix(it.Key, "/manifest.json"):
+		case strings.HasPrefix(it.Key, manifest.Prefix) && strings.HasSuffix(it.Key, "/manifest.json"):
 			manifests = append(manifests, it.Key)
-		case strings.HasPrefix(it.Key, backup.Prefix):
+		case strings.HasPrefix(it.Key, manifest.Prefix):
 			data = append(data, it.Key)
 		case strings.HasPrefix(it.Key, "wal/"):
 			wal = append(wal, it.Key)

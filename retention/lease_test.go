@@ -11,7 +11,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 )
 
 // runningInventory: one complete backup on timeline 1 from segment 4, WAL
@@ -26,13 +26,13 @@ func runningInventory(l BackupLease) Inventory {
 		add("wal/00000001/"+name(1, n), now.Add(-10*time.Hour))
 	}
 	done := mkBackup("20261126T010000Z", 1, 4, now.Add(-11*time.Hour))
-	inv.Backups = []*backup.Manifest{done}
-	add(backup.Prefix+done.ID+"/base.tar.00000", done.StopTime)
-	add(backup.Prefix+done.ID+"/manifest.json", done.StopTime)
+	inv.Backups = []*manifest.Manifest{done}
+	add(manifest.Prefix+done.ID+"/base.tar.00000", done.StopTime)
+	add(manifest.Prefix+done.ID+"/manifest.json", done.StopTime)
 	id := "20261126T020000Z"
-	add(backup.Prefix+id+"/base.tar.00000", now.Add(-9*time.Hour))
-	add(backup.Prefix+id+"/base.tar.00001", now.Add(-8*time.Hour))
-	add(backup.Prefix+id+"/lease.json", l.Modified)
+	add(manifest.Prefix+id+"/base.tar.00000", now.Add(-9*time.Hour))
+	add(manifest.Prefix+id+"/base.tar.00001", now.Add(-8*time.Hour))
+	add(manifest.Prefix+id+"/lease.json", l.Modified)
 	inv.Leases[id] = l
 	return inv
 }
@@ -70,7 +70,7 @@ func TestPlanHonoursLeases(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			items := itemsOf(p, backup.Prefix+running+"/")
+			items := itemsOf(p, manifest.Prefix+running+"/")
 			if len(items) != 3 {
 				t.Fatalf("items of the running backup: %+v", items)
 			}
@@ -106,18 +106,18 @@ func TestPlanIncompleteWithoutLeaseUsesNewestObject(t *testing.T) {
 			objs = append(objs, o)
 		}
 	}
-	inv.Objects = append(objs, Object{Key: backup.Prefix + "20261126T020000Z/base.tar.00002", Size: 10, Modified: now.Add(-time.Minute)})
+	inv.Objects = append(objs, Object{Key: manifest.Prefix + "20261126T020000Z/base.tar.00002", Size: 10, Modified: now.Add(-time.Minute)})
 	p, err := Make(inv, nil, Policy{KeepLast: 1, Grace: 10 * time.Minute}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, it := range itemsOf(p, backup.Prefix+"20261126T020000Z/") {
+	for _, it := range itemsOf(p, manifest.Prefix+"20261126T020000Z/") {
 		if it.Delete || !strings.Contains(it.Reason, "written to within the grace period") {
 			t.Errorf("%s: delete=%v %q", it.Key, it.Delete, it.Reason)
 		}
 	}
 	p, _ = Make(inv, nil, Policy{KeepLast: 1, Grace: 10 * time.Second}, now)
-	for _, it := range itemsOf(p, backup.Prefix+"20261126T020000Z/") {
+	for _, it := range itemsOf(p, manifest.Prefix+"20261126T020000Z/") {
 		if !it.Delete || !strings.Contains(it.Reason, "no lease") {
 			t.Errorf("grace 10s: %s: delete=%v %q", it.Key, it.Delete, it.Reason)
 		}
@@ -144,7 +144,7 @@ func TestPlanKeepsHistoryChain(t *testing.T) {
 		for _, h := range hist {
 			inv.Objects = append(inv.Objects, Object{Key: "history/" + h, Size: 1, Modified: old})
 		}
-		inv.Backups = []*backup.Manifest{mkBackup("20261126T000000Z", backupTLI, 5, old)}
+		inv.Backups = []*manifest.Manifest{mkBackup("20261126T000000Z", backupTLI, 5, old)}
 		return inv
 	}
 	cases := []struct {
@@ -202,14 +202,14 @@ func TestLoadReadsLeases(t *testing.T) {
 		}
 	}
 	b := mkBackup("20261120T000000Z", 1, 2, time.Now().Add(-time.Hour))
-	b.Format = backup.ManifestFormat
+	b.Format = manifest.Format
 	j, _ := json.Marshal(b)
-	put(backup.Prefix+b.ID+"/manifest.json", j)
-	put(backup.Prefix+"20261121T000000Z/base.tar.00000", []byte("data"))
+	put(manifest.Prefix+b.ID+"/manifest.json", j)
+	put(manifest.Prefix+"20261121T000000Z/base.tar.00000", []byte("data"))
 	if _, err := a.AcquireLease(ctx, archive.BackupLeaseKey("20261121T000000Z"), archive.LeaseOptions{Kind: "backup push"}); err != nil {
 		t.Fatal(err)
 	}
-	put(backup.Prefix+"20261122T000000Z/lease.json", []byte("garbage"))
+	put(manifest.Prefix+"20261122T000000Z/lease.json", []byte("garbage"))
 	inv, slots, err := Load(ctx, a)
 	if err != nil {
 		t.Fatal(err)
@@ -226,13 +226,13 @@ func TestLoadReadsLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, it := range itemsOf(p, backup.Prefix+"20261121T000000Z/") {
+	for _, it := range itemsOf(p, manifest.Prefix+"20261121T000000Z/") {
 		if it.Delete {
 			t.Errorf("live lease: %s deleted (%s)", it.Key, it.Reason)
 		}
 	}
 	p, _ = Make(inv, slots, Policy{KeepLast: 1}, time.Now().Add(time.Hour))
-	for _, it := range itemsOf(p, backup.Prefix+"20261121T000000Z/") {
+	for _, it := range itemsOf(p, manifest.Prefix+"20261121T000000Z/") {
 		if !it.Delete {
 			t.Errorf("an hour later, the unrenewed lease still protects %s (%s)", it.Key, it.Reason)
 		}

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -47,7 +47,7 @@ type Object struct {
 type Inventory struct {
 	SegmentSize uint64
 	Objects     []Object
-	Backups     []*backup.Manifest
+	Backups     []*manifest.Manifest
 	Leases      map[string]BackupLease
 }
 
@@ -117,10 +117,10 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
 	plan := &Plan{Now: now, Policy: p, KeptBackups: []string{}, DeletedBackups: []string{}, RunningBackups: []string{}, Notes: []string{}}
-	backups := append([]*backup.Manifest(nil), inv.Backups...)
+	backups := append([]*manifest.Manifest(nil), inv.Backups...)
 	sort.SliceStable(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
 
-	pl := &planner{ss: inv.SegmentSize, keptWhy: keptBackups(backups, p, now), byID: map[string]*backup.Manifest{}}
+	pl := &planner{ss: inv.SegmentSize, keptWhy: keptBackups(backups, p, now), byID: map[string]*manifest.Manifest{}}
 	for _, b := range backups {
 		pl.byID[b.ID] = b
 		if why, ok := pl.keptWhy[b.ID]; ok {
@@ -188,7 +188,7 @@ type planner struct {
 	guards     []guard
 	keepAllWAL string
 	keptWhy    map[string]string
-	byID       map[string]*backup.Manifest
+	byID       map[string]*manifest.Manifest
 	running    map[string]string // manifest-less backups kept, and why
 	debris     map[string]string // manifest-less backups deleted, and why
 }
@@ -219,12 +219,12 @@ func (pl *planner) slotGuards(plan *Plan, slots []archive.Slot, now time.Time) {
 // (a live lease, or written to within the grace period: every one of their
 // objects is kept) and debris (neither: every one is deleted). A live
 // lease that names the backup's start segment guards WAL from it on.
-func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grace time.Duration, now time.Time) (running, debris map[string]string, guards []guard) {
+func incompleteBackups(inv Inventory, complete map[string]*manifest.Manifest, grace time.Duration, now time.Time) (running, debris map[string]string, guards []guard) {
 	running, debris = map[string]string{}, map[string]string{}
 	newest := map[string]time.Time{}
 	for _, o := range inv.Objects {
-		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
-		if !ok || !strings.HasPrefix(o.Key, backup.Prefix) || complete[id] != nil {
+		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, manifest.Prefix), "/")
+		if !ok || !strings.HasPrefix(o.Key, manifest.Prefix) || complete[id] != nil {
 			continue
 		}
 		if t, seen := newest[id]; !seen || o.Modified.After(t) {
@@ -260,7 +260,7 @@ func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grac
 
 // keptBackups applies the policy to backups (oldest first) and says why
 // each kept one is kept.
-func keptBackups(backups []*backup.Manifest, p Policy, now time.Time) map[string]string {
+func keptBackups(backups []*manifest.Manifest, p Policy, now time.Time) map[string]string {
 	why := map[string]string{}
 	n := len(backups)
 	for i := max(0, n-p.KeepLast); i < n && p.KeepLast > 0; i++ {
@@ -293,8 +293,8 @@ func keptBackups(backups []*backup.Manifest, p Policy, now time.Time) map[string
 // decide keeps or deletes one object (before the grace period).
 func (pl *planner) decide(o Object) (bool, string) {
 	switch {
-	case strings.HasPrefix(o.Key, backup.Prefix):
-		id, _, _ := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
+	case strings.HasPrefix(o.Key, manifest.Prefix):
+		id, _, _ := strings.Cut(strings.TrimPrefix(o.Key, manifest.Prefix), "/")
 		if why, ok := pl.keptWhy[id]; ok {
 			return true, "kept backup " + id + " (" + why + ")"
 		}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -22,9 +22,9 @@ var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
 func name(tli uint32, n uint64) string { return segment.Name{TLI: tli, SegNo: n}.String(segSize) }
 
-func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *backup.Manifest {
+func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *manifest.Manifest {
 	start := segment.LSN(startSeg*segSize + 0x28)
-	return &backup.Manifest{ID: id, Timeline: tli, StopTimeline: tli, SegmentSize: segSize, StartLSN: start, StopLSN: start + 0x100,
+	return &manifest.Manifest{ID: id, Timeline: tli, StopTimeline: tli, SegmentSize: segSize, StartLSN: start, StopLSN: start + 0x100,
 		StartTime: stop.Add(-time.Minute), StopTime: stop}
 }
 
@@ -52,24 +52,24 @@ func inventory() Inventory {
 	}
 	add("wal/00000002/"+name(2, 0x19), 4<<20, now.Add(-time.Minute)) // just pushed
 	add("history/00000002.history", 40, now.Add(-30*time.Hour))
-	inv.Backups = []*backup.Manifest{
+	inv.Backups = []*manifest.Manifest{
 		mkBackup("20261122T120000Z", 1, 2, now.Add(-96*time.Hour)),
 		mkBackup("20261124T120000Z", 1, 8, now.Add(-48*time.Hour)),
 		mkBackup("20261126T110000Z", 2, 0x17, now.Add(-time.Hour)),
 	}
 	for _, b := range inv.Backups {
-		add(backup.Prefix+b.ID+"/base.tar.00000", 10<<20, b.StopTime)
-		add(backup.Prefix+b.ID+"/manifest.json", 2000, b.StopTime)
+		add(manifest.Prefix+b.ID+"/base.tar.00000", 10<<20, b.StopTime)
+		add(manifest.Prefix+b.ID+"/manifest.json", 2000, b.StopTime)
 	}
-	add(backup.Prefix+"20261120T000000Z/base.tar.00000", 10<<20, now.Add(-150*time.Hour))
-	add(backup.Prefix+"20261126T115800Z/base.tar.00000", 10<<20, now.Add(-2*time.Minute))
+	add(manifest.Prefix+"20261120T000000Z/base.tar.00000", 10<<20, now.Add(-150*time.Hour))
+	add(manifest.Prefix+"20261126T115800Z/base.tar.00000", 10<<20, now.Add(-2*time.Minute))
 	running, dead := "20261126T090000Z", "20261125T000000Z"
-	add(backup.Prefix+running+"/base.tar.00000", 10<<20, now.Add(-3*time.Hour))
-	add(backup.Prefix+running+"/base.tar.00001", 10<<20, now.Add(-2*time.Hour))
-	add(backup.Prefix+running+"/lease.json", 200, now.Add(-40*time.Second))
+	add(manifest.Prefix+running+"/base.tar.00000", 10<<20, now.Add(-3*time.Hour))
+	add(manifest.Prefix+running+"/base.tar.00001", 10<<20, now.Add(-2*time.Hour))
+	add(manifest.Prefix+running+"/lease.json", 200, now.Add(-40*time.Second))
 	inv.Leases[running] = lease(now.Add(-40*time.Second), now.Add(-40*time.Second))
-	add(backup.Prefix+dead+"/base.tar.00000", 10<<20, now.Add(-36*time.Hour))
-	add(backup.Prefix+dead+"/lease.json", 200, now.Add(-35*time.Hour))
+	add(manifest.Prefix+dead+"/base.tar.00000", 10<<20, now.Add(-36*time.Hour))
+	add(manifest.Prefix+dead+"/lease.json", 200, now.Add(-35*time.Hour))
 	inv.Leases[dead] = lease(now.Add(-35*time.Hour), now.Add(-35*time.Hour))
 	return inv
 }
@@ -208,7 +208,7 @@ func TestPlanAcrossLogBoundary(t *testing.T) {
 	for n := uint64(0x1F0); n <= 0x210; n++ {
 		inv.Objects = append(inv.Objects, Object{Key: "wal/00000001/" + name(1, n), Size: 1, Modified: now.Add(-time.Hour)})
 	}
-	inv.Backups = []*backup.Manifest{mkBackup("20261126T100000Z", 1, 0x1FE, now.Add(-time.Hour))}
+	inv.Backups = []*manifest.Manifest{mkBackup("20261126T100000Z", 1, 0x1FE, now.Add(-time.Hour))}
 	p, err := Make(inv, []archive.Slot{slot("dr", name(1, 0x1FA), now)}, Policy{KeepLast: 1, Grace: DefaultGrace}, now)
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
@@ -60,7 +60,7 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (*Report, error) {
 	store := a.Storage()
 	sizes := map[string]int64{}
 	var keys []string
-	for _, prefix := range []string{"wal/", "history/", backup.Prefix} {
+	for _, prefix := range []string{"wal/", "history/", manifest.Prefix} {
 		err := store.List(ctx, prefix, func(oi backends.ObjectInfo) error {
 			sizes[oi.Key] = oi.Size
 			keys = append(keys, oi.Key)
@@ -75,7 +75,7 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (*Report, error) {
 	r.Backups = len(inv.Backups)
 	want := map[string]string{} // chunk key -> SHA-256 the manifest names
 	for _, b := range inv.Backups {
-		chunks := []backup.Chunk{b.ServerManifest}
+		chunks := []manifest.Chunk{b.ServerManifest}
 		for _, ar := range b.Archives {
 			chunks = append(chunks, ar.Chunks...)
 		}

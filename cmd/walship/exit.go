@@ -7,6 +7,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/sealed"
@@ -79,14 +80,14 @@ func exitCode(o op, err error) int {
 		// ran; a new run writes everything again.
 		return exitArchive
 	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey),
-		errors.Is(err, backup.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage),
+		errors.Is(err, manifest.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage),
 		errors.Is(err, backup.ErrRunning):
 		return exitUsage
 	case errors.Is(err, restore.ErrUnreachable):
 		return exitUnreachable
 	case errors.Is(err, postgres.ErrServer), errors.Is(err, backup.ErrIncomplete):
 		return exitPostgres
-	case errors.Is(err, backup.ErrNoBackup), errors.Is(err, archive.ErrNoSlot):
+	case errors.Is(err, manifest.ErrNoBackup), errors.Is(err, archive.ErrNoSlot):
 		return exitAbsent
 	case errors.Is(err, archive.ErrBadSlot), errors.Is(err, archive.ErrSlotExists):
 		return exitUsage

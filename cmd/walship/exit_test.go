@@ -13,6 +13,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/sealed"
@@ -43,8 +44,8 @@ func TestExitCode(t *testing.T) {
 		{opBackup, wrap(postgres.ErrServer), exitPostgres},
 		{opBackup, wrap(backup.ErrIncomplete), exitPostgres},
 		{opBackup, wrap(postgres.ErrPassword), exitUsage},
-		{opBackup, wrap(backup.ErrBadID), exitUsage},
-		{opBackup, wrap(backup.ErrNoBackup), exitAbsent},
+		{opBackup, wrap(manifest.ErrBadID), exitUsage},
+		{opBackup, wrap(manifest.ErrNoBackup), exitAbsent},
 		{opBackup, wrap(sealed.ErrChecksum), exitIntegrity},
 		{opRestore, wrap(restore.ErrUnreachable), exitUnreachable},
 		{opRestore, wrap(restore.ErrUsage), exitUsage},

@@ -13,7 +13,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 	"github.com/walship/walship/verify"
 )
@@ -27,18 +27,18 @@ type timelineRange struct {
 }
 
 type statusReport struct {
-	Archive   string           `json:"archive"`
-	Identity  archive.Identity `json:"identity"`
-	Heads     []archive.Head   `json:"heads"`
-	Timelines []timelineRange  `json:"timelines"`
-	Objects   int              `json:"objects"`
-	Bytes     int64            `json:"bytes"`
-	Backups   int              `json:"backups"`
-	Newest    *backup.Manifest `json:"newest_backup,omitempty"`
-	Slots     []slotRow        `json:"slots"`
-	Gaps      []archive.Gap    `json:"gaps"`
-	Problems  []string         `json:"problems"`
-	CheckedAt time.Time        `json:"checked_at"`
+	Archive   string             `json:"archive"`
+	Identity  archive.Identity   `json:"identity"`
+	Heads     []archive.Head     `json:"heads"`
+	Timelines []timelineRange    `json:"timelines"`
+	Objects   int                `json:"objects"`
+	Bytes     int64              `json:"bytes"`
+	Backups   int                `json:"backups"`
+	Newest    *manifest.Manifest `json:"newest_backup,omitempty"`
+	Slots     []slotRow          `json:"slots"`
+	Gaps      []archive.Gap      `json:"gaps"`
+	Problems  []string           `json:"problems"`
+	CheckedAt time.Time          `json:"checked_at"`
 }
 
 func statusCommand(env *appEnv) *cli.Command {
@@ -109,7 +109,7 @@ func statusCommand(env *appEnv) *cli.Command {
 				}
 				r.Heads = append(r.Heads, h)
 			}
-			l, err := backup.List(c.Context, a.Storage())
+			l, err := manifest.List(c.Context, a.Storage())
 			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}
@@ -182,7 +182,7 @@ func statusCommand(env *appEnv) *cli.Command {
 
 // missingHistory reports the history files a restore or a follower
 // starting on a backup's or a slot's timeline needs and the archive lacks.
-func missingHistory(wal map[uint32]*timelineRange, backups []*backup.Manifest, slots []slotRow, histories map[uint32]bool, segSize uint64) []string {
+func missingHistory(wal map[uint32]*timelineRange, backups []*manifest.Manifest, slots []slotRow, histories map[uint32]bool, segSize uint64) []string {
 	starts, have := map[uint32]bool{}, map[uint32]bool{}
 	for tli := range wal {
 		have[tli] = true

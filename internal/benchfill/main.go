@@ -21,7 +21,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/backends/s3"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
@@ -99,17 +99,17 @@ func main() {
 		chunk, _ := sealed.Seal([]byte("a tar stream"), sealed.Compression{Codec: sealed.CodecZstd})
 		sm, _ := sealed.Seal([]byte("{}"), sealed.Compression{Codec: sealed.CodecZstd})
 		start := segment.LSN(uint64(at)*segSize + 0x28)
-		m := backup.Manifest{Format: backup.ManifestFormat, ID: id, PGVersion: "15", SystemIdentifier: sys, SegmentSize: segSize,
+		m := manifest.Manifest{Format: manifest.Format, ID: id, PGVersion: "15", SystemIdentifier: sys, SegmentSize: segSize,
 			Timeline: 1, StopTimeline: 1, StartLSN: start, StopLSN: start + 0x100,
 			StartTime: time.Now().Add(-time.Hour), StopTime: time.Now().Add(-time.Hour),
-			WALRanges: []backup.WALRange{{Timeline: 1, Start: start, End: start + 0x100}},
-			Archives: []backup.Archive{{Name: "base.tar", Chunks: []backup.Chunk{{Key: backup.Prefix + id + "/base.tar.00000",
+			WALRanges: []manifest.WALRange{{Timeline: 1, Start: start, End: start + 0x100}},
+			Archives: []manifest.Archive{{Name: "base.tar", Chunks: []manifest.Chunk{{Key: manifest.Prefix + id + "/base.tar.00000",
 				Size: 12, StoredSize: chunk.Size(), SHA256: hex.EncodeToString(chunk.Header.SHA256[:])}}}},
-			ServerManifest: backup.Chunk{Key: backup.Prefix + id + "/backup_manifest", Size: 2, StoredSize: sm.Size(), SHA256: hex.EncodeToString(sm.Header.SHA256[:])}}
+			ServerManifest: manifest.Chunk{Key: manifest.Prefix + id + "/backup_manifest", Size: 2, StoredSize: sm.Size(), SHA256: hex.EncodeToString(sm.Header.SHA256[:])}}
 		put(m.Archives[0].Chunks[0].Key, chunk.Bytes())
 		put(m.ServerManifest.Key, sm.Bytes())
 		b, _ := json.Marshal(m)
-		put(backup.Prefix+id+"/manifest.json", b)
+		put(manifest.Prefix+id+"/manifest.json", b)
 	}
 	fmt.Printf("wrote %d segments and 2 backups\n", *n)
 }
