@@ -3,7 +3,6 @@ package restore
 import (
 	"context"
 	"fmt"
-	"io"
 	"math"
 	"strings"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/manifest"
-	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -71,7 +69,7 @@ func LoadInventory(ctx context.Context, a *archive.Archive) (*Inventory, error) 
 		return nil, fmt.Errorf("list timeline histories: %w", err)
 	}
 	for _, f := range hist {
-		data, err := readSealed(ctx, store, archive.Key(f))
+		data, err := archive.ReadSealed(ctx, store, archive.Key(f))
 		if err != nil {
 			return nil, err
 		}
@@ -83,24 +81,6 @@ func LoadInventory(ctx context.Context, a *archive.Archive) (*Inventory, error) 
 		inv.History[f.TLI] = h
 	}
 	return inv, nil
-}
-
-// readSealed reads and verifies a small sealed object.
-func readSealed(ctx context.Context, store backends.Storage, key string) ([]byte, error) {
-	rc, _, err := store.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	defer rc.Close()
-	obj, err := io.ReadAll(rc)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	raw, _, err := sealed.Unseal(obj)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
-	}
-	return raw, nil
 }
 
 // span is a stretch of a timeline's WAL on the way to a target timeline.

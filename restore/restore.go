@@ -254,7 +254,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar manifest.Arc
 				var data []byte
 				// A dropped connection mid-body is retried; a chunk that
 				// fails its checksum on every try is damaged in the archive.
-				_, err = retry.Do(ctx, store, 0, retryable, func(ctx context.Context) error {
+				_, err = retry.Do(ctx, store, 0, archive.Retryable, func(ctx context.Context) error {
 					var err error
 					data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
 					return err
@@ -355,7 +355,7 @@ func (r *orderedReader) Read(p []byte) (int, error) {
 // map, the recovery settings and the signal file (recoveryconf.go).
 func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Options, dirs map[string]string) error {
 	m := p.Backup
-	sm, err := readSealed(ctx, store, m.ServerManifest.Key)
+	sm, err := archive.ReadSealed(ctx, store, m.ServerManifest.Key)
 	if err != nil {
 		return err
 	}

@@ -11,8 +11,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/agent"
 	"github.com/walship/walship/postgres"
-	"github.com/walship/walship/restore"
+	"github.com/walship/walship/spool"
 )
 
 func agentCommand(env *appEnv) *cli.Command {
@@ -76,7 +77,7 @@ func agentCommand(env *appEnv) *cli.Command {
 				return err
 			}
 			log := env.logger()
-			o := restore.AgentOptions{
+			o := agent.Options{
 				Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
 				PollMin: ac.PollMin, PollMax: ac.PollMax, Heartbeat: ac.Heartbeat, Log: log,
 			}
@@ -86,14 +87,14 @@ func agentCommand(env *appEnv) *cli.Command {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer sb.Close(context.Background())
-				o.Position = func(ctx context.Context) (restore.Position, error) {
+				o.Position = func(ctx context.Context) (agent.Position, error) {
 					ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 					defer cancel()
 					r, err := sb.Replay(ctx)
-					return restore.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
+					return agent.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
 				}
 			}
-			agent := restore.NewAgent(a, o)
+			agent := agent.New(a, o)
 			if ac.MetricsAddr != "" {
 				stop, err := serveMetrics(ac.MetricsAddr, agent.Stats())
 				if err != nil {
@@ -105,7 +106,7 @@ func agentCommand(env *appEnv) *cli.Command {
 			log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
 			if err := agent.Run(c.Context); err != nil {
 				code := exitCode(opAgent, err)
-				if errors.Is(err, restore.ErrSpoolOwner) {
+				if errors.Is(err, spool.ErrOwner) {
 					code = exitUsage
 				}
 				return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
@@ -118,10 +119,10 @@ func agentCommand(env *appEnv) *cli.Command {
 
 // checkAgentSpool refuses a spool PostgreSQL would misread or could not
 // use: inside pg_wal, written by root, not the agent's user's own.
-func checkAgentSpool(spool string) error {
-	for _, part := range strings.Split(filepath.Clean(spool), string(filepath.Separator)) {
+func checkAgentSpool(dir string) error {
+	for _, part := range strings.Split(filepath.Clean(dir), string(filepath.Separator)) {
 		if part == "pg_wal" || part == "pg_xlog" {
-			return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", spool)
+			return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", dir)
 		}
 	}
 	if os.Geteuid() == 0 {
@@ -129,9 +130,9 @@ func checkAgentSpool(spool string) error {
 		// are ones the standby cannot open.
 		return usageErr("walship agent must not run as root: run it as the user the standby runs as, who owns the spool")
 	}
-	if err := restore.CheckSpool(spool); err != nil {
+	if err := spool.Check(dir); err != nil {
 		code := exitLocal
-		if errors.Is(err, restore.ErrSpoolOwner) {
+		if errors.Is(err, spool.ErrOwner) {
 			code = exitUsage
 		}
 		return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
@@ -140,7 +141,7 @@ func checkAgentSpool(spool string) error {
 }
 
 // serveMetrics exposes the agent's numbers for Prometheus.
-func serveMetrics(addr string, s *restore.AgentStats) (func(), error) {
+func serveMetrics(addr string, s *agent.Stats) (func(), error) {
 	reg := &metricSet{}
 	gauge := func(name, help string, f func() float64) { reg.gauge("walship_agent_"+name, help, f) }
 	counter := func(name, help string, f func() float64) { reg.counter("walship_agent_"+name, help, f) }

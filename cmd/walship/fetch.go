@@ -17,8 +17,9 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/config"
-	"github.com/walship/walship/restore"
+	"github.com/walship/walship/fetch"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/spool"
 )
 
 func fetchCommand(env *appEnv) *cli.Command {
@@ -76,21 +77,21 @@ func fetchCommand(env *appEnv) *cli.Command {
 			if err := fetchSettings(c, &env.cfg); err != nil {
 				return env.fetchExit(err)
 			}
-			spool := env.cfg.Spool
+			spoolDir := env.cfg.Spool
 			if c.IsSet("spool") {
-				spool = c.String("spool")
+				spoolDir = c.String("spool")
 			}
-			if spool != "" && !filepath.IsAbs(spool) {
+			if spoolDir != "" && !filepath.IsAbs(spoolDir) {
 				// PostgreSQL runs restore_command in the data directory: a
 				// relative spool would be looked for inside it.
-				return env.fetchExit(usageErr("--spool %q: want an absolute directory", spool))
+				return env.fetchExit(usageErr("--spool %q: want an absolute directory", spoolDir))
 			}
-			if spool != "" {
-				if done, err := fetchFromAgentSpool(env, spool, name, dest); done {
+			if spoolDir != "" {
+				if done, err := fetchFromAgentSpool(env, spoolDir, name, dest); done {
 					return err
 				}
 			}
-			pf := env.prefetchSpool(spool, dest)
+			pf := env.prefetchSpool(spoolDir, dest)
 			if pf != nil {
 				start := time.Now()
 				took, err := pf.Take(name, dest)
@@ -111,13 +112,13 @@ func fetchCommand(env *appEnv) *cli.Command {
 // fetchFromAgentSpool takes name from walship agent's spool. It reports
 // done when fetch has its answer (the file, or absent per a live agent's
 // poll, outside a point-in-time recovery).
-func fetchFromAgentSpool(env *appEnv, spool, name, dest string) (bool, error) {
+func fetchFromAgentSpool(env *appEnv, dir, name, dest string) (bool, error) {
 	// The agent verified the file when it placed it, and fetch checks it
 	// again (a regular file of the segment size with a page header for
 	// this name): a rename hands it over. Anything wrong with the spool
 	// falls back to the archive.
 	start := time.Now()
-	took, err := restore.TakeFromSpool(spool, name, dest)
+	took, err := spool.Take(dir, name, dest)
 	if took {
 		env.logger().Info("fetched from spool", "file", name, "ms", time.Since(start).Milliseconds())
 		return true, nil
@@ -128,7 +129,7 @@ func fetchFromAgentSpool(env *appEnv, spool, name, dest string) (bool, error) {
 	// A waiting standby asks for the next file every few seconds; the
 	// agent's last poll answers without a request. Never during a
 	// point-in-time recovery, where "absent" ends recovery.
-	if !inArchiveRecovery() && restore.KnownAbsent(spool, name, time.Now()) {
+	if !inArchiveRecovery() && spool.KnownAbsent(dir, name, time.Now()) {
 		env.logger().Debug("not in archive (per the agent's last poll)", "file", name)
 		return true, &exitError{code: exitAbsent, err: fmt.Errorf("%s: not archived yet", name), logged: true}
 	}
@@ -139,13 +140,13 @@ func fetchFromAgentSpool(env *appEnv, spool, name, dest string) (bool, error) {
 // whose not-found makes fetch answer "absent". With a prefetch spool, it
 // tells the prefetcher what happened and, after a segment, starts one if
 // none runs.
-func (e *appEnv) fetchFromArchive(c *cli.Context, pf *restore.PrefetchSpool, name, dest string) error {
+func (e *appEnv) fetchFromArchive(c *cli.Context, pf *fetch.PrefetchSpool, name, dest string) error {
 	store, err := openStorage(c.Context, e.cfg)
 	if err != nil {
 		return e.fetchExit(&exitError{code: exitCode(opFetch, err), err: err})
 	}
 	log := e.logger()
-	res, err := restore.Fetch(c.Context, archive.New(store, log), name, dest, restore.FetchOptions{})
+	res, err := fetch.Fetch(c.Context, archive.New(store, log), name, dest, fetch.Options{})
 	if pf != nil {
 		e.notePrefetch(pf, name, err == nil)
 		if err == nil && res.File.Kind == segment.KindSegment && !pf.Running() {
@@ -224,7 +225,7 @@ func fetchSettings(c *cli.Context, cfg *config.Config) error {
 // there is none: prefetch off, walship agent's spool in use, not run by a
 // server in recovery, or run as root (PostgreSQL never is, and could not
 // open a root prefetcher's files).
-func (e *appEnv) prefetchSpool(agentSpool, dest string) *restore.PrefetchSpool {
+func (e *appEnv) prefetchSpool(agentSpool, dest string) *fetch.PrefetchSpool {
 	f := e.cfg.Fetch
 	if f.Prefetch == 0 || agentSpool != "" || os.Geteuid() == 0 || !inRecovery() {
 		return nil
@@ -235,9 +236,9 @@ func (e *appEnv) prefetchSpool(agentSpool, dest string) *restore.PrefetchSpool {
 		if err != nil {
 			return nil
 		}
-		dir = filepath.Join(abs, restore.PrefetchDirName)
+		dir = filepath.Join(abs, fetch.PrefetchDirName)
 	}
-	return &restore.PrefetchSpool{Dir: dir, Archive: archiveName(e.cfg)}
+	return &fetch.PrefetchSpool{Dir: dir, Archive: archiveName(e.cfg)}
 }
 
 // archiveName names the archive in the prefetcher's spool: the place, and
@@ -255,7 +256,7 @@ func archiveName(cfg config.Config) string {
 	return "s3://" + u.Bucket + "/" + u.Prefix
 }
 
-func (e *appEnv) notePrefetch(pf *restore.PrefetchSpool, name string, delivered bool) {
+func (e *appEnv) notePrefetch(pf *fetch.PrefetchSpool, name string, delivered bool) {
 	if err := pf.Note(name, delivered); err != nil {
 		e.logger().Warn("cannot tell the prefetcher", "error", err)
 	}
@@ -270,7 +271,7 @@ const envPrefetchConfig = "WALSHIP_PREFETCH_CONFIG"
 // signal to PostgreSQL's startup process reaches it), stdin and stdout on
 // /dev/null, stderr into its log in the spool, never waited for. A failure
 // is logged: the fetch itself has succeeded.
-func (e *appEnv) startPrefetcher(pf *restore.PrefetchSpool, after string) {
+func (e *appEnv) startPrefetcher(pf *fetch.PrefetchSpool, after string) {
 	log := e.logger()
 	if err := e.spawnPrefetcher(pf, after); err != nil {
 		log.Warn("prefetcher not started; fetching each file from the archive", "error", err)
@@ -279,7 +280,7 @@ func (e *appEnv) startPrefetcher(pf *restore.PrefetchSpool, after string) {
 	log.Debug("prefetcher started", "spool", pf.Dir, "after", after)
 }
 
-func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error {
+func (e *appEnv) spawnPrefetcher(pf *fetch.PrefetchSpool, after string) error {
 	if err := pf.Prepare(); err != nil {
 		return err
 	}
@@ -300,7 +301,7 @@ func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error 
 	}
 	// Appended to, not truncated: a second start racing a running
 	// prefetcher must not wipe its log. Cut back once it grows large.
-	logPath := filepath.Join(pf.Dir, restore.PrefetchLogFile)
+	logPath := filepath.Join(pf.Dir, spool.LogFile)
 	if st, err := os.Stat(logPath); err == nil && st.Size() > 16<<20 {
 		_ = os.Truncate(logPath, 0)
 	}
@@ -345,7 +346,7 @@ func runPrefetcher(c *cli.Context, env *appEnv) error {
 		return &exitError{code: exitCode(opFetch, err), err: err}
 	}
 	f := env.cfg.Fetch
-	p := restore.NewPrefetcher(archive.New(store, env.log), restore.PrefetchOptions{
+	p := fetch.NewPrefetcher(archive.New(store, env.log), fetch.PrefetchOptions{
 		Spool: f.PrefetchDir, PGData: c.String("prefetch-run"), Archive: archiveName(env.cfg),
 		Ahead: f.Prefetch, MaxBytes: int64(f.PrefetchBytes), Parallel: f.PrefetchParallel, Idle: f.PrefetchIdle, Log: env.log,
 	})

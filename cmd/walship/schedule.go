@@ -14,8 +14,8 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/drill"
 	"github.com/walship/walship/postgres"
-	"github.com/walship/walship/restore"
 	"github.com/walship/walship/retention"
 	"github.com/walship/walship/schedule"
 	"github.com/walship/walship/verify"
@@ -126,7 +126,7 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 			}
 		case "drill":
 			run = func(ctx context.Context) error {
-				res, err := restore.Drill(ctx, a, restore.DrillOptions{PGBin: j.PGBin, Scratch: j.Scratch, Timeout: j.Timeout,
+				res, err := drill.Run(ctx, a, drill.Options{PGBin: j.PGBin, Scratch: j.Scratch, Timeout: j.Timeout,
 					RestoreCommand: restoreCmd, Query: drillQuery, Log: log})
 				if err != nil {
 					return err

@@ -1,4 +1,7 @@
-package restore
+// Package drill proves a backup restores: it restores the newest backup
+// into a scratch directory, starts PostgreSQL on it until recovery reaches
+// consistency and promotes, runs a query, and throws the copy away.
+package drill
 
 import (
 	"context"
@@ -14,10 +17,11 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/restore"
 )
 
-// DrillOptions configure a restore drill.
-type DrillOptions struct {
+// Options configure a restore drill.
+type Options struct {
 	PGBin          string        // directory holding pg_ctl
 	Scratch        string        // where the scratch data directory goes (created and removed)
 	RestoreCommand string        // as for Restore
@@ -28,8 +32,8 @@ type DrillOptions struct {
 	Log   *slog.Logger
 }
 
-// DrillResult says how the drill went.
-type DrillResult struct {
+// Result says how the drill went.
+type Result struct {
 	Backup   string        `json:"backup"`
 	Restore  time.Duration `json:"restore"`  // download and unpack
 	Recovery time.Duration `json:"recovery"` // start until it answered a query, promoted
@@ -37,13 +41,13 @@ type DrillResult struct {
 	Answer   string        `json:"answer"`
 }
 
-// Drill proves the newest backup works: it restores it into a scratch
+// Run proves the newest backup works: it restores it into a scratch
 // directory with recovery_target = immediate, starts PostgreSQL on a
 // scratch port (socket only, archive_mode off), waits until it has reached
 // consistency, promoted and answers a query, then stops it and removes
 // everything, whatever happened.
-func Drill(ctx context.Context, a *archive.Archive, o DrillOptions) (DrillResult, error) {
-	var res DrillResult
+func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
+	var res Result
 	if o.Timeout <= 0 {
 		o.Timeout = time.Hour
 	}
@@ -53,12 +57,12 @@ func Drill(ctx context.Context, a *archive.Archive, o DrillOptions) (DrillResult
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	start := time.Now()
-	inv, err := LoadInventory(ctx, a)
+	inv, err := restore.LoadInventory(ctx, a)
 	if err != nil {
 		return res, err
 	}
-	target := Target{Kind: TargetImmediate, Action: "promote", Timeline: TimelineCurrent}
-	plan, err := Choose(inv, target, "latest")
+	target := restore.Target{Kind: restore.TargetImmediate, Action: "promote", Timeline: restore.TimelineCurrent}
+	plan, err := restore.Choose(inv, target, "latest")
 	if err != nil {
 		return res, err
 	}
@@ -87,9 +91,9 @@ func Drill(ctx context.Context, a *archive.Archive, o DrillOptions) (DrillResult
 	// recovery settings, after them, so they override the backup's. It
 	// listens on no TCP address: the port only names its socket in the
 	// scratch directory, so picking it before a long restore is safe.
-	settings := []Setting{{"port", strconv.Itoa(port)}, {"listen_addresses", ""},
-		{"unix_socket_directories", o.Scratch}, {"hot_standby", "on"}}
-	err = Restore(ctx, a, plan, Options{PGData: dir, Target: target, RestoreCommand: o.RestoreCommand,
+	settings := []restore.Setting{{Name: "port", Value: strconv.Itoa(port)}, {Name: "listen_addresses", Value: ""},
+		{Name: "unix_socket_directories", Value: o.Scratch}, {Name: "hot_standby", Value: "on"}}
+	err = restore.Restore(ctx, a, plan, restore.Options{PGData: dir, Target: target, RestoreCommand: o.RestoreCommand,
 		TablespaceMap: tsMap, ArchiveModeOff: true, Settings: settings, Log: o.Log})
 	if err != nil {
 		return res, err

@@ -1,18 +1,20 @@
-// Package restore brings files back out of an archive: fetch (the
-// restore_command), and in later work the prefetching agent and base backup
-// restores.
-package restore
+// Package fetch is the restore_command's side of walship: one file out of
+// the archive into the place PostgreSQL names, verified end to end and
+// synced before it is renamed into place, with the one retry policy; and
+// the prefetcher the first fetch of a recovery starts, which downloads the
+// next segments into a spool (package spool) that later fetches take from.
+package fetch
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/walship/walship/spool"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
@@ -21,9 +23,9 @@ import (
 	"github.com/walship/walship/segment"
 )
 
-// FetchOptions bound the work of one fetch.
-type FetchOptions struct {
-	// Attempts caps the tries of a retryable failure (a dropped
+// Options bound the work of one fetch.
+type Options struct {
+	// Attempts caps the tries of a archive.Retryable failure (a dropped
 	// connection, a stalled body, a body that fails its checksum in
 	// transit) below the storage's retry policy; 0 means the policy's.
 	Attempts int
@@ -33,8 +35,8 @@ type FetchOptions struct {
 	Sync bool
 }
 
-// FetchResult says what a fetch did.
-type FetchResult struct {
+// Result says what a fetch did.
+type Result struct {
 	File     segment.File
 	Size     int64
 	Stored   int64
@@ -53,32 +55,23 @@ type FetchResult struct {
 // The file is not fsynced: PostgreSQL fsyncs a restored file itself when it
 // keeps it (durable_rename in KeepFileRestoredFromArchive), and a restored
 // file lost in a crash is simply fetched again.
-func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts FetchOptions) (FetchResult, error) {
+func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts Options) (Result, error) {
 	start := time.Now()
 	f, err := segment.ParseFile(name)
 	if err != nil {
-		return FetchResult{}, err
+		return Result{}, err
 	}
-	res := FetchResult{File: f}
+	res := Result{File: f}
 	// The whole fetch (GET, read, verify, write) is one retried operation
 	// under the storage's policy: at most its Attempts GETs of the file.
-	res.Attempts, err = retry.Do(ctx, a.Storage(), opts.Attempts, retryable, func(ctx context.Context) error {
+	res.Attempts, err = retry.Do(ctx, a.Storage(), opts.Attempts, archive.Retryable, func(ctx context.Context) error {
 		return fetchOnce(ctx, a, f, dest, opts.Sync, &res)
 	})
 	res.Elapsed = time.Since(start)
 	return res, err
 }
 
-func retryable(err error) bool {
-	if errors.Is(err, sealed.ErrChecksum) {
-		return true // may be damage in transit; a stored corruption fails again
-	}
-	return !backends.IsPermanent(err) && !errors.Is(err, archive.ErrLocal) &&
-		!errors.Is(err, archive.ErrWrongCluster) && !errors.Is(err, archive.ErrNoIdentity) &&
-		!errors.Is(err, segment.ErrBadHeader) && !errors.Is(err, sealed.ErrNotSealed)
-}
-
-func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *FetchResult) error {
+func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *Result) error {
 	key := archive.Key(f)
 	// The identity is needed to check a segment's cluster, and to tell a
 	// real "absent" from an empty or wrong archive path; read it alongside.
@@ -115,7 +108,7 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	res.Size = sr.Header().Size
 
 	dir := filepath.Dir(dest)
-	tmp, err := createTemp(dir, filepath.Base(dest))
+	tmp, err := spool.CreateTemp(dir, filepath.Base(dest))
 	if err != nil {
 		return fmt.Errorf("%w: %v", archive.ErrLocal, err)
 	}
@@ -165,15 +158,6 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	}
 	ok = true
 	return nil
-}
-
-// createTemp makes the temporary file next to dest, so the final rename is
-// atomic, and named so that PostgreSQL never mistakes it for WAL.
-func createTemp(dir, base string) (*os.File, error) {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := filepath.Join(dir, "."+base+".walship-"+hex.EncodeToString(b[:]))
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 }
 
 // headCapture keeps the first bytes written through it: the page header.

@@ -1,4 +1,4 @@
-package restore_test
+package agent_test
 
 import (
 	"bytes"
@@ -12,11 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/agent"
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
+	"github.com/walship/walship/internal/archivetest"
 	"github.com/walship/walship/internal/testenv"
-	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
 )
 
@@ -68,12 +69,12 @@ func TestAgentUnderFaults(t *testing.T) {
 	mem := memory.New()
 	store := &dropping{Storage: mem}
 	a := archive.New(store, slog.New(slog.DiscardHandler))
-	slotAt3(t, a)
+	archivetest.SlotAt3(t, a)
 	key5 := archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 5})
 	mem.Corrupt(key5, 200)
 
 	spool := t.TempDir()
-	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 4, Parallel: 2,
+	ag := agent.New(a, agent.Options{Spool: spool, Slot: "dr", Ahead: 4, Parallel: 2,
 		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond, Heartbeat: 10 * time.Millisecond})
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
@@ -84,11 +85,11 @@ func TestAgentUnderFaults(t *testing.T) {
 
 	// Ahead 4 from the slot's position: 3 to 6, 5 being the corrupt one.
 	testenv.WaitFor(t, "3, 4 and 6 in the spool despite the faults", 20*time.Second, func() bool {
-		got := spoolNames(t, spool)
-		return got[seg(3)] && got[seg(4)] && got[seg(6)]
+		got := archivetest.SpoolNames(t, spool)
+		return got[archivetest.Seg(3)] && got[archivetest.Seg(4)] && got[archivetest.Seg(6)]
 	})
 	testenv.WaitFor(t, "failures to be counted", 10*time.Second, func() bool { return ag.Stats().Failures.Load() >= 2 })
-	if spoolNames(t, spool)[seg(5)] {
+	if archivetest.SpoolNames(t, spool)[archivetest.Seg(5)] {
 		t.Fatal("the corrupt segment was placed in the spool")
 	}
 	if ag.Stats().Gone.Load() {
@@ -96,13 +97,13 @@ func TestAgentUnderFaults(t *testing.T) {
 	}
 	want := t.TempDir()
 	for _, n := range []uint64{3, 4, 6} {
-		orig, err := os.ReadFile(testenv.WriteSegment(t, want, seg(n), sys, nil))
+		orig, err := os.ReadFile(testenv.WriteSegment(t, want, archivetest.Seg(n), archivetest.Sys, nil))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := os.ReadFile(filepath.Join(spool, seg(n)))
+		got, err := os.ReadFile(filepath.Join(spool, archivetest.Seg(n)))
 		if err != nil || !bytes.Equal(got, orig) {
-			t.Fatalf("%s in the spool differs from what was archived (%v)", seg(n), err)
+			t.Fatalf("%s in the spool differs from what was archived (%v)", archivetest.Seg(n), err)
 		}
 	}
 
@@ -111,8 +112,8 @@ func TestAgentUnderFaults(t *testing.T) {
 	if err := mem.Delete(ctx, key5); err != nil {
 		t.Fatal(err)
 	}
-	pushSegments(t, a, 5, 5)
-	testenv.WaitFor(t, "the repaired segment in the spool", 20*time.Second, func() bool { return spoolNames(t, spool)[seg(5)] })
+	archivetest.PushSegments(t, a, 5, 5)
+	testenv.WaitFor(t, "the repaired segment in the spool", 20*time.Second, func() bool { return archivetest.SpoolNames(t, spool)[archivetest.Seg(5)] })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package restore_test
+package agent_test
 
 import (
 	"bytes"
@@ -16,63 +16,24 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/walship/walship/agent"
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
+	"github.com/walship/walship/internal/archivetest"
 	"github.com/walship/walship/internal/testenv"
-	"github.com/walship/walship/restore"
-	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/spool"
 )
-
-const sys = 7300000000000000009
-
-func seg(n uint64) string { return segment.Name{TLI: 1, SegNo: n}.String(1 << 20) }
-
-func pushSegments(t *testing.T, a *archive.Archive, from, to uint64) {
-	dir := t.TempDir()
-	for n := from; n <= to; n++ {
-		if _, err := a.Push(context.Background(), testenv.WriteSegment(t, dir, seg(n), sys, nil), sealed.Compression{Codec: sealed.CodecZstd}); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// slotAt3 archives segments 2 to 9 and a slot "dr" that needs 3 onward.
-func slotAt3(t *testing.T, a *archive.Archive) {
-	t.Helper()
-	ctx := context.Background()
-	pushSegments(t, a, 2, 9)
-	if _, err := a.CreateSlot(ctx, "dr", time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: seg(3), Reset: true}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func spoolNames(t *testing.T, dir string) map[string]bool {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]bool{}
-	for _, e := range ents {
-		if e.Name()[0] != '.' {
-			out[e.Name()] = true
-		}
-	}
-	return out
-}
 
 func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	store := memory.New()
 	a := archive.New(store, slog.New(slog.DiscardHandler))
-	slotAt3(t, a)
-	spool := t.TempDir()
-	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 3, Parallel: 2,
+	archivetest.SlotAt3(t, a)
+	spoolDir := t.TempDir()
+	ag := agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr", Ahead: 3, Parallel: 2,
 		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond, Heartbeat: 10 * time.Millisecond})
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
@@ -80,13 +41,13 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	// It starts at the slot's position and stops at three ahead.
 	// A file is in the spool a moment before the agent counts it.
 	testenv.WaitFor(t, "three segments downloaded", 10*time.Second, func() bool { return ag.Stats().Downloads.Load() >= 3 })
-	got := spoolNames(t, spool)
+	got := archivetest.SpoolNames(t, spoolDir)
 	if len(got) != 3 {
 		t.Fatalf("spool holds %v, want three with ahead=3", got)
 	}
 	for _, n := range []uint64{3, 4, 5} {
-		if !got[seg(n)] {
-			t.Fatalf("spool %v lacks %s", got, seg(n))
+		if !got[archivetest.Seg(n)] {
+			t.Fatalf("spool %v lacks %s", got, archivetest.Seg(n))
 		}
 	}
 	if ag.Stats().Downloads.Load() != 3 {
@@ -95,20 +56,20 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	// fetch --spool takes one by rename: the agent sees replay reach it
 	// and fetches the next.
 	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
-	if took, err := restore.TakeFromSpool(spool, seg(3), dest); !took || err != nil {
+	if took, err := spool.Take(spoolDir, archivetest.Seg(3), dest); !took || err != nil {
 		t.Fatalf("take: %v %v", took, err)
 	}
 	if st, err := os.Stat(dest); err != nil || st.Size() != 1<<20 {
 		t.Fatalf("handed-over file: %v", err)
 	}
-	testenv.WaitFor(t, "the next segment", 10*time.Second, func() bool { return spoolNames(t, spool)[seg(6)] })
-	if took, _ := restore.TakeFromSpool(spool, seg(3), dest); took {
+	testenv.WaitFor(t, "the next segment", 10*time.Second, func() bool { return archivetest.SpoolNames(t, spoolDir)[archivetest.Seg(6)] })
+	if took, _ := spool.Take(spoolDir, archivetest.Seg(3), dest); took {
 		t.Fatal("a file was handed over twice")
 	}
 	// The slot hears of replay.
 	testenv.WaitFor(t, "the slot's heartbeat", 10*time.Second, func() bool {
 		s, err := a.GetSlot(ctx, "dr")
-		return err == nil && s.Replayed == seg(3)
+		return err == nil && s.Replayed == archivetest.Seg(3)
 	})
 
 	// A segment the standby needs vanishes while later ones exist: gone.
@@ -118,8 +79,8 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []uint64{4, 5, 6} {
-		if took, _ := restore.TakeFromSpool(spool, seg(n), dest); !took {
-			t.Fatalf("take %s", seg(n))
+		if took, _ := spool.Take(spoolDir, archivetest.Seg(n), dest); !took {
+			t.Fatalf("take %s", archivetest.Seg(n))
 		}
 	}
 	testenv.WaitFor(t, "the agent to report segment 8 gone", 10*time.Second, func() bool { return ag.Stats().Gone.Load() })
@@ -131,7 +92,7 @@ func TestAgentFillsSpoolWithinBounds(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if ents, _ := filepath.Glob(filepath.Join(spool, ".0*")); len(ents) != 0 {
+	if ents, _ := filepath.Glob(filepath.Join(spoolDir, ".0*")); len(ents) != 0 {
 		t.Errorf("temporary files left: %v", ents)
 	}
 }
@@ -140,35 +101,35 @@ func TestKnownAbsent(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
-	pushSegments(t, a, 2, 4)
+	archivetest.PushSegments(t, a, 2, 4)
 	if _, err := a.CreateSlot(ctx, "dr", time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: seg(2), Reset: true}); err != nil {
+	if _, err := a.UpdateSlot(ctx, "dr", archive.SlotUpdate{Position: archivetest.Seg(2), Reset: true}); err != nil {
 		t.Fatal(err)
 	}
-	spool := t.TempDir()
+	spoolDir := t.TempDir()
 	// Polls at least 100ms apart: each is trusted for two intervals.
-	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 8,
+	ag := agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr", Ahead: 8,
 		PollMin: 100 * time.Millisecond, PollMax: 400 * time.Millisecond})
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
 	defer func() { cancel(); <-done }() // before the spool is removed
 	now := time.Now()
 	testenv.WaitFor(t, "the agent to be caught up", 10*time.Second, func() bool {
-		return restore.KnownAbsent(spool, seg(5), time.Now())
+		return spool.KnownAbsent(spoolDir, archivetest.Seg(5), time.Now())
 	})
 	for name, want := range map[string]bool{
-		seg(5): true, seg(9): true, seg(4): false, seg(3): false,
+		archivetest.Seg(5): true, archivetest.Seg(9): true, archivetest.Seg(4): false, archivetest.Seg(3): false,
 		"00000002.history": true, "00000003.history": false,
 		"000000020000000000000005": false, // another timeline: ask the archive
 	} {
-		if got := restore.KnownAbsent(spool, name, time.Now()); got != want {
+		if got := spool.KnownAbsent(spoolDir, name, time.Now()); got != want {
 			t.Errorf("KnownAbsent(%s) = %v, want %v", name, got, want)
 		}
 	}
 	// A stale poll is not trusted.
-	if restore.KnownAbsent(spool, seg(5), now.Add(time.Hour)) {
+	if spool.KnownAbsent(spoolDir, archivetest.Seg(5), now.Add(time.Hour)) {
 		t.Error("an hour-old poll was trusted")
 	}
 }
@@ -187,20 +148,20 @@ func otherUID(t *testing.T) int {
 func TestAgentRefusesSpoolNotItsOwn(t *testing.T) {
 	ctx := context.Background()
 	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
-	slotAt3(t, a)
-	run := func(spool string) error {
+	archivetest.SlotAt3(t, a)
+	run := func(spoolDir string) error {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr"}).Run(ctx)
+		return agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr"}).Run(ctx)
 	}
 	shared := t.TempDir()
 	if err := os.Chmod(shared, 0o770); err != nil {
 		t.Fatal(err)
 	}
-	if err := run(shared); !errors.Is(err, restore.ErrSpoolOwner) || !strings.Contains(err.Error(), "writable by group or others") {
+	if err := run(shared); !errors.Is(err, spool.ErrOwner) || !strings.Contains(err.Error(), "writable by group or others") {
 		t.Errorf("group-writable spool: %v, want ErrSpoolOwner", err)
 	}
-	if err := run("relative/spool"); !errors.Is(err, restore.ErrSpoolOwner) {
+	if err := run("relative/spool"); !errors.Is(err, spool.ErrOwner) {
 		t.Errorf("relative spool: %v, want ErrSpoolOwner", err)
 	}
 	if os.Geteuid() != 0 {
@@ -213,7 +174,7 @@ func TestAgentRefusesSpoolNotItsOwn(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := run(theirs)
-		if !errors.Is(err, restore.ErrSpoolOwner) || !strings.Contains(err.Error(), "is owned by") {
+		if !errors.Is(err, spool.ErrOwner) || !strings.Contains(err.Error(), "is owned by") {
 			t.Errorf("spool of another user: %v, want ErrSpoolOwner", err)
 		}
 		if ents, _ := os.ReadDir(theirs); len(ents) != 0 {
@@ -221,14 +182,14 @@ func TestAgentRefusesSpoolNotItsOwn(t *testing.T) {
 		}
 	}
 	// One agent per spool.
-	spool := t.TempDir()
+	spoolDir := t.TempDir()
 	ctx1, cancel := context.WithCancel(ctx)
 	defer cancel()
-	first := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
+	first := agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr", PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
 	done := make(chan error, 1)
 	go func() { done <- first.Run(ctx1) }()
 	testenv.WaitFor(t, "the first agent to poll", 10*time.Second, func() bool { return first.Stats().LastPoll.Load() != 0 })
-	if err := run(spool); !errors.Is(err, archive.ErrLocal) || !strings.Contains(err.Error(), "another walship agent") {
+	if err := run(spoolDir); !errors.Is(err, archive.ErrLocal) || !strings.Contains(err.Error(), "another walship agent") {
 		t.Errorf("second agent on a spool: %v, want ErrLocal (another agent)", err)
 	}
 	cancel()
@@ -238,8 +199,8 @@ func TestAgentRefusesSpoolNotItsOwn(t *testing.T) {
 }
 
 // holdLock takes the agent's lock on spool, as a live agent would.
-func holdLock(t *testing.T, spool string) func() {
-	f, err := os.OpenFile(filepath.Join(spool, ".walship-agent.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+func holdLock(t *testing.T, spoolDir string) func() {
+	f, err := os.OpenFile(filepath.Join(spoolDir, ".walship-agent.lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,22 +217,22 @@ func TestAgentPollDiesWithAgent(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
-	slotAt3(t, a)
-	spool := t.TempDir()
+	archivetest.SlotAt3(t, a)
+	spoolDir := t.TempDir()
 	// Polls at least 500ms apart: each is trusted for two intervals, ample
 	// for what follows.
-	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 16,
+	ag := agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr", Ahead: 16,
 		PollMin: 500 * time.Millisecond, PollMax: time.Minute})
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
 	testenv.WaitFor(t, "the agent to be caught up", 10*time.Second, func() bool {
-		return restore.KnownAbsent(spool, seg(10), time.Now())
+		return spool.KnownAbsent(spoolDir, archivetest.Seg(10), time.Now())
 	})
 
 	// The same state with no live agent behind it (what kill -9 leaves):
 	// not trusted; with the lock held, trusted.
 	dead := t.TempDir()
-	b, err := os.ReadFile(filepath.Join(spool, ".walship-agent.json"))
+	b, err := os.ReadFile(filepath.Join(spoolDir, ".walship-agent.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,11 +241,11 @@ func TestAgentPollDiesWithAgent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if restore.KnownAbsent(dead, seg(10), time.Now()) {
+	if spool.KnownAbsent(dead, archivetest.Seg(10), time.Now()) {
 		t.Fatal("a poll with no agent holding the lock was trusted")
 	}
 	release := holdLock(t, dead)
-	if !restore.KnownAbsent(dead, seg(10), time.Now()) {
+	if !spool.KnownAbsent(dead, archivetest.Seg(10), time.Now()) {
 		t.Fatalf("a fresh poll of a live agent was not trusted at %s: %s", time.Now(), b)
 	}
 	release()
@@ -295,12 +256,12 @@ func TestAgentPollDiesWithAgent(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	defer holdLock(t, spool)()
-	if restore.KnownAbsent(spool, seg(10), time.Now()) {
+	defer holdLock(t, spoolDir)()
+	if spool.KnownAbsent(spoolDir, archivetest.Seg(10), time.Now()) {
 		t.Fatal("the poll of a stopped agent is still trusted")
 	}
 	// It resumes where it was: the state keeps its position.
-	if b, err := os.ReadFile(filepath.Join(spool, ".walship-agent.json")); err != nil || !strings.Contains(string(b), seg(10)) {
+	if b, err := os.ReadFile(filepath.Join(spoolDir, ".walship-agent.json")); err != nil || !strings.Contains(string(b), archivetest.Seg(10)) {
 		t.Fatalf("the state lost the resume position (%v): %s", err, b)
 	}
 }
@@ -333,14 +294,14 @@ func TestAgentHungPollGoesStale(t *testing.T) {
 		defer cancel()
 		store := &hangingHead{Storage: memory.New(), hang: make(chan struct{})}
 		a := archive.New(store, slog.New(slog.DiscardHandler))
-		slotAt3(t, a)
-		spool := t.TempDir()
+		archivetest.SlotAt3(t, a)
+		spoolDir := t.TempDir()
 		const pollMax = 30 * time.Second
-		ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", PollMin: 500 * time.Millisecond, PollMax: pollMax})
+		ag := agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr", PollMin: 500 * time.Millisecond, PollMax: pollMax})
 		done := make(chan error, 1)
 		go func() { done <- ag.Run(ctx) }()
 		start := time.Now()
-		for !restore.KnownAbsent(spool, seg(10), time.Now()) {
+		for !spool.KnownAbsent(spoolDir, archivetest.Seg(10), time.Now()) {
 			if time.Since(start) > time.Minute {
 				t.Fatal("the agent did not catch up within a minute")
 			}
@@ -349,14 +310,14 @@ func TestAgentHungPollGoesStale(t *testing.T) {
 		// Alive and polling, backing off to pollMax: trusted throughout.
 		for i := 0; i < 300; i++ {
 			time.Sleep(time.Second)
-			if !restore.KnownAbsent(spool, seg(10), time.Now()) {
+			if !spool.KnownAbsent(spoolDir, archivetest.Seg(10), time.Now()) {
 				t.Fatalf("a live agent's poll was not trusted %s after it caught up", time.Since(start))
 			}
 		}
 		polls := ag.Stats().LastPoll.Load()
 		close(store.hang)
 		hung := time.Now()
-		for restore.KnownAbsent(spool, seg(10), time.Now()) {
+		for spool.KnownAbsent(spoolDir, archivetest.Seg(10), time.Now()) {
 			if time.Since(hung) > 2*pollMax {
 				t.Fatalf("a hung agent's poll was trusted %s after it hung, beyond two poll intervals", time.Since(hung))
 			}
@@ -380,37 +341,37 @@ func TestAgentRemovesWhatItDidNotPlace(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := archive.New(memory.New(), slog.New(slog.DiscardHandler))
-	slotAt3(t, a)
-	spool := t.TempDir()
+	archivetest.SlotAt3(t, a)
+	spoolDir := t.TempDir()
 	// seg 3 carries seg 7's header; seg 4 is a directory; seg 5 belongs
 	// to another user (when root).
-	wrong := testenv.WriteSegment(t, t.TempDir(), seg(7), sys, nil)
-	if err := os.Rename(wrong, filepath.Join(spool, seg(3))); err != nil {
+	wrong := testenv.WriteSegment(t, t.TempDir(), archivetest.Seg(7), archivetest.Sys, nil)
+	if err := os.Rename(wrong, filepath.Join(spoolDir, archivetest.Seg(3))); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(filepath.Join(spool, seg(4)), 0o700); err != nil {
+	if err := os.Mkdir(filepath.Join(spoolDir, archivetest.Seg(4)), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if os.Geteuid() == 0 {
-		p := testenv.WriteSegment(t, spool, seg(5), sys, nil)
+		p := testenv.WriteSegment(t, spoolDir, archivetest.Seg(5), archivetest.Sys, nil)
 		if err := os.Chown(p, otherUID(t), -1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ag := restore.NewAgent(a, restore.AgentOptions{Spool: spool, Slot: "dr", Ahead: 3,
+	ag := agent.New(a, agent.Options{Spool: spoolDir, Slot: "dr", Ahead: 3,
 		PollMin: 5 * time.Millisecond, PollMax: 20 * time.Millisecond})
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
 	testenv.WaitFor(t, "3, 4 and 5 downloaded", 10*time.Second, func() bool { return ag.Stats().Downloads.Load() >= 3 })
 	want := t.TempDir()
 	for _, n := range []uint64{3, 4, 5} {
-		orig, _ := os.ReadFile(testenv.WriteSegment(t, want, seg(n), sys, nil))
-		fi, err := os.Lstat(filepath.Join(spool, seg(n)))
+		orig, _ := os.ReadFile(testenv.WriteSegment(t, want, archivetest.Seg(n), archivetest.Sys, nil))
+		fi, err := os.Lstat(filepath.Join(spoolDir, archivetest.Seg(n)))
 		if err != nil || !fi.Mode().IsRegular() || fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()) {
-			t.Fatalf("%s in the spool: %v %v", seg(n), fi, err)
+			t.Fatalf("%s in the spool: %v %v", archivetest.Seg(n), fi, err)
 		}
-		if got, _ := os.ReadFile(filepath.Join(spool, seg(n))); !bytes.Equal(got, orig) {
-			t.Fatalf("%s in the spool is not the archived segment", seg(n))
+		if got, _ := os.ReadFile(filepath.Join(spoolDir, archivetest.Seg(n))); !bytes.Equal(got, orig) {
+			t.Fatalf("%s in the spool is not the archived segment", archivetest.Seg(n))
 		}
 	}
 	cancel()
