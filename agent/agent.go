@@ -19,8 +19,8 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/fetch"
-	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
 	"github.com/walship/walship/spool"
 )
@@ -416,9 +416,9 @@ func (g *Agent) gone(ctx context.Context, n uint64) {
 	g.goneKnown = true
 	g.goneSeg = n
 	hint := "no backup in the archive can serve it either: take one (walship backup push), then rebuild the standby with walship restore --standby --backup <its id> --pgdata <empty directory> --slot " + g.o.Slot
-	if inv, err := restore.LoadInventory(ctx, g.a); err == nil {
-		if p, err := restore.Choose(inv, restore.Target{}, ""); err == nil {
-			hint = "rebuild it: walship restore --standby --backup " + p.Backup.ID + " --pgdata <empty directory> --slot " + g.o.Slot
+	if c, err := catalog.Load(ctx, g.a, catalog.Backups|catalog.Histories); err == nil {
+		if b := c.Serving(); b != nil {
+			hint = "rebuild it: walship restore --standby --backup " + b.ID + " --pgdata <empty directory> --slot " + g.o.Slot
 		}
 	}
 	msg := fmt.Sprintf("segment %s is gone from the archive (timeline %d's head is %s): this standby cannot catch up from the archive; %s",

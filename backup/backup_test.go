@@ -23,6 +23,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
@@ -206,7 +207,7 @@ func TestPushThenRestore(t *testing.T) {
 		t.Fatalf("list: %+v %v", l, err)
 	}
 
-	inv, err := restore.LoadInventory(ctx, a)
+	inv, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories)
 	if err != nil {
 		t.Fatal(err)
 	}

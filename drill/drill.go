@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/restore"
 )
 
@@ -57,11 +58,11 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	start := time.Now()
-	inv, err := restore.LoadInventory(ctx, a)
+	inv, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories)
 	if err != nil {
 		return res, err
 	}
-	target := restore.Target{Kind: restore.TargetImmediate, Action: "promote", Timeline: restore.TimelineCurrent}
+	target := restore.Target{Kind: restore.TargetImmediate, Action: "promote", Timeline: catalog.TimelineCurrent}
 	plan, err := restore.Choose(inv, target, "latest")
 	if err != nil {
 		return res, err

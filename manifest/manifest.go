@@ -24,12 +24,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walship/walship/archive"
+
 	"github.com/walship/walship/segment"
 )
 
 const (
 	// Prefix holds every backup.
-	Prefix = "backups/"
+	Prefix = archive.BackupsPrefix
 	// Name is the manifest's object name under a backup's prefix.
 	Name = "manifest.json"
 	// ServerName is the server's backup_manifest under a backup's prefix.

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/walship/walship/archive"
+
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
 	"github.com/walship/walship/sealed"
@@ -64,8 +66,9 @@ func List(ctx context.Context, store backends.Storage) (Listing, error) {
 	ids := map[string]bool{}
 	var order []string
 	err := store.List(ctx, Prefix, func(o backends.ObjectInfo) error {
-		id, rest, ok := strings.Cut(strings.TrimPrefix(o.Key, Prefix), "/")
-		if !ok || ValidID(id) != nil {
+		k := archive.ParseKey(o.Key)
+		id, rest := k.BackupID, k.Object
+		if k.Kind != archive.KeyBackup || ValidID(id) != nil {
 			return nil
 		}
 		if _, seen := ids[id]; !seen {

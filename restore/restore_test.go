@@ -17,6 +17,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
 )
@@ -314,7 +315,7 @@ func TestGarbledHistoryIsDamage(t *testing.T) {
 	if err := store.PutIfAbsent(ctx, "history/00000002.history", s.Reader(), s.Size()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadInventory(ctx, a); !errors.Is(err, ErrDamaged) {
+	if _, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories); !errors.Is(err, ErrDamaged) {
 		t.Fatalf("want ErrDamaged, got %v", err)
 	}
 }

@@ -5,14 +5,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
 // freshTimeline2: a copy promoted with archiving off started the archive
 // on timeline 2; 00000002.history never reached it.
-func freshTimeline2() *Inventory {
-	inv := &Inventory{
+func freshTimeline2() *catalog.Catalog {
+	inv := &catalog.Catalog{
 		SegSize: mib16,
 		History: map[uint32][]segment.HistoryEntry{},
 		WAL:     map[uint32]map[uint64]time.Time{2: {}},

@@ -37,16 +37,16 @@ func TestLoadPlanApply(t *testing.T) {
 		put(manifest.Prefix+b.ID+"/manifest.json", j)
 		put(manifest.Prefix+b.ID+"/base.tar.00000", []byte("data"))
 	}
-	inv, slots, err := Load(ctx, a)
+	inv, err := Load(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Everything was just written: the grace period keeps it all.
-	p, err := Make(inv, slots, Policy{KeepLast: 1, Grace: DefaultGrace}, time.Now())
+	p, err := Make(inv, Policy{KeepLast: 1, Grace: DefaultGrace}, time.Now())
 	if err != nil || p.DeleteCount != 0 {
 		t.Fatalf("within the grace period: %d deletions, %v", p.DeleteCount, err)
 	}
-	p, err = Make(inv, slots, Policy{KeepLast: 1}, time.Now())
+	p, err = Make(inv, Policy{KeepLast: 1}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

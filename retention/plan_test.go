@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
@@ -34,10 +35,10 @@ func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *manifest.
 // An old incomplete backup is debris; a young one may be running; one
 // that started hours ago holds a live lease; one whose lease expired a day
 // ago is debris.
-func inventory() Inventory {
-	inv := Inventory{SegmentSize: segSize, Leases: map[string]BackupLease{}}
+func inventory() *catalog.Catalog {
+	inv := &catalog.Catalog{SegSize: segSize, Leases: map[string]catalog.Lease{}}
 	add := func(key string, size int64, mod time.Time) {
-		inv.Objects = append(inv.Objects, Object{Key: key, Size: size, Modified: mod})
+		inv.Objects = append(inv.Objects, catalog.Object{Key: key, Size: size, Modified: mod})
 	}
 	for n := uint64(1); n <= 0x14; n++ {
 		if n == 5 {
@@ -74,8 +75,8 @@ func inventory() Inventory {
 	return inv
 }
 
-func lease(renewed, modified time.Time) BackupLease {
-	return BackupLease{Modified: modified, Lease: archive.Lease{Kind: "backup push", Holder: "db1:4242", Token: "t",
+func lease(renewed, modified time.Time) catalog.Lease {
+	return catalog.Lease{Modified: modified, Lease: archive.Lease{Kind: "backup push", Holder: "db1:4242", Token: "t",
 		TTL: archive.Duration(archive.DefaultLeaseTTL), Acquired: renewed.Add(-3 * time.Hour), Renewed: renewed}}
 }
 
@@ -107,7 +108,7 @@ func TestPlanGolden(t *testing.T) {
 		name   string
 		policy Policy
 		slots  []archive.Slot
-		inv    func(*Inventory)
+		inv    func(*catalog.Catalog)
 	}{
 		{"keep-last-1", Policy{KeepLast: 1, Grace: DefaultGrace}, nil, nil},
 		{"keep-last-1-live-slot", Policy{KeepLast: 1, Grace: DefaultGrace}, []archive.Slot{slot("dr1", name(1, 6), live)}, nil},
@@ -117,15 +118,15 @@ func TestPlanGolden(t *testing.T) {
 		{"keep-within-edge-48h", Policy{KeepWithin: 48 * time.Hour, Grace: DefaultGrace}, nil, nil},
 		{"keep-within-5d", Policy{KeepWithin: 120 * time.Hour, Grace: DefaultGrace}, nil, nil},
 		{"slot-without-position", Policy{KeepLast: 1, Grace: DefaultGrace}, []archive.Slot{slot("new", "", live)}, nil},
-		{"no-backups", Policy{KeepLast: 1, Grace: DefaultGrace}, nil, func(inv *Inventory) { inv.Backups = nil }},
+		{"no-backups", Policy{KeepLast: 1, Grace: DefaultGrace}, nil, func(inv *catalog.Catalog) { inv.Backups = nil }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			inv := inventory()
 			if c.inv != nil {
-				c.inv(&inv)
+				c.inv(inv)
 			}
-			p, err := Make(inv, c.slots, c.policy, now)
+			p, err := Make(withSlots(inv, c.slots), c.policy, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +151,7 @@ func TestPlanGolden(t *testing.T) {
 
 // checkInvariants: nothing a kept backup or a live slot needs is deleted,
 // and nothing young is.
-func checkInvariants(t *testing.T, inv Inventory, slots []archive.Slot, p *Plan) {
+func checkInvariants(t *testing.T, inv *catalog.Catalog, slots []archive.Slot, p *Plan) {
 	t.Helper()
 	kept := map[string]bool{}
 	for _, id := range p.KeptBackups {
@@ -193,10 +194,10 @@ func checkInvariants(t *testing.T, inv Inventory, slots []archive.Slot, p *Plan)
 }
 
 func TestNoPolicyRefused(t *testing.T) {
-	if _, err := Make(inventory(), nil, Policy{Grace: DefaultGrace}, now); err == nil {
+	if _, err := Make(inventory(), Policy{Grace: DefaultGrace}, now); err == nil {
 		t.Fatal("a plan without a policy")
 	}
-	if _, err := Make(inventory(), nil, Policy{KeepLast: -1}, now); err == nil {
+	if _, err := Make(inventory(), Policy{KeepLast: -1}, now); err == nil {
 		t.Fatal("a negative policy")
 	}
 }
@@ -204,12 +205,12 @@ func TestNoPolicyRefused(t *testing.T) {
 // Positions past the first 4 GiB of WAL: names carry a log number, and
 // the planner must compare segment numbers, not names' halves.
 func TestPlanAcrossLogBoundary(t *testing.T) {
-	inv := Inventory{SegmentSize: segSize}
+	inv := &catalog.Catalog{SegSize: segSize}
 	for n := uint64(0x1F0); n <= 0x210; n++ {
-		inv.Objects = append(inv.Objects, Object{Key: "wal/00000001/" + name(1, n), Size: 1, Modified: now.Add(-time.Hour)})
+		inv.Objects = append(inv.Objects, catalog.Object{Key: "wal/00000001/" + name(1, n), Size: 1, Modified: now.Add(-time.Hour)})
 	}
 	inv.Backups = []*manifest.Manifest{mkBackup("20261126T100000Z", 1, 0x1FE, now.Add(-time.Hour))}
-	p, err := Make(inv, []archive.Slot{slot("dr", name(1, 0x1FA), now)}, Policy{KeepLast: 1, Grace: DefaultGrace}, now)
+	p, err := Make(withSlots(inv, []archive.Slot{slot("dr", name(1, 0x1FA), now)}), Policy{KeepLast: 1, Grace: DefaultGrace}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,4 +221,9 @@ func TestPlanAcrossLogBoundary(t *testing.T) {
 			t.Errorf("%s (segment %#x): delete=%v, want %v (%s)", it.Key, n, it.Delete, want, it.Reason)
 		}
 	}
+}
+
+func withSlots(c *catalog.Catalog, slots []archive.Slot) *catalog.Catalog {
+	c.Slots = slots
+	return c
 }

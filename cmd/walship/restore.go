@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/config"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
@@ -83,7 +84,7 @@ func restoreCommand(env *appEnv) *cli.Command {
 					return &exitError{code: exitCode(opSlot, err), err: err}
 				}
 			}
-			inv, err := restore.LoadInventory(c.Context, a)
+			inv, err := catalog.Load(c.Context, a, catalog.Backups|catalog.Histories)
 			if err != nil {
 				return &exitError{code: exitCode(opRestore, err), err: err}
 			}

@@ -8,7 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/catalog"
 )
 
 func slotCommand(env *appEnv) *cli.Command {
@@ -52,10 +52,11 @@ func slotCommand(env *appEnv) *cli.Command {
 					if err != nil {
 						return err
 					}
-					rows, err := slotRows(c, a)
+					cat, err := catalog.Load(c.Context, a, catalog.Slots|catalog.Heads)
 					if err != nil {
 						return &exitError{code: exitCode(opSlot, err), err: err}
 					}
+					rows := cat.SlotStates(time.Now())
 					for _, r := range rows {
 						if r.Expired {
 							env.logger().Warn("slot EXPIRED: it no longer protects any WAL; its follower may need a rebuild", "slot", r.Name,
@@ -127,44 +128,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// slotRow is a slot as list and status show it.
-type slotRow struct {
-	archive.Slot
-	Expired     bool    `json:"expired"`
-	LagSegments *uint64 `json:"lag_segments,omitempty"` // from the replayed (else position) segment to its timeline's head
-}
-
-func slotRows(c *cli.Context, a *archive.Archive) ([]slotRow, error) {
-	slots, err := a.ListSlots(c.Context)
-	if err != nil {
-		return nil, err
-	}
-	id, err := a.Identity(c.Context)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	rows := make([]slotRow, 0, len(slots))
-	for _, s := range slots {
-		r := slotRow{Slot: s, Expired: s.Expired(now)}
-		at := s.Replayed
-		if at == "" {
-			at = s.Position
-		}
-		if n, err := segment.ParseName(at, id.SegmentSize); err == nil {
-			if h, err := a.ReadHead(c.Context, n.TLI); err == nil {
-				if hn, err := segment.ParseName(h.Segment, id.SegmentSize); err == nil {
-					lag := uint64(0)
-					if hn.SegNo > n.SegNo {
-						lag = hn.SegNo - n.SegNo
-					}
-					r.LagSegments = &lag
-				}
-			}
-		}
-		rows = append(rows, r)
-	}
-	return rows, nil
 }
