@@ -100,12 +100,23 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 		return res, err
 	}
 	res.Restore = time.Since(start)
-	pgctl := filepath.Join(o.PGBin, "pg_ctl")
 	started := time.Now()
+	if res.Answer, err = startAndQuery(ctx, dir, port, o); err != nil {
+		return res, err
+	}
+	res.Recovery = time.Since(started)
+	res.Total = time.Since(start)
+	return res, nil
+}
+
+// startAndQuery starts the restored copy in dir, waits until it answers
+// the drill's query, and stops it again, whatever happened.
+func startAndQuery(ctx context.Context, dir string, port int, o Options) (string, error) {
+	pgctl := filepath.Join(o.PGBin, "pg_ctl")
 	secs := strconv.Itoa(int(time.Until(deadline(ctx)).Seconds()))
 	if out, err := exec.CommandContext(ctx, pgctl, "-D", dir, "-l", dir+".log", "-w", "-t", secs, "start").CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(dir + ".log")
-		return res, fmt.Errorf("drill: PostgreSQL did not start: %v: %s %s", err, out, tail(string(log), 2000))
+		return "", fmt.Errorf("drill: PostgreSQL did not start: %w: %s %s", err, out, tail(string(log), 2000))
 	}
 	defer func() {
 		stop := exec.Command(pgctl, "-D", dir, "-m", "immediate", "-w", "stop")
@@ -115,18 +126,14 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 	for {
 		ans, err := o.Query(ctx, conn)
 		if err == nil {
-			res.Answer = ans
-			break
+			return ans, nil
 		}
 		select {
 		case <-ctx.Done():
-			return res, fmt.Errorf("drill: the restored server never answered: %w", err)
+			return "", fmt.Errorf("drill: the restored server never answered: %w", err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	res.Recovery = time.Since(started)
-	res.Total = time.Since(start)
-	return res, nil
 }
 
 func deadline(ctx context.Context) time.Time {
