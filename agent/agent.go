@@ -47,7 +47,6 @@ type Options struct {
 	PollMax   time.Duration // the wait doubles up to this while nothing arrives; default 30s
 	Heartbeat time.Duration // how often the slot is written; default 1m
 	Log       *slog.Logger
-	Clock     spool.Clock
 }
 
 // Stats are read by the metrics endpoint; every field is atomic.
@@ -129,9 +128,6 @@ func New(a *archive.Archive, o Options) *Agent {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Clock == nil {
-		o.Clock = spool.RealClock{}
-	}
 	return &Agent{a: a, o: o, arrived: map[uint64]time.Time{}, placed: map[uint64]bool{}, inflight: map[uint64]bool{}}
 }
 
@@ -173,7 +169,7 @@ func (g *Agent) Run(ctx context.Context) error {
 	for {
 		g.refreshPosition(ctx)
 		g.tidySpool()
-		now := g.o.Clock.Now()
+		now := time.Now()
 		if (!g.headOK || g.next > g.head) && len(g.inflight) == 0 && !now.Before(pollDue) {
 			before := g.polled
 			if g.poll(ctx) {
@@ -203,7 +199,7 @@ func (g *Agent) Run(ctx context.Context) error {
 					due = g.retryAt
 				}
 			}
-			timer = g.o.Clock.After(max(due.Sub(now), time.Millisecond))
+			timer = time.After(max(due.Sub(now), time.Millisecond))
 		}
 		select {
 		case <-ctx.Done():
@@ -276,7 +272,7 @@ func (g *Agent) name(n uint64) string { return segment.Name{TLI: g.tli, SegNo: n
 
 // refreshPosition asks the standby how far it is.
 func (g *Agent) refreshPosition(ctx context.Context) {
-	now := g.o.Clock.Now()
+	now := time.Now()
 	if g.o.Position == nil || now.Sub(g.lastPos) < 250*time.Millisecond {
 		return
 	}
@@ -404,7 +400,7 @@ func (g *Agent) finished(ctx context.Context, r download) {
 	}
 	g.next = min(g.next, r.n)
 	g.backoff = min(max(2*g.backoff, g.o.PollMin), g.o.PollMax)
-	g.retryAt = g.o.Clock.Now().Add(g.backoff)
+	g.retryAt = time.Now().Add(g.backoff)
 }
 
 // gone reports a segment the archive will not produce: later segments were
@@ -442,14 +438,14 @@ func (g *Agent) setProblem(ctx context.Context, msg string) {
 // nothing new, one look for the next timeline's history file. It reports
 // whether there is more to download.
 func (g *Agent) poll(ctx context.Context) bool {
-	g.stats.LastPoll.Store(g.o.Clock.Now().UnixNano())
+	g.stats.LastPoll.Store(time.Now().UnixNano())
 	h, err := g.a.ReadHead(ctx, g.tli)
 	g.o.Log.Debug("polled head", "timeline", g.tli, "head", h.Segment, "next", g.name(g.next), "error", err)
 	switch {
 	case err == nil:
 		n, _ := segment.ParseName(h.Segment, g.segSize)
 		g.head, g.headOK, g.pushed = n.SegNo, true, h.Pushed
-		g.polled, g.noHistory = g.o.Clock.Now(), 0
+		g.polled, g.noHistory = time.Now(), 0
 		if g.next <= g.head {
 			return true
 		}
@@ -492,7 +488,7 @@ func (g *Agent) poll(ctx context.Context) bool {
 
 // beat writes the slot: position, replay, problem, heartbeat.
 func (g *Agent) beat(ctx context.Context, now bool) {
-	t := g.o.Clock.Now()
+	t := time.Now()
 	if !now && t.Sub(g.lastBeat) < g.o.Heartbeat {
 		return
 	}
@@ -549,7 +545,7 @@ func (g *Agent) updateStats() {
 		if t, ok := g.arrived[g.replay+1]; ok && !t.IsZero() {
 			since = t
 		}
-		secs = g.o.Clock.Now().Sub(since)
+		secs = time.Since(since)
 	}
 	s.LagSeconds.Store(secs.Milliseconds())
 	for n := range g.arrived {

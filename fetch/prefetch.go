@@ -88,7 +88,6 @@ type PrefetchOptions struct {
 	Parallel int           // downloads at once; default 2
 	Idle     time.Duration // exit when no fetch came for this long; default 1m
 	Log      *slog.Logger
-	Clock    spool.Clock
 }
 
 // PrefetchStats are the prefetcher's counts; every field is atomic.
@@ -154,9 +153,6 @@ func NewPrefetcher(a *archive.Archive, o PrefetchOptions) *Prefetcher {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Clock == nil {
-		o.Clock = spool.RealClock{}
-	}
 	return &Prefetcher{a: a, o: o, placed: map[segment.Name]bool{}, inflight: map[segment.Name]bool{}}
 }
 
@@ -196,7 +192,7 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 	if err := spool.WriteState(p.o.Spool, spool.State{SegmentSize: p.segSize, SystemID: p.sysID, Archive: p.o.Archive}); err != nil {
 		return "", err
 	}
-	now := p.o.Clock.Now()
+	now := time.Now()
 	p.active = now
 	p.pmPID = postmasterPID(p.o.PGData)
 	p.readNote(now)
@@ -219,7 +215,7 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 // loop is the prefetcher's work until it should stop; it says why.
 func (p *Prefetcher) loop(ctx, dctx context.Context, wg *sync.WaitGroup, results chan prefetched) string {
 	for {
-		now := p.o.Clock.Now()
+		now := time.Now()
 		p.readNote(now)
 		if why := p.shouldStop(now); why != "" {
 			return why
@@ -230,7 +226,7 @@ func (p *Prefetcher) loop(ctx, dctx context.Context, wg *sync.WaitGroup, results
 			return "stopped"
 		case r := <-results:
 			p.finished(r)
-		case <-p.o.Clock.After(spool.ScanEvery):
+		case <-time.After(spool.ScanEvery):
 		}
 	}
 }
@@ -341,7 +337,7 @@ func (p *Prefetcher) finished(r prefetched) {
 	}
 	p.backoff = min(max(2*p.backoff, prefetchRetryMin), prefetchRetryMax)
 	if !p.hold.on || r.name.SegNo <= p.hold.seg || p.hold.last != p.last {
-		p.hold = prefetchHold{on: true, seg: r.name.SegNo, until: p.o.Clock.Now().Add(p.backoff), last: p.last}
+		p.hold = prefetchHold{on: true, seg: r.name.SegNo, until: time.Now().Add(p.backoff), last: p.last}
 	}
 	if errors.Is(r.err, backends.ErrNotFound) {
 		// Not pushed yet, or past the end. Nothing is concluded from it:

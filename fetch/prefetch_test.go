@@ -144,76 +144,80 @@ func (r *prefetchRig) assertCleared() {
 // the one taken last, no more than its byte bound allows, each the
 // archived bytes; a take moves the window and hands each file over once.
 func TestPrefetchBoundedAndVerified(t *testing.T) {
-	mem := memory.New()
-	r := newPrefetchRig(t, mem, mem, 2, 20)
-	// 16 ahead but 3 MiB: three 1 MiB segments.
-	r.start(2, fetch.PrefetchOptions{Ahead: 16, MaxBytes: 3 << 20, Parallel: 2})
-	testenv.WaitFor(t, "three segments prefetched", 10*time.Second, func() bool { return r.p.Stats().Downloads.Load() >= 3 })
-	got := archivetest.SpoolNames(t, r.spool.Dir)
-	if len(got) != 3 || !got[archivetest.Seg(3)] || !got[archivetest.Seg(4)] || !got[archivetest.Seg(5)] {
-		t.Fatalf("spool holds %v, want 3, 4 and 5 within 3 MiB", got)
-	}
-	if n := r.p.Stats().Downloads.Load(); n != 3 {
-		t.Fatalf("%d downloads within a 3 MiB bound, want 3", n)
-	}
-	want := t.TempDir()
-	for _, n := range []uint64{3, 4, 5} {
-		orig, _ := os.ReadFile(testenv.WriteSegment(t, want, archivetest.Seg(n), archivetest.Sys, nil))
-		if b, err := os.ReadFile(filepath.Join(r.spool.Dir, archivetest.Seg(n))); err != nil || !bytes.Equal(b, orig) {
-			t.Fatalf("%s in the spool is not the archived segment (%v)", archivetest.Seg(n), err)
-		}
-	}
-	if took, err := r.fetch(3); !took || err != nil {
-		t.Fatalf("take 3: %v %v", took, err)
-	}
-	r.assertSegment(3)
-	testenv.WaitFor(t, "the window to move to 4..6", 10*time.Second, func() bool { return archivetest.SpoolNames(t, r.spool.Dir)[archivetest.Seg(6)] })
-	if got := archivetest.SpoolNames(t, r.spool.Dir); len(got) != 3 || got[archivetest.Seg(3)] {
-		t.Fatalf("after taking 3 the spool holds %v, want 4, 5 and 6", got)
-	}
-	if took, _ := r.spool.Take(archivetest.Seg(3), r.dest); took {
-		t.Fatal("a segment was handed over twice")
-	}
-	// PostgreSQL jumps ahead (a timeline switch, or it asked the archive
-	// itself): what it passed is removed, the window follows.
-	if took, err := r.fetch(10); took || err != nil {
-		t.Fatalf("fetch 10 (not prefetched): %v %v", took, err)
-	}
-	r.assertSegment(10)
-	testenv.WaitFor(t, "the window to follow to 11..13", 10*time.Second, func() bool {
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New()
+		r := newPrefetchRig(t, mem, mem, 2, 20)
+		// 16 ahead but 3 MiB: three 1 MiB segments.
+		r.start(2, fetch.PrefetchOptions{Ahead: 16, MaxBytes: 3 << 20, Parallel: 2})
+		archivetest.Eventually(t, "three segments prefetched", 10*time.Second, func() bool { return r.p.Stats().Downloads.Load() >= 3 })
 		got := archivetest.SpoolNames(t, r.spool.Dir)
-		return len(got) == 3 && got[archivetest.Seg(11)] && got[archivetest.Seg(12)] && got[archivetest.Seg(13)]
+		if len(got) != 3 || !got[archivetest.Seg(3)] || !got[archivetest.Seg(4)] || !got[archivetest.Seg(5)] {
+			t.Fatalf("spool holds %v, want 3, 4 and 5 within 3 MiB", got)
+		}
+		if n := r.p.Stats().Downloads.Load(); n != 3 {
+			t.Fatalf("%d downloads within a 3 MiB bound, want 3", n)
+		}
+		want := t.TempDir()
+		for _, n := range []uint64{3, 4, 5} {
+			orig, _ := os.ReadFile(testenv.WriteSegment(t, want, archivetest.Seg(n), archivetest.Sys, nil))
+			if b, err := os.ReadFile(filepath.Join(r.spool.Dir, archivetest.Seg(n))); err != nil || !bytes.Equal(b, orig) {
+				t.Fatalf("%s in the spool is not the archived segment (%v)", archivetest.Seg(n), err)
+			}
+		}
+		if took, err := r.fetch(3); !took || err != nil {
+			t.Fatalf("take 3: %v %v", took, err)
+		}
+		r.assertSegment(3)
+		archivetest.Eventually(t, "the window to move to 4..6", 10*time.Second, func() bool { return archivetest.SpoolNames(t, r.spool.Dir)[archivetest.Seg(6)] })
+		if got := archivetest.SpoolNames(t, r.spool.Dir); len(got) != 3 || got[archivetest.Seg(3)] {
+			t.Fatalf("after taking 3 the spool holds %v, want 4, 5 and 6", got)
+		}
+		if took, _ := r.spool.Take(archivetest.Seg(3), r.dest); took {
+			t.Fatal("a segment was handed over twice")
+		}
+		// PostgreSQL jumps ahead (a timeline switch, or it asked the archive
+		// itself): what it passed is removed, the window follows.
+		if took, err := r.fetch(10); took || err != nil {
+			t.Fatalf("fetch 10 (not prefetched): %v %v", took, err)
+		}
+		r.assertSegment(10)
+		archivetest.Eventually(t, "the window to follow to 11..13", 10*time.Second, func() bool {
+			got := archivetest.SpoolNames(t, r.spool.Dir)
+			return len(got) == 3 && got[archivetest.Seg(11)] && got[archivetest.Seg(12)] && got[archivetest.Seg(13)]
+		})
+		if end := r.stop(); end.err != nil || end.why != "stopped" {
+			t.Fatalf("stop: %+v", end)
+		}
+		r.assertCleared()
 	})
-	if end := r.stop(); end.err != nil || end.why != "stopped" {
-		t.Fatalf("stop: %+v", end)
-	}
-	r.assertCleared()
 }
 
 // TestPrefetchNeverOffersDamaged: a segment whose archived object fails
 // its checksum is never placed in the spool; fetch then gets the archive's
 // own error (damaged), not "absent".
 func TestPrefetchNeverOffersDamaged(t *testing.T) {
-	mem := memory.New()
-	r := newPrefetchRig(t, mem, mem, 2, 8)
-	mem.Corrupt(archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 4}), 200)
-	r.start(2, fetch.PrefetchOptions{Ahead: 4, Parallel: 1})
-	testenv.WaitFor(t, "the damaged segment to fail", 10*time.Second, func() bool { return r.p.Stats().Failures.Load() >= 1 })
-	if archivetest.SpoolNames(t, r.spool.Dir)[archivetest.Seg(4)] {
-		t.Fatal("the damaged segment was placed in the spool")
-	}
-	if took, err := r.fetch(3); !took || err != nil {
-		t.Fatalf("take 3: %v %v", took, err)
-	}
-	took, err := r.fetch(4)
-	if took || !errors.Is(err, sealed.ErrChecksum) || errors.Is(err, backends.ErrNotFound) {
-		t.Fatalf("fetch of the damaged segment: from spool %v, %v; want the archive's checksum error", took, err)
-	}
-	if _, serr := os.Stat(r.dest); serr != nil {
-		t.Fatalf("the good segment 3 handed over before is gone: %v", serr)
-	}
-	r.stop()
-	r.assertCleared()
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New()
+		r := newPrefetchRig(t, mem, mem, 2, 8)
+		mem.Corrupt(archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 4}), 200)
+		r.start(2, fetch.PrefetchOptions{Ahead: 4, Parallel: 1})
+		archivetest.Eventually(t, "the damaged segment to fail", 10*time.Second, func() bool { return r.p.Stats().Failures.Load() >= 1 })
+		if archivetest.SpoolNames(t, r.spool.Dir)[archivetest.Seg(4)] {
+			t.Fatal("the damaged segment was placed in the spool")
+		}
+		if took, err := r.fetch(3); !took || err != nil {
+			t.Fatalf("take 3: %v %v", took, err)
+		}
+		took, err := r.fetch(4)
+		if took || !errors.Is(err, sealed.ErrChecksum) || errors.Is(err, backends.ErrNotFound) {
+			t.Fatalf("fetch of the damaged segment: from spool %v, %v; want the archive's checksum error", took, err)
+		}
+		if _, serr := os.Stat(r.dest); serr != nil {
+			t.Fatalf("the good segment 3 handed over before is gone: %v", serr)
+		}
+		r.stop()
+		r.assertCleared()
+	})
 }
 
 // TestPrefetchBeliefIsNeverAbsent: the prefetcher looked for segment 5
@@ -328,40 +332,42 @@ func TestPrefetchStops(t *testing.T) {
 // TestPrefetchOnePerSpool: a second prefetcher on a spool refuses to start
 // and leaves the first one's files alone.
 func TestPrefetchOnePerSpool(t *testing.T) {
-	mem := memory.New()
-	r := newPrefetchRig(t, mem, mem, 2, 6)
-	r.start(2, fetch.PrefetchOptions{})
-	testenv.WaitFor(t, "3 to 6 prefetched", 10*time.Second, func() bool { return len(archivetest.SpoolNames(t, r.spool.Dir)) == 4 })
-	second := fetch.NewPrefetcher(r.a, fetch.PrefetchOptions{Spool: r.spool.Dir, PGData: r.pgdata, Archive: rigArchive})
-	if _, err := second.Run(context.Background()); !errors.Is(err, archive.ErrLocal) {
-		t.Fatalf("second prefetcher: %v, want ErrLocal (the spool is locked)", err)
-	}
-	if got := archivetest.SpoolNames(t, r.spool.Dir); len(got) != 4 {
-		t.Fatalf("the second prefetcher touched the first one's spool: %v", got)
-	}
-	if took, err := r.fetch(3); !took || err != nil {
-		t.Fatalf("take 3: %v %v", took, err)
-	}
-	// Another archive's fetch takes nothing from this spool.
-	other := fetch.PrefetchSpool{Dir: r.spool.Dir, Archive: "file:///elsewhere"}
-	if took, err := other.Take(archivetest.Seg(4), r.dest); took || err != nil {
-		t.Fatalf("a fetch of another archive took from the spool: %v %v", took, err)
-	}
-	// A spool others may write into is not taken from.
-	if err := os.Chmod(r.spool.Dir, 0o770); err != nil {
-		t.Fatal(err)
-	}
-	if took, err := r.spool.Take(archivetest.Seg(4), r.dest); took || !errors.Is(err, spool.ErrOwner) {
-		t.Fatalf("take from a group-writable spool: %v %v, want spool.ErrOwner", took, err)
-	}
-	if err := os.Chmod(r.spool.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if took, err := r.spool.Take(archivetest.Seg(4), r.dest); !took || err != nil {
-		t.Fatalf("take 4: %v %v", took, err)
-	}
-	r.stop()
-	r.assertCleared()
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New()
+		r := newPrefetchRig(t, mem, mem, 2, 6)
+		r.start(2, fetch.PrefetchOptions{})
+		archivetest.Eventually(t, "3 to 6 prefetched", 10*time.Second, func() bool { return len(archivetest.SpoolNames(t, r.spool.Dir)) == 4 })
+		second := fetch.NewPrefetcher(r.a, fetch.PrefetchOptions{Spool: r.spool.Dir, PGData: r.pgdata, Archive: rigArchive})
+		if _, err := second.Run(context.Background()); !errors.Is(err, archive.ErrLocal) {
+			t.Fatalf("second prefetcher: %v, want ErrLocal (the spool is locked)", err)
+		}
+		if got := archivetest.SpoolNames(t, r.spool.Dir); len(got) != 4 {
+			t.Fatalf("the second prefetcher touched the first one's spool: %v", got)
+		}
+		if took, err := r.fetch(3); !took || err != nil {
+			t.Fatalf("take 3: %v %v", took, err)
+		}
+		// Another archive's fetch takes nothing from this spool.
+		other := fetch.PrefetchSpool{Dir: r.spool.Dir, Archive: "file:///elsewhere"}
+		if took, err := other.Take(archivetest.Seg(4), r.dest); took || err != nil {
+			t.Fatalf("a fetch of another archive took from the spool: %v %v", took, err)
+		}
+		// A spool others may write into is not taken from.
+		if err := os.Chmod(r.spool.Dir, 0o770); err != nil {
+			t.Fatal(err)
+		}
+		if took, err := r.spool.Take(archivetest.Seg(4), r.dest); took || !errors.Is(err, spool.ErrOwner) {
+			t.Fatalf("take from a group-writable spool: %v %v, want spool.ErrOwner", took, err)
+		}
+		if err := os.Chmod(r.spool.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if took, err := r.spool.Take(archivetest.Seg(4), r.dest); !took || err != nil {
+			t.Fatalf("take 4: %v %v", took, err)
+		}
+		r.stop()
+		r.assertCleared()
+	})
 }
 
 // gated holds the Get of one key until its gate is closed.

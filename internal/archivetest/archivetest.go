@@ -1,11 +1,13 @@
 // Package archivetest holds the fixtures the agent's and the fetch tests
-// share: 1 MiB segments of one cluster pushed into an archive, and a slot.
+// share: 1 MiB segments of one cluster pushed into an archive, a slot, and
+// a wait for a condition on the fake clock of a testing/synctest bubble.
 package archivetest
 
 import (
 	"context"
 	"os"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/walship/walship/archive"
@@ -56,4 +58,28 @@ func SpoolNames(t *testing.T, dir string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// step is how far Eventually moves the bubble's clock between looks.
+const step = time.Millisecond
+
+// Eventually waits, inside a synctest bubble, until cond holds: it lets
+// every goroutine of the bubble run until it is durably blocked
+// (synctest.Wait), looks, and otherwise advances the bubble's fake clock
+// by a millisecond, for at most within of fake time. A condition that
+// holds once the bubble settles costs no fake time at all; none costs real
+// time waiting, so a loaded machine cannot make it time out.
+func Eventually(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		synctest.Wait()
+		if cond() {
+			return
+		}
+		if !time.Now().Before(deadline) {
+			t.Fatalf("not within %s (the bubble's clock): %s", within, what)
+		}
+		time.Sleep(step)
+	}
 }
