@@ -1,8 +1,11 @@
-// Package fetch is the restore_command's side of walship: one file out of
-// the archive into the place PostgreSQL names, verified end to end and
-// synced before it is renamed into place, with the one retry policy; and
-// the prefetcher the first fetch of a recovery starts, which downloads the
-// next segments into a spool (package spool) that later fetches take from.
+// Package fetch is the restore_command's side of walship: Run, which looks
+// for a file in walship agent's spool, then the prefetcher's, then the
+// archive, and answers "absent" only on the archive's word (or a live
+// agent's fresh poll); Fetch, one file out of the archive into the place
+// PostgreSQL names, verified end to end before it is renamed into place,
+// with the one retry policy; and the prefetcher the first fetch of a
+// recovery starts, which downloads the next segments into a spool (package
+// spool) that later fetches take from.
 package fetch
 
 import (
