@@ -48,28 +48,6 @@ func agentCommand(env *appEnv) *cli.Command {
 			}
 			cfg := env.cfg
 			ac := cfg.Agent
-			if c.IsSet("spool") {
-				cfg.Spool = c.String("spool")
-			}
-			for name, dst := range map[string]*string{"slot": &ac.Slot, "standby": &ac.Standby, "metrics-addr": &ac.MetricsAddr} {
-				if c.IsSet(name) {
-					*dst = c.String(name)
-				}
-			}
-			for name, dst := range map[string]*int{"ahead": &ac.Ahead, "parallel": &ac.Parallel} {
-				if c.IsSet(name) {
-					*dst = c.Int(name)
-				}
-			}
-			for name, dst := range map[string]*time.Duration{"poll-min": &ac.PollMin, "poll-max": &ac.PollMax, "heartbeat": &ac.Heartbeat} {
-				if c.IsSet(name) {
-					*dst = c.Duration(name)
-				}
-			}
-			cfg.Agent = ac
-			if err := cfg.Validate(); err != nil {
-				return &exitError{code: exitUsage, err: err}
-			}
 			if cfg.Spool == "" || ac.Slot == "" {
 				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
 			}

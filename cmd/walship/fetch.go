@@ -112,17 +112,6 @@ func (e *appEnv) fetchArgs(c *cli.Context) (name, dest string, err error) {
 	if err := e.requireArchive(); err != nil {
 		return "", "", err
 	}
-	if err := fetchSettings(c, &e.cfg); err != nil {
-		return "", "", err
-	}
-	if c.IsSet("spool") {
-		e.cfg.Spool = c.String("spool")
-	}
-	if e.cfg.Spool != "" && !filepath.IsAbs(e.cfg.Spool) {
-		// PostgreSQL runs restore_command in the data directory: a
-		// relative spool would be looked for inside it.
-		return "", "", usageErr("--spool %q: want an absolute directory", e.cfg.Spool)
-	}
 	return name, dest, nil
 }
 
@@ -153,33 +142,6 @@ func inRecovery() bool {
 	_, rerr := os.Stat("recovery.signal")
 	_, serr := os.Stat("standby.signal")
 	return rerr == nil || serr == nil
-}
-
-// fetchSettings applies fetch's prefetch flags over the configuration.
-func fetchSettings(c *cli.Context, cfg *config.Config) error {
-	if c.IsSet("prefetch") {
-		cfg.Fetch.Prefetch = c.Int("prefetch")
-	}
-	if c.IsSet("prefetch-bytes") {
-		b, err := config.ParseByteSize(c.String("prefetch-bytes"))
-		if err != nil {
-			return usageErr("--prefetch-bytes: %v", err)
-		}
-		cfg.Fetch.PrefetchBytes = b
-	}
-	if c.IsSet("prefetch-dir") {
-		cfg.Fetch.PrefetchDir = c.String("prefetch-dir")
-	}
-	if c.IsSet("prefetch-idle") {
-		cfg.Fetch.PrefetchIdle = c.Duration("prefetch-idle")
-	}
-	if c.IsSet("prefetch-parallel") {
-		cfg.Fetch.PrefetchParallel = c.Int("prefetch-parallel")
-	}
-	if err := cfg.Validate(); err != nil {
-		return &exitError{code: exitUsage, err: err}
-	}
-	return nil
 }
 
 // prefetchSpool is the prefetcher's spool for this fetch, or nil when

@@ -153,7 +153,9 @@ type appEnv struct {
 	stderr io.Writer
 	getenv func(string) string
 	cfg    config.Config
-	log    *slog.Logger
+	// cfgPath is the configuration file loaded, "" for none.
+	cfgPath string
+	log     *slog.Logger
 	// daemon: the command runs until a signal stops it (agent,
 	// schedule), which is then its normal end.
 	daemon bool
@@ -288,46 +290,18 @@ func globalFlags() []cli.Flag {
 	}
 }
 
-// load builds the configuration once: defaults < file < environment < flags.
+// load builds the configuration once: defaults < file < environment <
+// flags (bindFlags).
 func (e *appEnv) load(c *cli.Context) error {
 	path := e.getenv(config.EnvConfig)
 	if cc, ok := setGlobal(c, "config"); ok {
 		path = cc.String("config")
 	}
-	cfg, err := config.Load(path, e.getenv, func(cfg *config.Config) error {
-		set := func(name string, dst *string) {
-			if cc, ok := setGlobal(c, name); ok {
-				*dst = cc.String(name)
-			}
-		}
-		set("archive", &cfg.Archive)
-		set("compression", &cfg.Compression)
-		set("log-format", &cfg.LogFormat)
-		set("log-level", &cfg.LogLevel)
-		set("s3-endpoint", &cfg.S3.Endpoint)
-		set("s3-region", &cfg.S3.Region)
-		set("s3-storage-class", &cfg.S3.StorageClass)
-		set("s3-sse", &cfg.S3.SSE)
-		set("s3-sse-kms-key-id", &cfg.S3.SSEKMSKeyID)
-		if cc, ok := setGlobal(c, "compression-level"); ok {
-			cfg.CompressionLevel = cc.Int("compression-level")
-		}
-		if cc, ok := setGlobal(c, "s3-path-style"); ok {
-			cfg.S3.PathStyle = cc.Bool("s3-path-style")
-		}
-		if cc, ok := setGlobal(c, "timeout"); ok {
-			d := cc.Duration("timeout")
-			cfg.Timeout = &d
-		}
-		if cc, ok := setGlobal(c, "stall-timeout"); ok {
-			cfg.StallTimeout = cc.Duration("stall-timeout")
-		}
-		return nil
-	})
+	cfg, err := config.Load(path, e.getenv, func(cfg *config.Config) error { return bindFlags(c, cfg) })
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
-	e.cfg = cfg
+	e.cfg, e.cfgPath = cfg, path
 	e.log = newLogger(e.stderr, cfg.LogFormat, cfg.LogLevel)
 	// Libraries that log on their own (the S3 client, the retry
 	// policy) use the default.

@@ -74,7 +74,7 @@ func restoreCommand(env *appEnv) *cli.Command {
 			if err != nil {
 				return err
 			}
-			cmdline, err := env.restoreCommandLine(c)
+			cmdline, err := env.restoreCommandLine()
 			if err != nil {
 				return err
 			}
@@ -207,18 +207,14 @@ func parseTablespaceMapping(vals []string) (map[string]string, error) {
 // walship binary with the same archive settings, given as flags because
 // the server does not share this shell's environment. No secret goes in:
 // S3 credentials come from the server's environment or credential files.
-func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
+func (e *appEnv) restoreCommandLine() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", &exitError{code: exitLocal, err: fmt.Errorf("find the walship binary: %w", err)}
 	}
 	args := []string{exe, "fetch"}
-	cfgPath := e.getenv(config.EnvConfig)
-	if cc, ok := setGlobal(c, "config"); ok {
-		cfgPath = cc.String("config")
-	}
-	if cfgPath != "" {
-		abs, err := filepath.Abs(cfgPath)
+	if e.cfgPath != "" {
+		abs, err := filepath.Abs(e.cfgPath)
 		if err != nil {
 			return "", usageErr("--config: %v", err)
 		}
@@ -230,13 +226,7 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 	}
 	args = append(args, "--archive", archive)
 	spool := e.cfg.Spool
-	if c.IsSet("spool") {
-		spool = c.String("spool")
-	}
 	if spool != "" {
-		if !filepath.IsAbs(spool) {
-			return "", usageErr("--spool %q: want an absolute directory", spool)
-		}
 		args = append(args, "--spool", spool)
 	} else {
 		// A recovery without walship agent: fetch's own prefetcher,
