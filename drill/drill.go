@@ -68,15 +68,7 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 		return res, err
 	}
 	res.Backup = plan.Backup.ID
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	dir := filepath.Join(o.Scratch, "walship-drill-"+plan.Backup.ID+"-"+hex.EncodeToString(suffix))
-	tsMap := map[string]string{}
-	for _, ar := range plan.Backup.Archives {
-		if ar.Location != "" {
-			tsMap[ar.Location] = dir + "-ts-" + strconv.FormatUint(uint64(ar.TablespaceOID), 10)
-		}
-	}
+	dir, tsMap := scratchDirs(o.Scratch, plan)
 	defer func() {
 		_ = os.RemoveAll(dir)
 		_ = os.Remove(dir + ".log")
@@ -100,8 +92,17 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 		return res, err
 	}
 	res.Restore = time.Since(start)
+	pgctl := filepath.Join(o.PGBin, "pg_ctl")
 	started := time.Now()
-	if res.Answer, err = startAndQuery(ctx, dir, port, o); err != nil {
+	if err := startServer(ctx, pgctl, dir); err != nil {
+		return res, err
+	}
+	defer func() {
+		stop := exec.Command(pgctl, "-D", dir, "-m", "immediate", "-w", "stop")
+		_ = stop.Run()
+	}()
+	conn := fmt.Sprintf("host=%s port=%d dbname=postgres connect_timeout=5", o.Scratch, port)
+	if res.Answer, err = waitAnswer(ctx, o.Query, conn); err != nil {
 		return res, err
 	}
 	res.Recovery = time.Since(started)
@@ -109,22 +110,36 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 	return res, nil
 }
 
-// startAndQuery starts the restored copy in dir, waits until it answers
-// the drill's query, and stops it again, whatever happened.
-func startAndQuery(ctx context.Context, dir string, port int, o Options) (string, error) {
-	pgctl := filepath.Join(o.PGBin, "pg_ctl")
+// scratchDirs names the drill's scratch data directory under scratch, and
+// one directory beside it for each tablespace of the plan's backup.
+func scratchDirs(scratch string, plan *restore.Plan) (string, map[string]string) {
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	dir := filepath.Join(scratch, "walship-drill-"+plan.Backup.ID+"-"+hex.EncodeToString(suffix))
+	tsMap := map[string]string{}
+	for _, ar := range plan.Backup.Archives {
+		if ar.Location != "" {
+			tsMap[ar.Location] = dir + "-ts-" + strconv.FormatUint(uint64(ar.TablespaceOID), 10)
+		}
+	}
+	return dir, tsMap
+}
+
+// startServer starts PostgreSQL on dir with pg_ctl, waiting at most until
+// ctx's deadline.
+func startServer(ctx context.Context, pgctl, dir string) error {
 	secs := strconv.Itoa(int(time.Until(deadline(ctx)).Seconds()))
 	if out, err := exec.CommandContext(ctx, pgctl, "-D", dir, "-l", dir+".log", "-w", "-t", secs, "start").CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(dir + ".log")
-		return "", fmt.Errorf("drill: PostgreSQL did not start: %w: %s %s", err, out, tail(string(log), 2000))
+		return fmt.Errorf("drill: PostgreSQL did not start: %v: %s %s", err, out, tail(string(log), 2000))
 	}
-	defer func() {
-		stop := exec.Command(pgctl, "-D", dir, "-m", "immediate", "-w", "stop")
-		_ = stop.Run()
-	}()
-	conn := fmt.Sprintf("host=%s port=%d dbname=postgres connect_timeout=5", o.Scratch, port)
+	return nil
+}
+
+// waitAnswer asks query until the server answers or ctx ends.
+func waitAnswer(ctx context.Context, query func(context.Context, string) (string, error), conn string) (string, error) {
 	for {
-		ans, err := o.Query(ctx, conn)
+		ans, err := query(ctx, conn)
 		if err == nil {
 			return ans, nil
 		}

@@ -1,8 +1,11 @@
-// Package fetch is the restore_command's side of walship: one file out of
-// the archive into the place PostgreSQL names, verified end to end and
-// synced before it is renamed into place, with the one retry policy; and
-// the prefetcher the first fetch of a recovery starts, which downloads the
-// next segments into a spool (package spool) that later fetches take from.
+// Package fetch is the restore_command's side of walship: Run, which looks
+// for a file in walship agent's spool, then the prefetcher's, then the
+// archive, and answers "absent" only on the archive's word (or a live
+// agent's fresh poll); Fetch, one file out of the archive into the place
+// PostgreSQL names, verified end to end before it is renamed into place,
+// with the one retry policy; and the prefetcher the first fetch of a
+// recovery starts, which downloads the next segments into a spool (package
+// spool) that later fetches take from.
 package fetch
 
 import (
@@ -71,10 +74,27 @@ func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts Opti
 	return res, err
 }
 
+// fetchOnce is one try of Fetch: one GET, read, verify and rename.
 func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *Result) error {
 	key := archive.Key(f)
-	// The identity is needed to check a segment's cluster, and to tell a
-	// real "absent" from an empty or wrong archive path; read it alongside.
+	rc, id, err := getWithIdentity(ctx, a, key, res)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	sr, err := sealed.NewReader(&ctxReader{ctx, rc})
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	defer sr.Close()
+	res.Size = sr.Header().Size
+	return writeVerified(sr, f, key, dest, id.SystemIdentifier, sync, res)
+}
+
+// getWithIdentity opens the object at key and reads the archive's
+// identity alongside: it is needed to check a segment's cluster, and to
+// tell a real "absent" from an empty or wrong archive path.
+func getWithIdentity(ctx context.Context, a *archive.Archive, key string, res *Result) (io.ReadCloser, archive.Identity, error) {
 	type idResult struct {
 		id  archive.Identity
 		err error
@@ -92,23 +112,23 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 			// Never say "absent" for a place that is not an archive: a
 			// wrong path or an unmounted NFS directory would end a
 			// recovery early.
-			return idr.err
+			return nil, idr.id, idr.err
 		}
-		return err
+		return nil, idr.id, err
 	}
-	defer rc.Close()
 	if idr.err != nil {
-		return idr.err
+		rc.Close()
+		return nil, idr.id, idr.err
 	}
-	sr, err := sealed.NewReader(&ctxReader{ctx, rc})
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
-	}
-	defer sr.Close()
-	res.Size = sr.Header().Size
+	return rc, idr.id, nil
+}
 
-	dir := filepath.Dir(dest)
-	tmp, err := spool.CreateTemp(dir, filepath.Base(dest))
+// writeVerified writes the decompressed object into a temporary file
+// beside dest, checks a segment's page header against its name, size and
+// the archive's cluster, and renames the file into place. On any failure
+// nothing is left at dest or beside it.
+func writeVerified(sr *sealed.Reader, f segment.File, key, dest string, sysID uint64, sync bool, res *Result) error {
+	tmp, err := spool.CreateTemp(filepath.Dir(dest), filepath.Base(dest))
 	if err != nil {
 		return fmt.Errorf("%w: %v", archive.ErrLocal, err)
 	}
@@ -134,15 +154,8 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	}
 	res.Stored = n
 	if f.Kind == segment.KindSegment || f.Kind == segment.KindPartial {
-		h, err := segment.ParseHeader(head.b[:])
-		if err != nil {
-			return fmt.Errorf("%s: %w", key, err)
-		}
-		if err := segment.CheckHeader(h, f, n, idr.id.SystemIdentifier); err != nil {
-			if h.SysID != idr.id.SystemIdentifier {
-				return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
-			}
-			return fmt.Errorf("%s: %w", key, err)
+		if err := checkSegment(head.b[:], f, key, n, sysID); err != nil {
+			return err
 		}
 	}
 	if sync {
@@ -157,6 +170,22 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 		return fmt.Errorf("%w: rename into %s: %v", archive.ErrLocal, dest, err)
 	}
 	ok = true
+	return nil
+}
+
+// checkSegment checks a restored segment's page header against its name,
+// its size n and the archive's cluster.
+func checkSegment(head []byte, f segment.File, key string, n int64, sysID uint64) error {
+	h, err := segment.ParseHeader(head)
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	if err := segment.CheckHeader(h, f, n, sysID); err != nil {
+		if h.SysID != sysID {
+			return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
+		}
+		return fmt.Errorf("%s: %w", key, err)
+	}
 	return nil
 }
 

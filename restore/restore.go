@@ -98,51 +98,18 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	if err := checkArchives(m); err != nil {
 		return err
 	}
-	dirs := map[string]string{} // archive name -> destination
-	for _, ar := range m.Archives {
-		dest := o.PGData
-		if ar.Location != "" {
-			dest = ar.Location
-			if d, ok := o.TablespaceMap[ar.Location]; ok {
-				dest = d
-			}
-			if !filepath.IsAbs(dest) {
-				return fmt.Errorf("%w: tablespace directory %q must be absolute", ErrUsage, dest)
-			}
-		}
-		dirs[ar.Name] = dest
+	dirs, err := destinations(m, o)
+	if err != nil {
+		return err
 	}
-	var created []string      // directories restore writes into
-	made := map[string]bool{} // ... of which it created these
+	var td targetDirs
 	defer func() {
 		if err != nil {
-			for _, d := range created {
-				if made[d] {
-					_ = os.RemoveAll(d)
-				} else {
-					_ = removeContents(d)
-				}
-			}
+			td.remove()
 		}
 	}()
-	for _, ar := range m.Archives {
-		d := dirs[ar.Name]
-		if err := CheckTarget(d); err != nil {
-			if ar.Location != "" {
-				return fmt.Errorf("%w (tablespace %d; move it with --tablespace-mapping %s=NEWDIR)", err, ar.TablespaceOID, ar.Location)
-			}
-			return err
-		}
-		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-			made[d] = true
-		}
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-		}
-		if err := os.Chmod(d, 0o700); err != nil {
-			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-		}
-		created = append(created, d)
+	if err := td.prepare(m, dirs); err != nil {
+		return err
 	}
 	if o.Progress == nil {
 		o.Progress = noProgress{}
@@ -161,12 +128,77 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	if err := finishDataDir(ctx, a.Storage(), p, o, dirs); err != nil {
 		return err
 	}
-	for _, d := range created {
+	for _, d := range td.created {
 		if err := syncFS(d); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// destinations maps each archive of the backup to its directory: the
+// data directory, or the tablespace's (mapped by o.TablespaceMap).
+func destinations(m *manifest.Manifest, o Options) (map[string]string, error) {
+	dirs := map[string]string{} // archive name -> destination
+	for _, ar := range m.Archives {
+		dest := o.PGData
+		if ar.Location != "" {
+			dest = ar.Location
+			if d, ok := o.TablespaceMap[ar.Location]; ok {
+				dest = d
+			}
+			if !filepath.IsAbs(dest) {
+				return nil, fmt.Errorf("%w: tablespace directory %q must be absolute", ErrUsage, dest)
+			}
+		}
+		dirs[ar.Name] = dest
+	}
+	return dirs, nil
+}
+
+// targetDirs are the directories a restore writes into, and which of
+// them it created: on failure, those it created are removed and the
+// others (found empty) emptied.
+type targetDirs struct {
+	created []string
+	made    map[string]bool
+}
+
+// prepare checks that each destination is absent or empty and makes it,
+// mode 0700.
+func (td *targetDirs) prepare(m *manifest.Manifest, dirs map[string]string) error {
+	td.made = map[string]bool{}
+	for _, ar := range m.Archives {
+		d := dirs[ar.Name]
+		if err := CheckTarget(d); err != nil {
+			if ar.Location != "" {
+				return fmt.Errorf("%w (tablespace %d; move it with --tablespace-mapping %s=NEWDIR)", err, ar.TablespaceOID, ar.Location)
+			}
+			return err
+		}
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			td.made[d] = true
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		td.created = append(td.created, d)
+	}
+	return nil
+}
+
+// remove takes away what the restore wrote.
+func (td *targetDirs) remove() {
+	for _, d := range td.created {
+		if td.made[d] {
+			_ = os.RemoveAll(d)
+		} else {
+			_ = removeContents(d)
+		}
+	}
 }
 
 type noProgress struct{}

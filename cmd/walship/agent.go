@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/agent"
+	"github.com/walship/walship/config"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/spool"
 )
@@ -40,81 +42,75 @@ func agentCommand(env *appEnv) *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", Usage: "how often the slot is written (default 1m)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics here, e.g. 127.0.0.1:9187 (default off)"},
 		),
-		Action: func(c *cli.Context) error {
-			env.daemon = true
-			a, err := env.openArchive(c, 0)
-			if err != nil {
-				return err
-			}
-			cfg := env.cfg
-			ac := cfg.Agent
-			if c.IsSet("spool") {
-				cfg.Spool = c.String("spool")
-			}
-			for name, dst := range map[string]*string{"slot": &ac.Slot, "standby": &ac.Standby, "metrics-addr": &ac.MetricsAddr} {
-				if c.IsSet(name) {
-					*dst = c.String(name)
-				}
-			}
-			for name, dst := range map[string]*int{"ahead": &ac.Ahead, "parallel": &ac.Parallel} {
-				if c.IsSet(name) {
-					*dst = c.Int(name)
-				}
-			}
-			for name, dst := range map[string]*time.Duration{"poll-min": &ac.PollMin, "poll-max": &ac.PollMax, "heartbeat": &ac.Heartbeat} {
-				if c.IsSet(name) {
-					*dst = c.Duration(name)
-				}
-			}
-			cfg.Agent = ac
-			if err := cfg.Validate(); err != nil {
-				return &exitError{code: exitUsage, err: err}
-			}
-			if cfg.Spool == "" || ac.Slot == "" {
-				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
-			}
-			if err := checkAgentSpool(cfg.Spool); err != nil {
-				return err
-			}
-			log := env.logger()
-			o := agent.Options{
-				Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
-				PollMin: ac.PollMin, PollMax: ac.PollMax, Heartbeat: ac.Heartbeat, Log: log,
-			}
-			if ac.Standby != "" {
-				sb, err := postgres.NewStandby(ac.Standby)
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				defer sb.Close(context.Background())
-				o.Position = func(ctx context.Context) (agent.Position, error) {
-					ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-					defer cancel()
-					r, err := sb.Replay(ctx)
-					return agent.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
-				}
-			}
-			agent := agent.New(a, o)
-			if ac.MetricsAddr != "" {
-				stop, err := serveMetrics(ac.MetricsAddr, agent.Stats())
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				defer stop()
-				log.Info("serving metrics", "addr", ac.MetricsAddr)
-			}
-			log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
-			if err := agent.Run(c.Context); err != nil {
-				code := exitCode(opAgent, err)
-				if errors.Is(err, spool.ErrOwner) {
-					code = exitUsage
-				}
-				return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
-			}
-			log.Info("agent stopped")
-			return nil
-		},
+		Action: func(c *cli.Context) error { return env.agent(c) },
 	}
+}
+
+// agent is walship agent: agent.Run on the configured spool and slot
+// until a signal stops it, with its metrics served if asked.
+func (e *appEnv) agent(c *cli.Context) error {
+	e.daemon = true
+	a, err := e.openArchive(c, 0)
+	if err != nil {
+		return err
+	}
+	cfg, ac := e.cfg, e.cfg.Agent
+	if cfg.Spool == "" || ac.Slot == "" {
+		return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
+	}
+	if err := checkAgentSpool(cfg.Spool); err != nil {
+		return err
+	}
+	log := e.logger()
+	o, closeStandby, err := agentOptions(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStandby()
+	ag := agent.New(a, o)
+	if ac.MetricsAddr != "" {
+		stop, err := serveMetrics(ac.MetricsAddr, ag.Stats())
+		if err != nil {
+			return &exitError{code: exitUsage, err: err}
+		}
+		defer stop()
+		log.Info("serving metrics", "addr", ac.MetricsAddr)
+	}
+	log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
+	if err := ag.Run(c.Context); err != nil {
+		code := exitCode(opAgent, err)
+		if errors.Is(err, spool.ErrOwner) {
+			code = exitUsage
+		}
+		return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
+	}
+	log.Info("agent stopped")
+	return nil
+}
+
+// agentOptions are the agent's options from the configuration; with a
+// standby to ask, its replay position, and the function that closes the
+// connection to it.
+func agentOptions(cfg config.Config, log *slog.Logger) (agent.Options, func(), error) {
+	ac := cfg.Agent
+	o := agent.Options{
+		Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
+		PollMin: ac.PollMin, PollMax: ac.PollMax, Heartbeat: ac.Heartbeat, Log: log,
+	}
+	if ac.Standby == "" {
+		return o, func() {}, nil
+	}
+	sb, err := postgres.NewStandby(ac.Standby)
+	if err != nil {
+		return o, nil, &exitError{code: exitUsage, err: err}
+	}
+	o.Position = func(ctx context.Context) (agent.Position, error) {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		r, err := sb.Replay(ctx)
+		return agent.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
+	}
+	return o, func() { sb.Close(context.Background()) }, nil
 }
 
 // checkAgentSpool refuses a spool PostgreSQL would misread or could not

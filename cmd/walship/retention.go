@@ -42,15 +42,6 @@ func (e *appEnv) retention(c *cli.Context, apply bool) error {
 		return err
 	}
 	r := e.cfg.Retention
-	if c.IsSet("keep-last") {
-		r.KeepLast = c.Int("keep-last")
-	}
-	if c.IsSet("keep-within") {
-		r.KeepWithin = c.Duration("keep-within")
-	}
-	if c.IsSet("grace") {
-		r.Grace = c.Duration("grace")
-	}
 	pol := retention.Policy{KeepLast: r.KeepLast, KeepWithin: r.KeepWithin, Grace: r.Grace}
 	if err := pol.Check(); err != nil {
 		return &exitError{code: exitUsage, err: err}

@@ -84,7 +84,7 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 	if err != nil {
 		return nil, cfg, &exitError{code: exitUsage, err: err}
 	}
-	restoreCmd, err := e.restoreCommandLine(c)
+	restoreCmd, err := e.restoreCommandLine()
 	if err != nil {
 		return nil, cfg, err
 	}
