@@ -9,12 +9,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
 // AheadOptions says how a push takes the next ready segments along.
 type AheadOptions struct {
-	Compression segment.Compression
+	Compression sealed.Compression
 	// Parallel is how many segments are in flight at once, each read,
 	// sealed and stored by its own worker; 1 or less pushes only the file
 	// asked for, as Push does.
@@ -83,7 +84,7 @@ type aheadItem struct {
 	// outcome
 	err     error
 	already bool // an identical copy was archived already
-	hdr     segment.SealedHeader
+	hdr     sealed.Header
 	stored  int64
 	stamp   fileStamp
 	stamped bool
@@ -154,7 +155,7 @@ func (a *Archive) pushBatch(ctx context.Context, start time.Time, dir string, it
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sealer, err := segment.NewSealer(o.Compression)
+			sealer, err := sealed.NewSealer(o.Compression)
 			for it := range next {
 				if err != nil {
 					it.err = err
@@ -223,7 +224,7 @@ func (a *Archive) limitAhead(work context.Context, cancel context.CancelFunc, fi
 
 // pushItem reads (unless read already), checks, seals and stores one
 // segment of a batch.
-func (a *Archive) pushItem(ctx context.Context, sealer *segment.Sealer, it *aheadItem) {
+func (a *Archive) pushItem(ctx context.Context, sealer *sealed.Sealer, it *aheadItem) {
 	if it.p == nil {
 		if it.err = ctx.Err(); it.err != nil {
 			return

@@ -16,6 +16,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -159,7 +160,7 @@ func TestPushAheadTakesTheReadySegmentsAlong(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, hdr, err := segment.Unseal(get(t, store, archive.Key(mustFile(t, seg(n)))))
+		got, hdr, err := sealed.Unseal(get(t, store, archive.Key(mustFile(t, seg(n)))))
 		if err != nil || !bytes.Equal(got, raw) || hdr.SHA256 != sha256.Sum256(raw) {
 			t.Errorf("%s: archived content differs (%v)", seg(n), err)
 		}

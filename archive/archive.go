@@ -1,8 +1,11 @@
-// Package archive is walship's view of an archive: where each file lives
-// (the layout), which cluster the archive belongs to (the identity), whether
-// its store enforces conditional writes (probed once, recorded with the
-// identity; a checked put where it does not), and the push path that
-// archive_command runs.
+// Package archive is walship's view of an archive on a store: where each
+// file lives (the layout, its key builders and the one key parser), which
+// cluster the archive belongs to (the identity), whether its store enforces
+// conditional writes (probed once, recorded with the identity; a checked
+// put where it does not), the push path archive_command runs (with its
+// look-ahead and local proofs), and the small records beside the WAL:
+// timeline heads, recorded gaps, slots and leases. Reading the archive as a
+// whole is package catalog's.
 package archive
 
 import (

@@ -14,7 +14,7 @@ import (
 
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 // Conditional writes. PutIfAbsent relies on the store refusing a write to
@@ -233,7 +233,7 @@ func hashReader(body io.ReadSeeker, size int64) ([sha256.Size]byte, error) {
 // header that reads whole but is damaged is unreadable, and only once it
 // was so on every try, so that a byte flipped in transit does not pass for
 // a different file.
-func (a *Archive) readArchivedHeader(ctx context.Context, key string) (have segment.SealedHeader, unreadable, err error) {
+func (a *Archive) readArchivedHeader(ctx context.Context, key string) (have sealed.Header, unreadable, err error) {
 	_, err = retry.Do(ctx, a.store, 0, nil, func(ctx context.Context) error {
 		unreadable = nil
 		rc, _, err := a.store.Get(ctx, key)
@@ -242,7 +242,7 @@ func (a *Archive) readArchivedHeader(ctx context.Context, key string) (have segm
 		}
 		defer rc.Close()
 		tr := &transferReader{r: rc}
-		have, err = segment.ReadSealedHeader(tr)
+		have, err = sealed.ReadHeader(tr)
 		switch {
 		case tr.err != nil:
 			return tr.err

@@ -14,7 +14,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 // unconditional is a store that ignores the condition of PutIfAbsent, as
@@ -137,7 +137,7 @@ func TestOldIdentityIsProbedAndAnsweredBeside(t *testing.T) {
 		t.Fatalf("second process: %v, %v, %d probe writes", enforced, err, store.puts.Load()-puts)
 	}
 	makeSegment(t, dir, "000000010000000000000003", sysID, func(x []byte) { x[5000] ^= 1 })
-	if _, err := b.Push(ctx, dir+"/000000010000000000000003", segment.Compression{Codec: segment.CodecZstd}); !errors.Is(err, archive.ErrConflict) {
+	if _, err := b.Push(ctx, dir+"/000000010000000000000003", sealed.Compression{Codec: sealed.CodecZstd}); !errors.Is(err, archive.ErrConflict) {
 		t.Fatalf("different content on an old unenforcing archive: %v", err)
 	}
 }

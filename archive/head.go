@@ -93,3 +93,13 @@ func (a *Archive) noteGap(ctx context.Context, f segment.File, head Head, segSiz
 		a.log.Warn("could not record the gap", "error", err)
 	}
 }
+
+// ReadGap reads a gap record push wrote at key; ErrDamaged if it cannot be
+// parsed.
+func (a *Archive) ReadGap(ctx context.Context, key string) (Gap, error) {
+	var g Gap
+	if err := readRecord(ctx, a.store, key, 4096, &g, nil); err != nil {
+		return Gap{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	return g, nil
+}

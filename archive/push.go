@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -34,7 +35,7 @@ const maxSmallFile = 1 << 20
 // holds the file durably: either this call stored it, or an identical copy
 // was already there (PostgreSQL re-archives after a crash). A different file
 // under the same name is ErrConflict and the archive is left untouched.
-func (a *Archive) Push(ctx context.Context, path string, comp segment.Compression) (PushResult, error) {
+func (a *Archive) Push(ctx context.Context, path string, comp sealed.Compression) (PushResult, error) {
 	start := time.Now()
 	f, err := segment.ParseFile(filepath.Base(path))
 	if err != nil {
@@ -113,12 +114,12 @@ func (a *Archive) check(ctx context.Context, p *pending) error {
 // pushPrepared seals and stores p, one file in this call, the frames of
 // its object compressed in parallel; then, for a segment, records a gap
 // before it and advances the head.
-func (a *Archive) pushPrepared(ctx context.Context, start time.Time, p *pending, comp segment.Compression) (PushResult, error) {
+func (a *Archive) pushPrepared(ctx context.Context, start time.Time, p *pending, comp sealed.Compression) (PushResult, error) {
 	f := p.file
 	res := PushResult{File: f, Key: p.key, Size: int64(len(p.raw))}
 	tCheck := time.Since(start)
 	headc := a.lookBehind(ctx, f, p.segSize)
-	sealed, err := segment.Seal(p.raw, comp)
+	sealed, err := sealed.Seal(p.raw, comp)
 	if err != nil {
 		return res, err
 	}
@@ -140,7 +141,7 @@ func (a *Archive) pushPrepared(ctx context.Context, start time.Time, p *pending,
 
 // storeSealed stores a sealed object unless the archive has it. already:
 // an identical copy was there; a different one is ErrConflict.
-func (a *Archive) storeSealed(ctx context.Context, key string, sealed *segment.Sealed) (already bool, err error) {
+func (a *Archive) storeSealed(ctx context.Context, key string, sealed *sealed.Object) (already bool, err error) {
 	err = a.store.PutIfAbsent(ctx, key, sealed.Reader(), sealed.Size())
 	if errors.Is(err, backends.ErrExists) {
 		if err := a.compareExisting(ctx, key, sealed.Header); err != nil {
@@ -207,7 +208,7 @@ func (a *Archive) requireIdentityIfAny(ctx context.Context) error {
 
 // compareExisting decides a re-push: identical (same size and SHA-256) is
 // success, anything else is a conflict. Only the stored header is read.
-func (a *Archive) compareExisting(ctx context.Context, key string, want segment.SealedHeader) error {
+func (a *Archive) compareExisting(ctx context.Context, key string, want sealed.Header) error {
 	have, unreadable, err := a.readArchivedHeader(ctx, key)
 	if unreadable != nil {
 		return fmt.Errorf("%w: archived %s is unreadable (%v); refusing to overwrite it", ErrConflict, key, unreadable)

@@ -19,12 +19,13 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
 const sysID = 7300000000000000001
 
-var zstd = segment.Compression{Codec: segment.CodecZstd}
+var zstd = sealed.Compression{Codec: sealed.CodecZstd}
 
 func makeSegment(t *testing.T, dir, name string, sys uint64, mutate func([]byte)) string {
 	return testenv.WriteSegment(t, dir, name, sys, mutate)
@@ -48,7 +49,7 @@ func TestPushIdempotentAndConflict(t *testing.T) {
 		t.Fatalf("identity %+v, %v", id, err)
 	}
 	// PostgreSQL re-archives after a crash: identical content succeeds.
-	res, err = a.Push(ctx, p, segment.Compression{Codec: segment.CodecGzip})
+	res, err = a.Push(ctx, p, sealed.Compression{Codec: sealed.CodecGzip})
 	if err != nil || !res.AlreadyArchived {
 		t.Fatalf("identical re-push: %+v, %v", res, err)
 	}

@@ -85,20 +85,28 @@ func readLocal(path string, f segment.File) (localFile, error) {
 }
 
 func notRegularFile(path string, m os.FileMode) error {
-	kind := "not a regular file"
+	return fmt.Errorf("%w: %s is %s; refusing to read it", ErrLocal, path, NotRegular(m))
+}
+
+// NotRegular says what a file that is not a regular file is, as "a named
+// pipe (FIFO), not a regular file".
+func NotRegular(m os.FileMode) string {
+	kind := "special file"
 	switch {
 	case m&os.ModeNamedPipe != 0:
-		kind = "a named pipe (FIFO)"
+		kind = "named pipe (FIFO)"
 	case m.IsDir():
-		kind = "a directory"
+		kind = "directory"
+	case m&os.ModeSymlink != 0:
+		kind = "symbolic link"
 	case m&os.ModeSocket != 0:
-		kind = "a socket"
+		kind = "socket"
 	case m&os.ModeCharDevice != 0:
-		kind = "a character device"
+		kind = "character device"
 	case m&os.ModeDevice != 0:
-		kind = "a block device"
+		kind = "block device"
 	}
-	return fmt.Errorf("%w: %s is %s, not a regular file; refusing to read it", ErrLocal, path, kind)
+	return "a " + kind + ", not a regular file"
 }
 
 func readFull(f *os.File, buf []byte) (int, error) {

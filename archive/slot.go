@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -178,9 +177,8 @@ func SegmentAfter(x, y string) bool {
 func (a *Archive) ListSlots(ctx context.Context) ([]Slot, error) {
 	var names []string
 	err := a.store.List(ctx, "slots/", func(o backends.ObjectInfo) error {
-		n := strings.TrimSuffix(strings.TrimPrefix(o.Key, "slots/"), ".json")
-		if ValidSlotName(n) == nil && strings.HasSuffix(o.Key, ".json") {
-			names = append(names, n)
+		if k := ParseKey(o.Key); k.Kind == KeySlot {
+			names = append(names, k.Slot)
 		}
 		return nil
 	})

@@ -23,8 +23,11 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -151,7 +154,7 @@ func (s *fakeServer) BaseBackup(ctx context.Context, o postgres.BackupOptions, h
 
 func options() backup.Options {
 	return backup.Options{
-		Compression: segment.Compression{Codec: segment.CodecZstd}, ChunkSize: 16 << 10, Parallel: 3,
+		Compression: sealed.Compression{Codec: sealed.CodecZstd}, ChunkSize: 16 << 10, Parallel: 3,
 		WALTimeout: 200 * time.Millisecond, PollInterval: time.Millisecond,
 	}
 }
@@ -199,12 +202,12 @@ func TestPushThenRestore(t *testing.T) {
 	if m.StartWAL != "000000010000000000000002" || m.StopWAL != "000000010000000000000002" {
 		t.Errorf("WAL %s..%s", m.StartWAL, m.StopWAL)
 	}
-	l, err := backup.List(ctx, store)
+	l, err := manifest.List(ctx, store)
 	if err != nil || len(l.Backups) != 1 || l.Backups[0].ID != m.ID {
 		t.Fatalf("list: %+v %v", l, err)
 	}
 
-	inv, err := restore.LoadInventory(ctx, a)
+	inv, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +266,7 @@ func TestPushThenRestore(t *testing.T) {
 	dir2 := filepath.Join(t.TempDir(), "pgdata2")
 	err = restore.Restore(ctx, a, plan, restore.Options{PGData: dir2, Target: restore.Target{Timeline: "latest"}, RestoreCommand: "x",
 		TablespaceMap: map[string]string{tsDir: filepath.Join(t.TempDir(), "ts2")}})
-	if !errors.Is(err, segment.ErrChecksum) {
+	if !errors.Is(err, sealed.ErrChecksum) {
 		t.Fatalf("restore of a damaged chunk: %v", err)
 	}
 	if _, err := os.Stat(dir2); !errors.Is(err, os.ErrNotExist) {
@@ -273,10 +276,10 @@ func TestPushThenRestore(t *testing.T) {
 	if err := backup.Delete(ctx, store, m.ID); err != nil {
 		t.Fatal(err)
 	}
-	if keys := keysUnder(t, store, backup.Prefix); len(keys) != 0 {
+	if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
 		t.Errorf("delete left %v", keys)
 	}
-	if _, err := backup.Get(ctx, store, m.ID); !errors.Is(err, backup.ErrNoBackup) {
+	if _, err := manifest.Get(ctx, store, m.ID); !errors.Is(err, manifest.ErrNoBackup) {
 		t.Errorf("get after delete: %v", err)
 	}
 }
@@ -304,13 +307,13 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 	}{
 		{"file differs from the server's manifest", func(t *testing.T, s *fakeServer) {
 			*s = *newFakeServer(t, true)
-		}, 3, segment.ErrChecksum},
+		}, 3, sealed.ErrChecksum},
 		{"server fails mid-stream", func(_ *testing.T, s *fakeServer) { s.failAfter = 40000 }, 3, nil},
 		{"WAL never archived", func(*testing.T, *fakeServer) {}, 0, backup.ErrIncomplete},
 		{"archive_mode off", func(_ *testing.T, s *fakeServer) { s.archiveMode = "off" }, 3, postgres.ErrServer},
 		{"manifest tampered", func(_ *testing.T, s *fakeServer) {
 			s.manifest = bytes.Replace(s.manifest, []byte("10:00:00 GMT"), []byte("10:00:01 GMT"), 1)
-		}, 3, segment.ErrChecksum},
+		}, 3, sealed.ErrChecksum},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -324,7 +327,7 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if keys := keysUnder(t, store, backup.Prefix); len(keys) != 0 {
+			if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
 				sort.Strings(keys)
 				t.Errorf("failed backup left %v", keys)
 			}
@@ -346,12 +349,12 @@ func TestWrongClusterRefused(t *testing.T) {
 
 func TestValidID(t *testing.T) {
 	for _, id := range []string{"20261126T071033Z"} {
-		if err := backup.ValidID(id); err != nil {
+		if err := manifest.ValidID(id); err != nil {
 			t.Errorf("%s: %v", id, err)
 		}
 	}
 	for _, id := range []string{"", "latest", "../x", "20261126T071033", "20261126T071033Z/x"} {
-		if err := backup.ValidID(id); !errors.Is(err, backup.ErrBadID) {
+		if err := manifest.ValidID(id); !errors.Is(err, manifest.ErrBadID) {
 			t.Errorf("%q: %v", id, err)
 		}
 	}

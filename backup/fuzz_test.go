@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"testing"
+
+	"github.com/walship/walship/manifest"
 )
 
 // FuzzParseServerManifest: a server's manifest is input from the network;
@@ -18,14 +20,14 @@ func FuzzParseServerManifest(f *testing.F) {
 	f.Add([]byte("{}"))
 	f.Add([]byte("\n\"Manifest-Checksum\""))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := ParseServerManifest(b)
+		m, err := manifest.ParseServer(b)
 		if err != nil {
 			return
 		}
-		if _, err := m.walRanges(); err != nil {
+		if _, err := m.Ranges(); err != nil {
 			return
 		}
-		_ = m.check(map[string]fileSum{"backup_label": {size: 3}, "other": {size: 1}})
+		_ = checkServer(m, map[string]fileSum{"backup_label": {size: 3}, "other": {size: 1}})
 	})
 }
 

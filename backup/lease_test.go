@@ -14,6 +14,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 )
 
 // hookStore records the order of writes and runs onStat at the first Stat
@@ -74,11 +75,11 @@ func (c *fakeClock) Add(d time.Duration) {
 
 func onlyBackupID(t *testing.T, store backends.Storage) string {
 	t.Helper()
-	keys := keysUnder(t, store, backup.Prefix)
+	keys := keysUnder(t, store, manifest.Prefix)
 	if len(keys) == 0 {
 		t.Fatal("nothing under backups/")
 	}
-	id, _, _ := strings.Cut(strings.TrimPrefix(keys[0], backup.Prefix), "/")
+	id, _, _ := strings.Cut(strings.TrimPrefix(keys[0], manifest.Prefix), "/")
 	return id
 }
 
@@ -105,7 +106,7 @@ func TestPushHoldsLease(t *testing.T) {
 	}
 	var first string
 	for _, k := range store.puts {
-		if strings.HasPrefix(k, backup.Prefix) {
+		if strings.HasPrefix(k, manifest.Prefix) {
 			first = k
 			break
 		}
@@ -116,7 +117,7 @@ func TestPushHoldsLease(t *testing.T) {
 	if _, err := store.Storage.Stat(ctx, archive.BackupLeaseKey(m.ID)); !errors.Is(err, backends.ErrNotFound) {
 		t.Errorf("the lease outlived the backup: %v", err)
 	}
-	if _, err := backup.Get(ctx, store, m.ID); err != nil {
+	if _, err := manifest.Get(ctx, store, m.ID); err != nil {
 		t.Errorf("complete backup: %v", err)
 	}
 }
@@ -130,10 +131,10 @@ func TestPushRefusesLostData(t *testing.T) {
 		want error
 	}{
 		{"a chunk removed", func(t *testing.T, store *memory.Storage, _ *fakeClock, id string) {
-			_ = store.Delete(context.Background(), backup.Prefix+id+"/base.tar.00000")
+			_ = store.Delete(context.Background(), manifest.Prefix+id+"/base.tar.00000")
 		}, backup.ErrLost},
 		{"a chunk truncated", func(t *testing.T, store *memory.Storage, _ *fakeClock, id string) {
-			key := backup.Prefix + id + "/base.tar.00001"
+			key := manifest.Prefix + id + "/base.tar.00001"
 			rc, _, err := store.Get(context.Background(), key)
 			if err != nil {
 				t.Fatal(err)
@@ -143,7 +144,7 @@ func TestPushRefusesLostData(t *testing.T) {
 			_ = store.Put(context.Background(), key, strings.NewReader(string(b[:len(b)/2])), int64(len(b)/2))
 		}, backup.ErrLost},
 		{"the server manifest removed", func(t *testing.T, store *memory.Storage, _ *fakeClock, id string) {
-			_ = store.Delete(context.Background(), backup.Prefix+id+"/backup_manifest")
+			_ = store.Delete(context.Background(), manifest.Prefix+id+"/backup_manifest")
 		}, backup.ErrLost},
 		{"the lease removed", func(t *testing.T, store *memory.Storage, _ *fakeClock, id string) {
 			_ = store.Delete(context.Background(), archive.BackupLeaseKey(id))
@@ -166,7 +167,7 @@ func TestPushRefusesLostData(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if keys := keysUnder(t, store.Storage, backup.Prefix); len(keys) != 0 {
+			if keys := keysUnder(t, store.Storage, manifest.Prefix); len(keys) != 0 {
 				t.Errorf("failed backup left %v", keys)
 			}
 			for _, k := range store.puts {

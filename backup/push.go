@@ -14,7 +14,9 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -42,7 +44,7 @@ func (noProgress) End(error)           {}
 
 // Options for Push.
 type Options struct {
-	Compression    segment.Compression
+	Compression    sealed.Compression
 	ChunkSize      int           // bytes of tar per chunk before compression; default 16 MiB
 	Parallel       int           // chunks compressed and uploaded at once; default GOMAXPROCS
 	WALTimeout     time.Duration // how long to wait for the backup's WAL in the archive; default 5m
@@ -94,7 +96,7 @@ func (o *Options) defaults() {
 // LeaseRenew) that tells retention it is alive; a lost lease fails the
 // backup, since retention may have removed its data. On failure everything
 // under the backup's prefix is removed.
-func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*Manifest, error) {
+func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*manifest.Manifest, error) {
 	o.defaults()
 	if err := o.Compression.Validate(); err != nil {
 		return nil, err
@@ -154,7 +156,7 @@ func claimID(ctx context.Context, a *archive.Archive, o Options) (string, time.T
 	lo := archive.LeaseOptions{Kind: "backup push", TTL: o.LeaseTTL, Renew: o.LeaseRenew, Now: o.Now}
 	began := o.Now()
 	for try := 0; ; try++ {
-		id := began.UTC().Format(idLayout)
+		id := began.UTC().Format(manifest.IDLayout)
 		err := checkFreeID(ctx, a.Storage(), id)
 		if err == nil {
 			var lease *archive.HeldLease
@@ -184,7 +186,7 @@ func claimID(ctx context.Context, a *archive.Archive, o Options) (string, time.T
 // waits for its WAL. The streamer is returned even on failure: it knows
 // what was written.
 func take(ctx context.Context, store backends.Storage, src Source, sys postgres.System, id string, began time.Time,
-	lease *archive.HeldLease, o Options) (*Manifest, *streamer, error) {
+	lease *archive.HeldLease, o Options) (*manifest.Manifest, *streamer, error) {
 	s := newStreamer(ctx, store, id, o)
 	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{
 		Label: o.Label, FastCheckpoint: o.FastCheckpoint, MaxRateKB: o.MaxRateKB,
@@ -198,8 +200,8 @@ func take(ctx context.Context, store backends.Storage, src Source, sys postgres.
 	}
 	o.Progress.End(err)
 	elapsed := o.Now().Sub(began) // monotonic
-	m := &Manifest{
-		Format: ManifestFormat, ID: id, Label: o.Label, PGVersion: sys.Major(), PGVersionNum: sys.VersionNum,
+	m := &manifest.Manifest{
+		Format: manifest.Format, ID: id, Label: o.Label, PGVersion: sys.Major(), PGVersionNum: sys.VersionNum,
 		SystemIdentifier: sys.SystemIdentifier, SegmentSize: sys.SegmentSize, Timeline: s.startTLI,
 		StartLSN: s.start, StopLSN: stop, StopTimeline: stopTLI, FromStandby: sys.InRecovery,
 		Compression: o.Compression.Codec.String(),
@@ -243,7 +245,7 @@ func (l leasedStream) Started(start segment.LSN, tli uint32, spaces []postgres.T
 // of the backup's prefix must show the lease and every object the manifest
 // names at its stored size; the manifest is then written before the lease
 // could lapse.
-func finish(ctx context.Context, store backends.Storage, m *Manifest, lease *archive.HeldLease) error {
+func finish(ctx context.Context, store backends.Storage, m *manifest.Manifest, lease *archive.HeldLease) error {
 	// A renewal that fails for a transient reason leaves the lease as
 	// long as the last one did; Remaining says whether that is enough.
 	if err := lease.RenewOnce(ctx); err != nil && (errors.Is(err, archive.ErrLeaseLost) || ctx.Err() != nil) {
@@ -273,19 +275,19 @@ func finish(ctx context.Context, store backends.Storage, m *Manifest, lease *arc
 // confirmStored lists the backup's prefix once and checks that its lease
 // and every chunk and the server manifest it wrote are there, each at the
 // size it was stored with.
-func confirmStored(ctx context.Context, store backends.Storage, m *Manifest, leaseKey string) error {
+func confirmStored(ctx context.Context, store backends.Storage, m *manifest.Manifest, leaseKey string) error {
 	sizes := map[string]int64{}
-	err := store.List(ctx, Prefix+m.ID+"/", func(o backends.ObjectInfo) error {
+	err := store.List(ctx, manifest.Prefix+m.ID+"/", func(o backends.ObjectInfo) error {
 		sizes[o.Key] = o.Size
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("confirm the backup's objects: list %s%s/: %w", Prefix, m.ID, err)
+		return fmt.Errorf("confirm the backup's objects: list %s%s/: %w", manifest.Prefix, m.ID, err)
 	}
 	if _, ok := sizes[leaseKey]; !ok {
 		return fmt.Errorf("%w: %s was removed (by retention or backup delete?)", archive.ErrLeaseLost, leaseKey)
 	}
-	chunks := []Chunk{m.ServerManifest}
+	chunks := []manifest.Chunk{m.ServerManifest}
 	for _, a := range m.Archives {
 		chunks = append(chunks, a.Chunks...)
 	}
@@ -316,7 +318,7 @@ var errIDTaken = errors.New("a backup with this id already exists or is running"
 
 func checkFreeID(ctx context.Context, store backends.Storage, id string) error {
 	taken := false
-	err := store.List(ctx, Prefix+id+"/", func(backends.ObjectInfo) error { taken = true; return nil })
+	err := store.List(ctx, manifest.Prefix+id+"/", func(backends.ObjectInfo) error { taken = true; return nil })
 	if err != nil {
 		return fmt.Errorf("list backups: %w", err)
 	}
@@ -327,8 +329,8 @@ func checkFreeID(ctx context.Context, store backends.Storage, id string) error {
 }
 
 // complete fills the manifest from what was received and verifies it.
-func complete(ctx context.Context, m *Manifest, s *streamer, began time.Time, elapsed time.Duration) error {
-	sm, err := ParseServerManifest(s.manifest.Bytes())
+func complete(ctx context.Context, m *manifest.Manifest, s *streamer, began time.Time, elapsed time.Duration) error {
+	sm, err := manifest.ParseServer(s.manifest.Bytes())
 	if err != nil {
 		return err
 	}
@@ -352,11 +354,11 @@ func complete(ctx context.Context, m *Manifest, s *streamer, began time.Time, el
 		m.StoredSize += a.entry.StoredSize
 		m.Archives = append(m.Archives, a.entry)
 	}
-	if err := sm.check(files); err != nil {
+	if err := checkServer(sm, files); err != nil {
 		return err
 	}
 	m.Files = len(files)
-	if m.WALRanges, err = sm.walRanges(); err != nil {
+	if m.WALRanges, err = sm.Ranges(); err != nil {
 		return err
 	}
 	first, last := m.WALRanges[0], m.WALRanges[len(m.WALRanges)-1]
@@ -381,7 +383,7 @@ func complete(ctx context.Context, m *Manifest, s *streamer, began time.Time, el
 	m.StartTime, m.StopTime = m.StartTime.UTC(), m.StopTime.UTC()
 	ss := m.SegmentSize
 	m.StartWAL = segment.Name{TLI: first.Timeline, SegNo: first.Start.SegNo(ss)}.String(ss)
-	m.StopWAL = lastSegment(last, ss).String(ss)
+	m.StopWAL = manifest.LastSegment(last, ss).String(ss)
 	return ctx.Err()
 }
 
@@ -404,52 +406,22 @@ func labelStartTime(label []byte, fallback time.Time) time.Time {
 	return fallback
 }
 
-// lastSegment is the segment holding the last byte of r (its first segment
-// if r is empty).
-func lastSegment(r WALRange, segSize uint64) segment.Name {
-	n := r.Start.SegNo(segSize)
-	if r.End > r.Start {
-		n = uint64(r.End-1) / segSize
-	}
-	return segment.Name{TLI: r.Timeline, SegNo: n}
-}
-
-// NeededWAL lists the segments a backup cannot be restored without, each
-// on the timeline PostgreSQL reads it from: the newest range that began at
-// or before it.
-func (m *Manifest) NeededWAL() []segment.Name {
-	ss := m.SegmentSize
-	first := m.WALRanges[0].Start.SegNo(ss)
-	last := lastSegment(m.WALRanges[len(m.WALRanges)-1], ss).SegNo
-	var out []segment.Name
-	for n := first; n <= last; n++ {
-		tli := m.WALRanges[0].Timeline
-		for _, r := range m.WALRanges {
-			if r.Start.SegNo(ss) <= n {
-				tli = r.Timeline
-			}
-		}
-		out = append(out, segment.Name{TLI: tli, SegNo: n})
-	}
-	return out
-}
-
-func putServerManifest(ctx context.Context, store backends.Storage, m *Manifest, b []byte, c segment.Compression) error {
-	sealed, err := segment.Seal(b, c)
+func putServerManifest(ctx context.Context, store backends.Storage, m *manifest.Manifest, b []byte, c sealed.Compression) error {
+	sealed, err := sealed.Seal(b, c)
 	if err != nil {
 		return err
 	}
-	key := Prefix + m.ID + "/" + serverName
+	key := manifest.ServerKey(m.ID)
 	if err := store.PutIfAbsent(ctx, key, sealed.Reader(), sealed.Size()); err != nil {
 		return fmt.Errorf("upload %s: %w", key, err)
 	}
-	m.ServerManifest = Chunk{Key: key, Size: int64(len(b)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
+	m.ServerManifest = manifest.Chunk{Key: key, Size: int64(len(b)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
 	return nil
 }
 
 // waitWAL polls the archive until every segment the backup needs is there.
 // Transient read errors are retried until the deadline.
-func waitWAL(ctx context.Context, store backends.Storage, m *Manifest, o Options) error {
+func waitWAL(ctx context.Context, store backends.Storage, m *manifest.Manifest, o Options) error {
 	need := m.NeededWAL()
 	deadline := o.Now().Add(o.WALTimeout)
 	wait := o.PollInterval
@@ -491,7 +463,7 @@ func waitWAL(ctx context.Context, store backends.Storage, m *Manifest, o Options
 }
 
 // keys lists what the failed backup wrote.
-func (s *streamer) keys(m *Manifest) []string {
+func (s *streamer) keys(m *manifest.Manifest) []string {
 	if s == nil {
 		return nil
 	}
@@ -516,14 +488,14 @@ func cleanup(store backends.Storage, id string, written []string, lease *archive
 	for _, k := range written {
 		keys[k] = true
 	}
-	err := store.List(ctx, Prefix+id+"/", func(o backends.ObjectInfo) error {
+	err := store.List(ctx, manifest.Prefix+id+"/", func(o backends.ObjectInfo) error {
 		keys[o.Key] = true
 		return nil
 	})
 	delete(keys, lease.Key())
-	all := []string{manifestKey(id)}
+	all := []string{manifest.Key(id)}
 	for k := range keys {
-		if k != manifestKey(id) {
+		if k != manifest.Key(id) {
 			all = append(all, k)
 		}
 	}

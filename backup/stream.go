@@ -12,7 +12,9 @@ import (
 	"sync/atomic"
 
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -33,7 +35,7 @@ type job struct {
 
 // archiveState is one tar stream being received.
 type archiveState struct {
-	entry   Archive
+	entry   manifest.Archive
 	seq     int
 	verifyQ chan *job
 	sum     *tarSummer
@@ -50,7 +52,7 @@ type streamer struct {
 	cancel   context.CancelCauseFunc
 	store    backends.Storage
 	id       string
-	comp     segment.Compression
+	comp     sealed.Compression
 	progress Progress
 
 	pool   chan []byte
@@ -119,7 +121,7 @@ func (s *streamer) Archive(name, location string) error {
 		return fmt.Errorf("BASE_BACKUP sent an archive named %q; walship takes uncompressed tar archives only", name)
 	}
 	a := &archiveState{
-		entry:   Archive{Name: name, Location: location},
+		entry:   manifest.Archive{Name: name, Location: location},
 		verifyQ: make(chan *job, 2),
 		done:    make(chan error, 1),
 		sum:     &tarSummer{files: map[string]fileSum{}},
@@ -228,7 +230,7 @@ func (s *streamer) release(j *job) {
 // failure it only releases what it is given.
 func (s *streamer) sealer() {
 	defer s.sealWG.Done()
-	sl, err := segment.NewSealer(s.comp)
+	sl, err := sealed.NewSealer(s.comp)
 	if err != nil {
 		s.fail(err)
 	}
@@ -244,21 +246,21 @@ func (s *streamer) sealer() {
 
 // upload seals and stores one chunk. Parallelism is across chunks, one
 // Sealer per worker, so encoders and buffers are reused.
-func (s *streamer) upload(sl *segment.Sealer, j *job) error {
+func (s *streamer) upload(sl *sealed.Sealer, j *job) error {
 	sealed, err := sl.Seal(j.data)
 	if err != nil {
 		return err
 	}
-	key := fmt.Sprintf("%s%s/%s.%05d", Prefix, s.id, j.arch.entry.Name, j.seq)
+	key := fmt.Sprintf("%s%s/%s.%05d", manifest.Prefix, s.id, j.arch.entry.Name, j.seq)
 	if err := s.store.PutIfAbsent(s.ctx, key, sealed.Reader(), sealed.Size()); err != nil {
 		return fmt.Errorf("upload %s: %w", key, err)
 	}
-	c := Chunk{Key: key, Size: int64(len(j.data)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
+	c := manifest.Chunk{Key: key, Size: int64(len(j.data)), StoredSize: sealed.Size(), SHA256: hex.EncodeToString(sealed.Header.SHA256[:])}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.written = append(s.written, key)
 	for len(j.arch.entry.Chunks) <= j.seq {
-		j.arch.entry.Chunks = append(j.arch.entry.Chunks, Chunk{})
+		j.arch.entry.Chunks = append(j.arch.entry.Chunks, manifest.Chunk{})
 	}
 	j.arch.entry.Chunks[j.seq] = c
 	return nil

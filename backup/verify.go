@@ -3,10 +3,8 @@ package backup
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -14,7 +12,8 @@ import (
 	"path"
 	"strings"
 
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -25,69 +24,9 @@ type fileSum struct {
 	crc32 uint32
 }
 
-// ServerManifest is the part of PostgreSQL's backup_manifest walship checks.
-type ServerManifest struct {
-	Version int `json:"PostgreSQL-Backup-Manifest-Version"`
-	Files   []struct {
-		Path        string `json:"Path"`
-		EncodedPath string `json:"Encoded-Path"`
-		Size        int64  `json:"Size"`
-		Algorithm   string `json:"Checksum-Algorithm"`
-		Checksum    string `json:"Checksum"`
-	} `json:"Files"`
-	WALRanges []struct {
-		Timeline uint32 `json:"Timeline"`
-		Start    string `json:"Start-LSN"`
-		End      string `json:"End-LSN"`
-	} `json:"WAL-Ranges"`
-	Checksum string `json:"Manifest-Checksum"`
-}
-
-// ParseServerManifest parses a backup_manifest and checks its own SHA-256,
-// which covers every byte before the line holding it.
-func ParseServerManifest(b []byte) (*ServerManifest, error) {
-	i := bytes.LastIndex(b, []byte("\n\"Manifest-Checksum\""))
-	if i < 0 {
-		return nil, fmt.Errorf("server backup_manifest has no checksum line: %w", segment.ErrChecksum)
-	}
-	var m ServerManifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("server backup_manifest: %w", err)
-	}
-	sum := sha256.Sum256(b[:i+1])
-	if !strings.EqualFold(hex.EncodeToString(sum[:]), m.Checksum) {
-		return nil, fmt.Errorf("server backup_manifest checksum mismatch: %w", segment.ErrChecksum)
-	}
-	if m.Version < 1 || len(m.WALRanges) == 0 {
-		return nil, fmt.Errorf("server backup_manifest: version %d with %d WAL ranges", m.Version, len(m.WALRanges))
-	}
-	return &m, nil
-}
-
-// walRanges converts the manifest's WAL ranges.
-func (m *ServerManifest) walRanges() ([]WALRange, error) {
-	var out []WALRange
-	for _, r := range m.WALRanges {
-		s, err := segment.ParseLSN(r.Start)
-		if err != nil {
-			return nil, fmt.Errorf("server backup_manifest WAL range: %w", err)
-		}
-		e, err := segment.ParseLSN(r.End)
-		if err != nil {
-			return nil, fmt.Errorf("server backup_manifest WAL range: %w", err)
-		}
-		out = append(out, WALRange{Timeline: r.Timeline, Start: s, End: e})
-	}
-	// The server lists ranges newest timeline first.
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out, nil
-}
-
 // check compares the manifest's file list with what the tar streams held:
 // every listed file received with its size and CRC-32C, nothing unlisted.
-func (m *ServerManifest) check(got map[string]fileSum) error {
+func checkServer(m *manifest.Server, got map[string]fileSum) error {
 	seen := 0
 	for _, f := range m.Files {
 		p := f.Path
@@ -107,12 +46,12 @@ func (m *ServerManifest) check(got map[string]fileSum) error {
 			return fmt.Errorf("%w: %s: received %d bytes, server's manifest says %d", ErrIncomplete, p, s.size, f.Size)
 		}
 		if f.Algorithm == "CRC32C" && !crcMatches(s.crc32, f.Checksum) {
-			return fmt.Errorf("%w: %s: CRC-32C differs from the server's manifest", segment.ErrChecksum, p)
+			return fmt.Errorf("%w: %s: CRC-32C differs from the server's manifest", sealed.ErrChecksum, p)
 		}
 	}
 	if seen != len(got) {
 		for p := range got {
-			if !m.lists(p) {
+			if !lists(m, p) {
 				return fmt.Errorf("%w: %s was received but is not in the server's manifest", ErrIncomplete, p)
 			}
 		}
@@ -120,7 +59,7 @@ func (m *ServerManifest) check(got map[string]fileSum) error {
 	return nil
 }
 
-func (m *ServerManifest) lists(p string) bool {
+func lists(m *manifest.Server, p string) bool {
 	for _, f := range m.Files {
 		if f.Path == p {
 			return true

@@ -19,7 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 // Config is every setting. Credentials are deliberately absent: S3
@@ -295,12 +295,12 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 }
 
 // CompressionSetting is the validated compression.
-func (c Config) CompressionSetting() (segment.Compression, error) {
-	codec, err := segment.ParseCodec(c.Compression)
+func (c Config) CompressionSetting() (sealed.Compression, error) {
+	codec, err := sealed.ParseCodec(c.Compression)
 	if err != nil {
-		return segment.Compression{}, &Error{"compression", err.Error()}
+		return sealed.Compression{}, &Error{"compression", err.Error()}
 	}
-	comp := segment.Compression{Codec: codec, Level: c.CompressionLevel}
+	comp := sealed.Compression{Codec: codec, Level: c.CompressionLevel}
 	if err := comp.Validate(); err != nil {
 		return comp, &Error{"compression-level", err.Error()}
 	}

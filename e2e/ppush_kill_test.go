@@ -22,6 +22,7 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -287,7 +288,7 @@ func (k *killRig) archived(name string) error {
 		return fmt.Errorf("%s is not in the archive: %w", key, err)
 	}
 	defer rc.Close()
-	r, err := segment.NewReader(rc)
+	r, err := sealed.NewReader(rc)
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -156,7 +157,7 @@ func checkArchivedRun(t *testing.T, target archiveTarget, first, last string) {
 		if err != nil {
 			t.Fatalf("%s is not in the archive: %v", key, err)
 		}
-		r, err := segment.NewReader(rc)
+		r, err := sealed.NewReader(rc)
 		if err != nil {
 			rc.Close()
 			t.Fatalf("%s: %v", key, err)

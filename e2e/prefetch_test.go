@@ -16,9 +16,10 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/fetch"
 	"github.com/walship/walship/internal/testenv"
-	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/spool"
 )
 
 // prefetchers lists the pids of the walship prefetchers started for the
@@ -52,7 +53,7 @@ func prefetchers(t *testing.T, pgdata string) []int {
 
 // prefetchSpoolOf is the default spool of a data directory.
 func prefetchSpoolOf(pgdata string) string {
-	return filepath.Join(pgdata, "pg_wal", restore.PrefetchDirName)
+	return filepath.Join(pgdata, "pg_wal", fetch.PrefetchDirName)
 }
 
 // spoolSegments lists the segment files in a spool.
@@ -72,11 +73,11 @@ func spoolSegments(dir string) []string {
 func assertPrefetcherGone(t *testing.T, pgdata, why string) {
 	t.Helper()
 	testenv.WaitFor(t, "the prefetcher to exit", 30*time.Second, func() bool { return len(prefetchers(t, pgdata)) == 0 })
-	spool := prefetchSpoolOf(pgdata)
-	if segs := spoolSegments(spool); len(segs) != 0 {
-		t.Errorf("the prefetcher left segments in %s: %v", spool, segs)
+	dir := prefetchSpoolOf(pgdata)
+	if segs := spoolSegments(dir); len(segs) != 0 {
+		t.Errorf("the prefetcher left segments in %s: %v", dir, segs)
 	}
-	log, _ := os.ReadFile(filepath.Join(spool, restore.PrefetchLogFile))
+	log, _ := os.ReadFile(filepath.Join(dir, spool.LogFile))
 	if !strings.Contains(string(log), "prefetcher stopped") || !strings.Contains(string(log), why) {
 		t.Errorf("the prefetcher's log does not say it stopped (%s):\n%s", why, log)
 	}
@@ -174,7 +175,7 @@ func TestPrefetchBeliefNeverEndsRecovery(t *testing.T) {
 	c.Env = append(slices.Clip(target.env), "WALSHIP_LOG_LEVEL=debug") // a copy: target.env is shared
 	c.Start(t)
 
-	spoolLog := filepath.Join(prefetchSpoolOf(c.Data), restore.PrefetchLogFile)
+	spoolLog := filepath.Join(prefetchSpoolOf(c.Data), spool.LogFile)
 	testenv.WaitFor(t, "the prefetcher to find "+hidden+" missing", time.Minute, func() bool {
 		b, _ := os.ReadFile(spoolLog)
 		for _, l := range strings.Split(string(b), "\n") {
@@ -278,11 +279,11 @@ func TestPrefetchFetchStatuses(t *testing.T) {
 		}
 		return cmd.ProcessState.ExitCode(), errb.String()
 	}
-	spool := prefetchSpoolOf(pgdata)
+	spoolDir := prefetchSpoolOf(pgdata)
 	if code, errs := fetch(1); code != 0 || !strings.Contains(errs, "msg=fetched ") {
 		t.Fatalf("first fetch: exit %d\n%s", code, errs)
 	}
-	testenv.WaitFor(t, "2 to 5 prefetched", 30*time.Second, func() bool { return len(spoolSegments(spool)) >= 4 })
+	testenv.WaitFor(t, "2 to 5 prefetched", 30*time.Second, func() bool { return len(spoolSegments(spoolDir)) >= 4 })
 	if pids := prefetchers(t, pgdata); len(pids) != 1 {
 		t.Fatalf("%d prefetchers run, want 1", len(pids))
 	}
@@ -291,7 +292,7 @@ func TestPrefetchFetchStatuses(t *testing.T) {
 			t.Fatalf("fetch %d: exit %d, want it from the prefetch spool\n%s", n, code, errs)
 		}
 	}
-	for _, s := range spoolSegments(spool) {
+	for _, s := range spoolSegments(spoolDir) {
 		if s == spoolSeg(6) {
 			t.Fatal("the damaged segment was placed in the prefetch spool")
 		}

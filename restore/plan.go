@@ -8,7 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -30,12 +31,6 @@ const (
 	TargetXID                         // recovery_target_xid
 	TargetName                        // recovery_target_name (a restore point)
 	TargetImmediate                   // recovery_target = 'immediate': the backup's consistent point
-)
-
-// Timeline choices for recovery_target_timeline.
-const (
-	TimelineLatest  = "latest"
-	TimelineCurrent = "current"
 )
 
 // Target is a recovery target as the operator gave it.
@@ -72,9 +67,9 @@ func ParseTime(s string) (time.Time, error) {
 // Check validates the target's fields.
 func (t *Target) Check() error {
 	if t.Timeline == "" {
-		t.Timeline = TimelineLatest
+		t.Timeline = catalog.TimelineLatest
 	}
-	if t.Timeline != TimelineLatest && t.Timeline != TimelineCurrent {
+	if t.Timeline != catalog.TimelineLatest && t.Timeline != catalog.TimelineCurrent {
 		n, err := strconv.ParseUint(t.Timeline, 10, 32)
 		if err != nil || n == 0 {
 			return fmt.Errorf("%w: target timeline %q: want latest, current or a timeline number", ErrUsage, t.Timeline)
@@ -112,7 +107,7 @@ func (t Target) String() string {
 
 // Plan is the chosen backup and what recovery will read.
 type Plan struct {
-	Backup    *backup.Manifest
+	Backup    *manifest.Manifest
 	Timeline  uint32 // the resolved target timeline
 	Why       string
 	Notes     []string
@@ -125,16 +120,16 @@ type Plan struct {
 // Choose picks the newest backup that can reach t (or checks the one named
 // by backupID) and checks, from the inventory alone, that the archived WAL
 // covers the way there. Nothing is downloaded.
-func Choose(inv *Inventory, t Target, backupID string) (*Plan, error) {
+func Choose(c *catalog.Catalog, t Target, backupID string) (*Plan, error) {
 	if err := t.Check(); err != nil {
 		return nil, err
 	}
-	cands := inv.Backups
+	cands := c.Backups
 	if backupID != "" && backupID != "latest" {
 		cands = nil
-		for _, b := range inv.Backups {
+		for _, b := range c.Backups {
 			if b.ID == backupID {
-				cands = []*backup.Manifest{b}
+				cands = []*manifest.Manifest{b}
 			}
 		}
 		if cands == nil {
@@ -148,7 +143,7 @@ func Choose(inv *Inventory, t Target, backupID string) (*Plan, error) {
 	early, other := 0, 0
 	for i := len(cands) - 1; i >= 0; i-- {
 		b := cands[i]
-		p, kind, why := inv.try(b, t)
+		p, kind, why := try(c, b, t)
 		if p != nil {
 			p.Candidate = len(cands) - i
 			if backupID == "latest" && i != len(cands)-1 {
@@ -182,19 +177,19 @@ const (
 )
 
 // try checks one backup.
-func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, kind refusal, why string) {
-	tli, err := inv.targetTimeline(b, t.Timeline)
+func try(c *catalog.Catalog, b *manifest.Manifest, t Target) (p *Plan, kind refusal, why string) {
+	tli, err := c.TargetTimeline(b, t.Timeline)
 	if err != nil {
 		return nil, cannot, err.Error()
 	}
-	spans, err := inv.path(b.Timeline, tli)
+	path, err := c.Path(b.Timeline, tli)
 	if err != nil {
 		return nil, cannot, err.Error()
 	}
-	if !onPath(b, spans) {
+	if !path.Holds(b) {
 		return nil, elsewhere, fmt.Sprintf("its timeline %d at %s is not in the history of timeline %d", b.StopTimeline, b.StopLSN, tli)
 	}
-	ss := inv.SegSize
+	ss := c.SegSize
 	start := b.StartLSN.SegNo(ss)
 	stop := uint64(b.StopLSN-1) / ss
 	if b.StopLSN <= b.StartLSN {
@@ -213,7 +208,7 @@ func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, kind refusal, 
 		if b.StopTime.After(t.Time) {
 			return nil, tooLate, fmt.Sprintf("it is consistent only from %s, after the target", b.StopTime.Format(time.RFC3339))
 		}
-		n, ok := inv.firstArchivedAfter(spans, start, t.Time)
+		n, ok := path.FirstArchivedAfter(start, t.Time)
 		if !ok {
 			return nil, cannot, fmt.Sprintf("no WAL archived after %s on the way from %s: recovery could not find the first commit after the target (archive not caught up, or a gap)",
 				t.Time.UTC().Format(time.RFC3339), segment.Name{TLI: b.Timeline, SegNo: start}.String(ss))
@@ -232,27 +227,27 @@ func (inv *Inventory) try(b *backup.Manifest, t Target) (p *Plan, kind refusal, 
 	case TargetImmediate:
 		p.Why = "newest backup; recovery stops where it becomes consistent"
 	case TargetEnd:
-		head, ok := inv.head(spans)
+		head, ok := path.Head()
 		if !ok || head < stop {
 			head = stop
 		}
 		need = head
 		p.Why = "newest backup; recovery replays all archived WAL"
 	}
-	if missing, ok := inv.firstMissing(spans, start, need); ok {
+	if missing, ok := path.FirstMissing(start, need); ok {
 		return nil, cannot, fmt.Sprintf("WAL segment %s is not in the archive (needed from %s to %s)", missing.String(ss),
-			inv.at(spans, start).String(ss), inv.at(spans, need).String(ss))
+			path.At(start).String(ss), path.At(need).String(ss))
 	}
 	if t.Kind == TargetXID || t.Kind == TargetName {
-		if head, ok := inv.head(spans); ok {
-			if missing, gap := inv.firstMissing(spans, start, head); gap {
+		if head, ok := path.Head(); ok {
+			if missing, gap := path.FirstMissing(start, head); gap {
 				p.Notes = append(p.Notes, fmt.Sprintf("the archive has a gap at %s: the target must lie before it", missing.String(ss)))
 			} else {
 				need = max(need, head)
 			}
 		}
 	}
-	p.FirstWAL, p.LastWAL, p.Segments = inv.at(spans, start), inv.at(spans, need), int(need-start+1)
+	p.FirstWAL, p.LastWAL, p.Segments = path.At(start), path.At(need), int(need-start+1)
 	return p, cannot, ""
 }
 

@@ -6,7 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -22,11 +23,11 @@ func lsn(s string) segment.LSN {
 	return l
 }
 
-func mkBackup(id string, tli uint32, start, stop string, stopTime time.Time, nextXID uint64) *backup.Manifest {
-	return &backup.Manifest{
+func mkBackup(id string, tli uint32, start, stop string, stopTime time.Time, nextXID uint64) *manifest.Manifest {
+	return &manifest.Manifest{
 		ID: id, Timeline: tli, StopTimeline: tli, StartLSN: lsn(start), StopLSN: lsn(stop),
 		StartTime: stopTime.Add(-time.Minute), StopTime: stopTime, NextXID: nextXID, SegmentSize: mib16,
-		WALRanges: []backup.WALRange{{Timeline: tli, Start: lsn(start), End: lsn(stop)}},
+		WALRanges: []manifest.WALRange{{Timeline: tli, Start: lsn(start), End: lsn(stop)}},
 	}
 }
 
@@ -34,12 +35,12 @@ func mkBackup(id string, tli uint32, start, stop string, stopTime time.Time, nex
 // the switch), timeline 2 branched at 0/7000000 and has segments 7..10.
 // Segment n of timeline 1 was archived at t0+n minutes, of timeline 2 at
 // t0+n+10 minutes.
-func inventory() *Inventory {
-	inv := &Inventory{
+func inventory() *catalog.Catalog {
+	inv := &catalog.Catalog{
 		SegSize: mib16,
 		History: map[uint32][]segment.HistoryEntry{2: {{TLI: 1, SwitchLSN: lsn("0/7000000")}}},
 		WAL:     map[uint32]map[uint64]time.Time{1: {}, 2: {}},
-		Backups: []*backup.Manifest{
+		Backups: []*manifest.Manifest{
 			mkBackup("B1", 1, "0/2000028", "0/2000100", t0.Add(2*time.Minute), 700),
 			mkBackup("B2", 1, "0/5000028", "0/5000100", t0.Add(5*time.Minute), 900),
 			mkBackup("B4", 1, "0/8000028", "0/8000100", t0.Add(8*time.Minute), 1100), // after the branch, on timeline 1
@@ -60,7 +61,7 @@ func TestChoose(t *testing.T) {
 		name     string
 		target   Target
 		backupID string
-		mutate   func(*Inventory)
+		mutate   func(*catalog.Catalog)
 		want     string // backup id, or "!" + a piece of the error
 		wantTLI  uint32
 		first    string
@@ -80,9 +81,9 @@ func TestChoose(t *testing.T) {
 		{name: "timeline 1 does not reach timeline 2's positions", target: Target{Kind: TargetLSN, LSN: lsn("0/9800000"), Timeline: "1"},
 			want: "!000000010000000000000009 is not in the archive"},
 		{name: "gap before the target", target: Target{Kind: TargetLSN, LSN: lsn("0/4000010")},
-			mutate: func(inv *Inventory) { delete(inv.WAL[1], 3) }, want: "!000000010000000000000003 is not in the archive"},
+			mutate: func(inv *catalog.Catalog) { delete(inv.WAL[1], 3) }, want: "!000000010000000000000003 is not in the archive"},
 		{name: "gap before B2 does not matter to it", target: Target{Kind: TargetLSN, LSN: lsn("0/6000000")},
-			mutate: func(inv *Inventory) { delete(inv.WAL[1], 3) }, want: "B2"},
+			mutate: func(inv *catalog.Catalog) { delete(inv.WAL[1], 3) }, want: "B2"},
 		{name: "time between B1 and B2", target: Target{Kind: TargetTime, Time: t0.Add(4 * time.Minute)}, want: "B1"},
 		{name: "time before every backup", target: Target{Kind: TargetTime, Time: t0}, want: "!before every backup"},
 		{name: "time after everything archived", target: Target{Kind: TargetTime, Time: t0.Add(time.Hour)}, want: "!no WAL archived after"},
@@ -90,7 +91,7 @@ func TestChoose(t *testing.T) {
 		{name: "xid after B3", target: Target{Kind: TargetXID, XID: 5000}, want: "B3"},
 		{name: "xid before every backup", target: Target{Kind: TargetXID, XID: 600}, want: "!before every backup"},
 		{name: "xid wraps modulo 2^32", target: Target{Kind: TargetXID, XID: 100},
-			mutate: func(inv *Inventory) {
+			mutate: func(inv *catalog.Catalog) {
 				for _, b := range inv.Backups {
 					b.NextXID = 1<<32 + (1<<32 - 1000) // epoch 1, close to wrapping
 				}
@@ -98,7 +99,7 @@ func TestChoose(t *testing.T) {
 		{name: "restore point uses the newest", target: Target{Kind: TargetName, Name: "x"}, want: "B3"},
 		{name: "immediate", target: Target{Kind: TargetImmediate}, want: "B3", first: "000000020000000000000009", last: "000000020000000000000009"},
 		{name: "end of archive", target: Target{}, want: "B3", last: "00000002000000000000000A"},
-		{name: "end of archive with a gap refuses", target: Target{}, mutate: func(inv *Inventory) { delete(inv.WAL[2], 9) },
+		{name: "end of archive with a gap refuses", target: Target{}, mutate: func(inv *catalog.Catalog) { delete(inv.WAL[2], 9) },
 			want: "!000000020000000000000009 is not in the archive"},
 		{name: "named backup", target: Target{Kind: TargetLSN, LSN: lsn("0/6000000")}, backupID: "B1", want: "B1"},
 		{name: "named backup after the target", target: Target{Kind: TargetLSN, LSN: lsn("0/4000000")}, backupID: "B2", want: "!before every backup"},

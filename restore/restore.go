@@ -21,12 +21,19 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
-	"github.com/walship/walship/backup"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 )
 
-// Progress is backup.Progress: a bar on a terminal, log lines elsewhere.
-type Progress = backup.Progress
+// Progress hears about the download: Phase starts a phase with its
+// expected byte total, Add counts bytes done, End closes it with the error
+// that ended it, if any. The command line's progress bar serves both this
+// and backup push.
+type Progress interface {
+	Phase(name string, total int64)
+	Add(n int64)
+	End(err error)
+}
 
 // Options for Restore.
 type Options struct {
@@ -91,51 +98,18 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	if err := checkArchives(m); err != nil {
 		return err
 	}
-	dirs := map[string]string{} // archive name -> destination
-	for _, ar := range m.Archives {
-		dest := o.PGData
-		if ar.Location != "" {
-			dest = ar.Location
-			if d, ok := o.TablespaceMap[ar.Location]; ok {
-				dest = d
-			}
-			if !filepath.IsAbs(dest) {
-				return fmt.Errorf("%w: tablespace directory %q must be absolute", ErrUsage, dest)
-			}
-		}
-		dirs[ar.Name] = dest
+	dirs, err := destinations(m, o)
+	if err != nil {
+		return err
 	}
-	var created []string      // directories restore writes into
-	made := map[string]bool{} // ... of which it created these
+	var td targetDirs
 	defer func() {
 		if err != nil {
-			for _, d := range created {
-				if made[d] {
-					_ = os.RemoveAll(d)
-				} else {
-					_ = removeContents(d)
-				}
-			}
+			td.remove()
 		}
 	}()
-	for _, ar := range m.Archives {
-		d := dirs[ar.Name]
-		if err := CheckTarget(d); err != nil {
-			if ar.Location != "" {
-				return fmt.Errorf("%w (tablespace %d; move it with --tablespace-mapping %s=NEWDIR)", err, ar.TablespaceOID, ar.Location)
-			}
-			return err
-		}
-		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-			made[d] = true
-		}
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-		}
-		if err := os.Chmod(d, 0o700); err != nil {
-			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
-		}
-		created = append(created, d)
+	if err := td.prepare(m, dirs); err != nil {
+		return err
 	}
 	if o.Progress == nil {
 		o.Progress = noProgress{}
@@ -154,12 +128,77 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	if err := finishDataDir(ctx, a.Storage(), p, o, dirs); err != nil {
 		return err
 	}
-	for _, d := range created {
+	for _, d := range td.created {
 		if err := syncFS(d); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// destinations maps each archive of the backup to its directory: the
+// data directory, or the tablespace's (mapped by o.TablespaceMap).
+func destinations(m *manifest.Manifest, o Options) (map[string]string, error) {
+	dirs := map[string]string{} // archive name -> destination
+	for _, ar := range m.Archives {
+		dest := o.PGData
+		if ar.Location != "" {
+			dest = ar.Location
+			if d, ok := o.TablespaceMap[ar.Location]; ok {
+				dest = d
+			}
+			if !filepath.IsAbs(dest) {
+				return nil, fmt.Errorf("%w: tablespace directory %q must be absolute", ErrUsage, dest)
+			}
+		}
+		dirs[ar.Name] = dest
+	}
+	return dirs, nil
+}
+
+// targetDirs are the directories a restore writes into, and which of
+// them it created: on failure, those it created are removed and the
+// others (found empty) emptied.
+type targetDirs struct {
+	created []string
+	made    map[string]bool
+}
+
+// prepare checks that each destination is absent or empty and makes it,
+// mode 0700.
+func (td *targetDirs) prepare(m *manifest.Manifest, dirs map[string]string) error {
+	td.made = map[string]bool{}
+	for _, ar := range m.Archives {
+		d := dirs[ar.Name]
+		if err := CheckTarget(d); err != nil {
+			if ar.Location != "" {
+				return fmt.Errorf("%w (tablespace %d; move it with --tablespace-mapping %s=NEWDIR)", err, ar.TablespaceOID, ar.Location)
+			}
+			return err
+		}
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			td.made[d] = true
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return fmt.Errorf("%w: %w", archive.ErrLocal, err)
+		}
+		td.created = append(td.created, d)
+	}
+	return nil
+}
+
+// remove takes away what the restore wrote.
+func (td *targetDirs) remove() {
+	for _, d := range td.created {
+		if td.made[d] {
+			_ = os.RemoveAll(d)
+		} else {
+			_ = removeContents(d)
+		}
+	}
 }
 
 type noProgress struct{}
@@ -192,7 +231,7 @@ type chunkResult struct {
 // worker with its own decoder and download buffer, verifies each against
 // the manifest and unpacks the tar stream into dir. Decompressed chunks
 // wait in a pool of o.Parallel+1 buffers, which bounds memory.
-func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archive, dir string, o Options) error {
+func extractArchive(ctx context.Context, store backends.Storage, ar manifest.Archive, dir string, o Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make([]chan chunkResult, len(ar.Chunks))
@@ -223,7 +262,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			u, err := segment.NewUnsealer(maxChunk(ar))
+			u, err := sealed.NewUnsealer(maxChunk(ar))
 			if err != nil {
 				cancel()
 				return
@@ -247,7 +286,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 				var data []byte
 				// A dropped connection mid-body is retried; a chunk that
 				// fails its checksum on every try is damaged in the archive.
-				_, err = retry.Do(ctx, store, 0, retryable, func(ctx context.Context) error {
+				_, err = retry.Do(ctx, store, 0, archive.Retryable, func(ctx context.Context) error {
 					var err error
 					data, obj, err = fetchChunk(ctx, store, ar.Chunks[i], u, obj, buf)
 					return err
@@ -269,7 +308,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar backup.Archi
 // 1 MiB, since a zstd frame's window is never below 1 KiB, so a small
 // archive's only chunk (a new tablespace's one directory entry) would
 // otherwise be refused as damaged.
-func maxChunk(ar backup.Archive) int64 {
+func maxChunk(ar manifest.Archive) int64 {
 	var m int64 = 1 << 20
 	for _, c := range ar.Chunks {
 		m = max(m, c.Size)
@@ -280,14 +319,14 @@ func maxChunk(ar backup.Archive) int64 {
 // fetchChunk reads one chunk into obj and decompresses it into buf,
 // checking the seal's own SHA-256 and CRC, and that it is the chunk the
 // manifest names. It returns the data and the (possibly grown) obj buffer.
-func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *segment.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
+func fetchChunk(ctx context.Context, store backends.Storage, c manifest.Chunk, u *sealed.Unsealer, obj, buf []byte) ([]byte, []byte, error) {
 	rc, info, err := store.Get(ctx, c.Key)
 	if err != nil {
 		return nil, obj, fmt.Errorf("read %s: %w", c.Key, err)
 	}
 	defer rc.Close()
 	if info.Size != c.StoredSize {
-		return nil, obj, fmt.Errorf("backup chunk %s has %d bytes, the manifest says %d: %w", c.Key, info.Size, c.StoredSize, segment.ErrChecksum)
+		return nil, obj, fmt.Errorf("backup chunk %s has %d bytes, the manifest says %d: %w", c.Key, info.Size, c.StoredSize, sealed.ErrChecksum)
 	}
 	if int64(cap(obj)) < info.Size {
 		obj = make([]byte, info.Size)
@@ -301,7 +340,7 @@ func fetchChunk(ctx context.Context, store backends.Storage, c backup.Chunk, u *
 		return nil, obj, fmt.Errorf("backup chunk %s: %w", c.Key, err)
 	}
 	if hex.EncodeToString(h.SHA256[:]) != c.SHA256 || int64(len(raw)) != c.Size {
-		return nil, obj, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, segment.ErrChecksum)
+		return nil, obj, fmt.Errorf("backup chunk %s is not the one the manifest names: %w", c.Key, sealed.ErrChecksum)
 	}
 	return raw, obj, nil
 }
@@ -348,7 +387,7 @@ func (r *orderedReader) Read(p []byte) (int, error) {
 // map, the recovery settings and the signal file (recoveryconf.go).
 func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Options, dirs map[string]string) error {
 	m := p.Backup
-	sm, err := readSealed(ctx, store, m.ServerManifest.Key)
+	sm, err := archive.ReadSealed(ctx, store, m.ServerManifest.Key)
 	if err != nil {
 		return err
 	}
@@ -363,7 +402,7 @@ func finishDataDir(ctx context.Context, store backends.Storage, p *Plan, o Optio
 
 // rewriteTablespaceMap points tablespace_map at the directories the
 // tablespaces were restored into.
-func rewriteTablespaceMap(pgdata string, m *backup.Manifest, dirs map[string]string) error {
+func rewriteTablespaceMap(pgdata string, m *manifest.Manifest, dirs map[string]string) error {
 	path := filepath.Join(pgdata, "tablespace_map")
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {

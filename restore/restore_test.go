@@ -17,8 +17,9 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
-	"github.com/walship/walship/backup"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 )
 
 // entry is one tar entry of a test backup.
@@ -69,14 +70,14 @@ func mkTar(t testing.TB, entries []entry) []byte {
 // a name other than base.tar is a tablespace at /old/<name>) as backup
 // push would: sealed chunks of chunk bytes, the server manifest, then
 // manifest.json. It returns the manifest.
-func sealBackup(t testing.TB, store backends.Storage, id string, chunk int, archives map[string][]byte) *backup.Manifest {
+func sealBackup(t testing.TB, store backends.Storage, id string, chunk int, archives map[string][]byte) *manifest.Manifest {
 	t.Helper()
 	ctx := context.Background()
-	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	sl, err := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(key string, raw []byte) backup.Chunk {
+	put := func(key string, raw []byte) manifest.Chunk {
 		s, err := sl.Seal(raw)
 		if err != nil {
 			t.Fatal(err)
@@ -84,9 +85,9 @@ func sealBackup(t testing.TB, store backends.Storage, id string, chunk int, arch
 		if err := store.PutIfAbsent(ctx, key, s.Reader(), s.Size()); err != nil {
 			t.Fatal(err)
 		}
-		return backup.Chunk{Key: key, Size: int64(len(raw)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
+		return manifest.Chunk{Key: key, Size: int64(len(raw)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
 	}
-	m := &backup.Manifest{Format: backup.ManifestFormat, ID: id, SystemIdentifier: 7712376803198510374, SegmentSize: 16 << 20,
+	m := &manifest.Manifest{Format: manifest.Format, ID: id, SystemIdentifier: 7712376803198510374, SegmentSize: 16 << 20,
 		Timeline: 1, StopTimeline: 1, StartLSN: 0x2000028, StopLSN: 0x2000100}
 	oid := uint32(16384)
 	for _, name := range []string{"base.tar", "16384.tar"} {
@@ -94,19 +95,19 @@ func sealBackup(t testing.TB, store backends.Storage, id string, chunk int, arch
 		if !ok {
 			continue
 		}
-		ar := backup.Archive{Name: name, Size: int64(len(data))}
+		ar := manifest.Archive{Name: name, Size: int64(len(data))}
 		if name != "base.tar" {
 			ar.TablespaceOID, ar.Location = oid, "/old/"+name
 		}
 		for seq, off := 0, 0; off < len(data) || seq == 0; seq, off = seq+1, off+chunk {
 			end := min(off+chunk, len(data))
-			ar.Chunks = append(ar.Chunks, put(fmt.Sprintf("%s%s/%s.%05d", backup.Prefix, id, name, seq), data[off:end]))
+			ar.Chunks = append(ar.Chunks, put(fmt.Sprintf("%s%s/%s.%05d", manifest.Prefix, id, name, seq), data[off:end]))
 		}
 		m.Archives = append(m.Archives, ar)
 	}
-	m.ServerManifest = put(backup.Prefix+id+"/backup_manifest", []byte(`{"PostgreSQL-Backup-Manifest-Version": 1}`))
+	m.ServerManifest = put(manifest.Prefix+id+"/backup_manifest", []byte(`{"PostgreSQL-Backup-Manifest-Version": 1}`))
 	b, _ := json.Marshal(m)
-	if err := store.PutIfAbsent(ctx, backup.Prefix+id+"/manifest.json", bytes.NewReader(b), int64(len(b))); err != nil {
+	if err := store.PutIfAbsent(ctx, manifest.Prefix+id+"/manifest.json", bytes.NewReader(b), int64(len(b))); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -240,13 +241,13 @@ func TestRestoreRefusesDamagedManifests(t *testing.T) {
 	space := mkTar(t, []entry{dir("PG_15_202209061")})
 	cases := []struct {
 		name   string
-		mutate func(m *backup.Manifest)
+		mutate func(m *manifest.Manifest)
 	}{
-		{"no archives", func(m *backup.Manifest) { m.Archives = nil }},
-		{"only a tablespace", func(m *backup.Manifest) { m.Archives = m.Archives[1:] }},
-		{"two base archives", func(m *backup.Manifest) { m.Archives[1].Location, m.Archives[1].Name = "", "base2.tar" }},
-		{"an archive twice", func(m *backup.Manifest) { m.Archives[1].Name = "base.tar" }},
-		{"a relative tablespace", func(m *backup.Manifest) { m.Archives[1].Location = "old/ts" }},
+		{"no archives", func(m *manifest.Manifest) { m.Archives = nil }},
+		{"only a tablespace", func(m *manifest.Manifest) { m.Archives = m.Archives[1:] }},
+		{"two base archives", func(m *manifest.Manifest) { m.Archives[1].Location, m.Archives[1].Name = "", "base2.tar" }},
+		{"an archive twice", func(m *manifest.Manifest) { m.Archives[1].Name = "base.tar" }},
+		{"a relative tablespace", func(m *manifest.Manifest) { m.Archives[1].Location = "old/ts" }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -303,7 +304,7 @@ func TestGarbledHistoryIsDamage(t *testing.T) {
 	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: 42, PGVersion: "15", SegmentSize: 16 << 20, BlockSize: 8192}); err != nil {
 		t.Fatal(err)
 	}
-	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	sl, err := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func TestGarbledHistoryIsDamage(t *testing.T) {
 	if err := store.PutIfAbsent(ctx, "history/00000002.history", s.Reader(), s.Size()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadInventory(ctx, a); !errors.Is(err, ErrDamaged) {
+	if _, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories); !errors.Is(err, ErrDamaged) {
 		t.Fatalf("want ErrDamaged, got %v", err)
 	}
 }

@@ -5,18 +5,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
 // freshTimeline2: a copy promoted with archiving off started the archive
 // on timeline 2; 00000002.history never reached it.
-func freshTimeline2() *Inventory {
-	inv := &Inventory{
+func freshTimeline2() *catalog.Catalog {
+	inv := &catalog.Catalog{
 		SegSize: mib16,
 		History: map[uint32][]segment.HistoryEntry{},
 		WAL:     map[uint32]map[uint64]time.Time{2: {}},
-		Backups: []*backup.Manifest{mkBackup("B", 2, "0/9000028", "0/9000100", t0.Add(9*time.Minute), 1300)},
+		Backups: []*manifest.Manifest{mkBackup("B", 2, "0/9000028", "0/9000100", t0.Add(9*time.Minute), 1300)},
 	}
 	for n := uint64(9); n <= 12; n++ {
 		inv.WAL[2][n] = t0.Add(time.Duration(n)*time.Minute + 30*time.Second)
@@ -56,7 +57,7 @@ func TestTimelineWithoutHistory(t *testing.T) {
 	inv = freshTimeline2()
 	b := inv.Backups[0]
 	b.Timeline = 1
-	b.WALRanges = []backup.WALRange{{Timeline: 1, Start: b.StartLSN, End: b.StartLSN + 0x10}, {Timeline: 2, Start: b.StartLSN + 0x10, End: b.StopLSN}}
+	b.WALRanges = []manifest.WALRange{{Timeline: 1, Start: b.StartLSN, End: b.StartLSN + 0x10}, {Timeline: 2, Start: b.StartLSN + 0x10, End: b.StopLSN}}
 	inv.WAL[1] = map[uint64]time.Time{9: t0}
 	if _, err := Choose(inv, Target{Timeline: "current"}, ""); err == nil || !strings.Contains(err.Error(), "timeline 2 has no history file") {
 		t.Errorf("crossing without history: %v", err)

@@ -12,13 +12,13 @@ import (
 	"syscall"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 )
 
 // checkArchives refuses a manifest that does not describe a base backup:
 // exactly one base.tar for the data directory, and each tablespace once,
 // at an absolute location.
-func checkArchives(m *backup.Manifest) error {
+func checkArchives(m *manifest.Manifest) error {
 	bases := 0
 	names := map[string]bool{}
 	locations := map[string]bool{}

@@ -2,7 +2,6 @@ package retention
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -10,74 +9,43 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 )
 
-// Load lists everything the planner needs. Any listing or read failure
-// fails it: a plan is never made from a partial inventory.
-func Load(ctx context.Context, a *archive.Archive) (Inventory, []archive.Slot, error) {
-	var inv Inventory
-	id, err := a.Identity(ctx)
-	if err != nil {
-		return inv, nil, err
-	}
-	inv.SegmentSize = id.SegmentSize
-	store := a.Storage()
-	for _, prefix := range []string{"wal/", "history/", backup.Prefix} {
-		err := store.List(ctx, prefix, func(o backends.ObjectInfo) error {
-			inv.Objects = append(inv.Objects, Object{Key: o.Key, Size: o.Size, Modified: o.Modified})
-			return nil
-		})
-		if err != nil {
-			return inv, nil, fmt.Errorf("list %s: %w", prefix, err)
-		}
-	}
-	if inv.Leases, err = loadLeases(ctx, a, inv.Objects); err != nil {
-		return inv, nil, err
-	}
-	l, err := backup.List(ctx, store)
-	if err != nil {
-		return inv, nil, err
-	}
-	inv.Backups = l.Backups
-	slots, err := a.ListSlots(ctx)
-	if err != nil {
-		return inv, nil, err
-	}
-	return inv, slots, nil
+// Load reads the catalog the planner needs: the listing, the complete
+// backups, the leases and the slots. Any failure fails it: a plan is never
+// made from a partial catalog.
+func Load(ctx context.Context, a *archive.Archive) (*catalog.Catalog, error) {
+	return catalog.Load(ctx, a, catalog.Backups|catalog.Leases|catalog.Slots)
 }
 
-// loadLeases reads every backup lease the listing found. A damaged one
-// counts from its modification time; one gone since the listing counts as
-// live for this run (its backup just ended); any other read failure fails.
-func loadLeases(ctx context.Context, a *archive.Archive, objects []Object) (map[string]BackupLease, error) {
-	leases := map[string]BackupLease{}
-	for _, o := range objects {
-		id, name, ok := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
-		if !ok || name != archive.LeaseName || !strings.HasPrefix(o.Key, backup.Prefix) || backup.ValidID(id) != nil {
-			continue
-		}
-		l, info, err := a.ReadLease(ctx, o.Key)
-		switch {
-		case errors.Is(err, backends.ErrNotFound):
-			leases[id] = BackupLease{Modified: o.Modified, Vanished: true}
-		case errors.Is(err, archive.ErrLeaseDamaged):
-			leases[id] = BackupLease{Modified: later(o.Modified, info.Modified), Damaged: true}
-		case err != nil:
-			return nil, err
-		default:
-			leases[id] = BackupLease{Lease: l, Modified: later(o.Modified, info.Modified)}
-		}
+// Run plans at now from a fresh catalog, logs the plan's notes as
+// warnings, and with apply deletes what the plan deletes. It returns the
+// plan and how many objects were deleted.
+func Run(ctx context.Context, a *archive.Archive, p Policy, now time.Time, apply bool, log *slog.Logger) (*Plan, int, error) {
+	if err := p.Check(); err != nil {
+		return nil, 0, err
 	}
-	return leases, nil
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
+	c, err := Load(ctx, a)
+	if err != nil {
+		return nil, 0, fmt.Errorf("retention: nothing deleted: %w", err)
 	}
-	return a
+	plan, err := Make(c, p, now)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, n := range plan.Notes {
+		log.Warn(n)
+	}
+	if !apply {
+		return plan, 0, nil
+	}
+	n, err := Apply(ctx, a, plan, log)
+	if err != nil {
+		return plan, n, fmt.Errorf("retention: %w", err)
+	}
+	return plan, n, nil
 }
 
 // Apply deletes what the plan deletes: first each deleted backup's
@@ -91,10 +59,11 @@ func Apply(ctx context.Context, a *archive.Archive, p *Plan, log *slog.Logger) (
 		if !it.Delete {
 			continue
 		}
+		k := archive.ParseKey(it.Key)
 		switch {
-		case strings.HasPrefix(it.Key, backup.Prefix) && strings.HasSuffix(it.Key, "/manifest.json"):
+		case k.Kind == archive.KeyBackup && k.Object == manifest.Name:
 			manifests = append(manifests, it.Key)
-		case strings.HasPrefix(it.Key, backup.Prefix):
+		case k.Kind == archive.KeyBackup:
 			data = append(data, it.Key)
 		case strings.HasPrefix(it.Key, "wal/"):
 			wal = append(wal, it.Key)
@@ -102,7 +71,7 @@ func Apply(ctx context.Context, a *archive.Archive, p *Plan, log *slog.Logger) (
 			hist = append(hist, it.Key)
 		}
 	}
-	sort.Slice(wal, func(i, j int) bool { return archive.SegmentAfter(wal[j][13:], wal[i][13:]) })
+	sort.Slice(wal, func(i, j int) bool { return archive.SegmentAfter(walName(wal[j]), walName(wal[i])) })
 	done := 0
 	for _, group := range [][]string{manifests, data, wal, hist} {
 		for len(group) > 0 {
@@ -118,3 +87,6 @@ func Apply(ctx context.Context, a *archive.Archive, p *Plan, log *slog.Logger) (
 		"deleted_backups", len(p.DeletedBackups))
 	return done, nil
 }
+
+// walName is the file name a WAL key stores.
+func walName(key string) string { return archive.ParseKey(key).File.String() }

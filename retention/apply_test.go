@@ -11,7 +11,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 )
 
 func TestLoadPlanApply(t *testing.T) {
@@ -31,22 +31,22 @@ func TestLoadPlanApply(t *testing.T) {
 	}
 	old := mkBackup("20261120T000000Z", 1, 2, time.Now().Add(-time.Hour))
 	newer := mkBackup("20261121T000000Z", 1, 6, time.Now().Add(-time.Hour))
-	for _, b := range []*backup.Manifest{old, newer} {
-		b.Format = backup.ManifestFormat
+	for _, b := range []*manifest.Manifest{old, newer} {
+		b.Format = manifest.Format
 		j, _ := json.Marshal(b)
-		put(backup.Prefix+b.ID+"/manifest.json", j)
-		put(backup.Prefix+b.ID+"/base.tar.00000", []byte("data"))
+		put(manifest.Prefix+b.ID+"/manifest.json", j)
+		put(manifest.Prefix+b.ID+"/base.tar.00000", []byte("data"))
 	}
-	inv, slots, err := Load(ctx, a)
+	inv, err := Load(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Everything was just written: the grace period keeps it all.
-	p, err := Make(inv, slots, Policy{KeepLast: 1, Grace: DefaultGrace}, time.Now())
+	p, err := Make(inv, Policy{KeepLast: 1, Grace: DefaultGrace}, time.Now())
 	if err != nil || p.DeleteCount != 0 {
 		t.Fatalf("within the grace period: %d deletions, %v", p.DeleteCount, err)
 	}
-	p, err = Make(inv, slots, Policy{KeepLast: 1}, time.Now())
+	p, err = Make(inv, Policy{KeepLast: 1}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

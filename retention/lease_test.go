@@ -11,28 +11,29 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 )
 
 // runningInventory: one complete backup on timeline 1 from segment 4, WAL
 // 1..9, and a manifest-less backup whose chunks are hours old (older than
 // any grace) and whose lease names segment 2 as its start.
-func runningInventory(l BackupLease) Inventory {
-	inv := Inventory{SegmentSize: segSize, Leases: map[string]BackupLease{}}
+func runningInventory(l catalog.Lease) *catalog.Catalog {
+	inv := &catalog.Catalog{SegSize: segSize, Leases: map[string]catalog.Lease{}}
 	add := func(key string, mod time.Time) {
-		inv.Objects = append(inv.Objects, Object{Key: key, Size: 10, Modified: mod})
+		inv.Objects = append(inv.Objects, catalog.Object{Key: key, Size: 10, Modified: mod})
 	}
 	for n := uint64(1); n <= 9; n++ {
 		add("wal/00000001/"+name(1, n), now.Add(-10*time.Hour))
 	}
 	done := mkBackup("20261126T010000Z", 1, 4, now.Add(-11*time.Hour))
-	inv.Backups = []*backup.Manifest{done}
-	add(backup.Prefix+done.ID+"/base.tar.00000", done.StopTime)
-	add(backup.Prefix+done.ID+"/manifest.json", done.StopTime)
+	inv.Backups = []*manifest.Manifest{done}
+	add(manifest.Prefix+done.ID+"/base.tar.00000", done.StopTime)
+	add(manifest.Prefix+done.ID+"/manifest.json", done.StopTime)
 	id := "20261126T020000Z"
-	add(backup.Prefix+id+"/base.tar.00000", now.Add(-9*time.Hour))
-	add(backup.Prefix+id+"/base.tar.00001", now.Add(-8*time.Hour))
-	add(backup.Prefix+id+"/lease.json", l.Modified)
+	add(manifest.Prefix+id+"/base.tar.00000", now.Add(-9*time.Hour))
+	add(manifest.Prefix+id+"/base.tar.00001", now.Add(-8*time.Hour))
+	add(manifest.Prefix+id+"/lease.json", l.Modified)
 	inv.Leases[id] = l
 	return inv
 }
@@ -49,28 +50,28 @@ func itemsOf(p *Plan, prefix string) []Item {
 
 func TestPlanHonoursLeases(t *testing.T) {
 	const running = "20261126T020000Z"
-	withWAL := func(l BackupLease) BackupLease { l.Lease.WAL = name(1, 2); return l }
+	withWAL := func(l catalog.Lease) catalog.Lease { l.Lease.WAL = name(1, 2); return l }
 	cases := []struct {
 		name   string
-		lease  BackupLease
+		lease  catalog.Lease
 		keep   bool
 		reason string
 	}{
 		{"live lease", withWAL(lease(now.Add(-time.Minute), now.Add(-time.Minute))), true, "is running: its lease (held by db1:4242) is live until 2026-11-26T12:09:00Z"},
 		{"expired lease", lease(now.Add(-11*time.Minute), now.Add(-11*time.Minute)), false, "lease expired 2026-11-26T11:59:00Z"},
 		{"holder's clock behind: the store's time counts", lease(now.Add(-30*time.Minute), now.Add(-time.Minute)), true, "is running"},
-		{"lease gone between listing and reading", BackupLease{Modified: now.Add(-time.Hour), Vanished: true}, true, "gone when read"},
-		{"damaged lease written recently", BackupLease{Modified: now.Add(-time.Minute), Damaged: true}, true, "the lease is damaged"},
-		{"damaged lease written long ago", BackupLease{Modified: now.Add(-time.Hour), Damaged: true}, false, "lease expired"},
+		{"lease gone between listing and reading", catalog.Lease{Modified: now.Add(-time.Hour), Vanished: true}, true, "gone when read"},
+		{"damaged lease written recently", catalog.Lease{Modified: now.Add(-time.Minute), Damaged: true}, true, "the lease is damaged"},
+		{"damaged lease written long ago", catalog.Lease{Modified: now.Add(-time.Hour), Damaged: true}, false, "lease expired"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			inv := runningInventory(tc.lease)
-			p, err := Make(inv, nil, Policy{KeepLast: 1, Grace: time.Second}, now)
+			p, err := Make(inv, Policy{KeepLast: 1, Grace: time.Second}, now)
 			if err != nil {
 				t.Fatal(err)
 			}
-			items := itemsOf(p, backup.Prefix+running+"/")
+			items := itemsOf(p, manifest.Prefix+running+"/")
 			if len(items) != 3 {
 				t.Fatalf("items of the running backup: %+v", items)
 			}
@@ -98,26 +99,26 @@ func TestPlanHonoursLeases(t *testing.T) {
 // leases, or a lease removed by hand) is debris only once nothing under it
 // was written within the grace period, not object by object.
 func TestPlanIncompleteWithoutLeaseUsesNewestObject(t *testing.T) {
-	inv := runningInventory(BackupLease{})
+	inv := runningInventory(catalog.Lease{})
 	delete(inv.Leases, "20261126T020000Z")
-	var objs []Object
+	var objs []catalog.Object
 	for _, o := range inv.Objects {
 		if !strings.HasSuffix(o.Key, "/lease.json") {
 			objs = append(objs, o)
 		}
 	}
-	inv.Objects = append(objs, Object{Key: backup.Prefix + "20261126T020000Z/base.tar.00002", Size: 10, Modified: now.Add(-time.Minute)})
-	p, err := Make(inv, nil, Policy{KeepLast: 1, Grace: 10 * time.Minute}, now)
+	inv.Objects = append(objs, catalog.Object{Key: manifest.Prefix + "20261126T020000Z/base.tar.00002", Size: 10, Modified: now.Add(-time.Minute)})
+	p, err := Make(inv, Policy{KeepLast: 1, Grace: 10 * time.Minute}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, it := range itemsOf(p, backup.Prefix+"20261126T020000Z/") {
+	for _, it := range itemsOf(p, manifest.Prefix+"20261126T020000Z/") {
 		if it.Delete || !strings.Contains(it.Reason, "written to within the grace period") {
 			t.Errorf("%s: delete=%v %q", it.Key, it.Delete, it.Reason)
 		}
 	}
-	p, _ = Make(inv, nil, Policy{KeepLast: 1, Grace: 10 * time.Second}, now)
-	for _, it := range itemsOf(p, backup.Prefix+"20261126T020000Z/") {
+	p, _ = Make(inv, Policy{KeepLast: 1, Grace: 10 * time.Second}, now)
+	for _, it := range itemsOf(p, manifest.Prefix+"20261126T020000Z/") {
 		if !it.Delete || !strings.Contains(it.Reason, "no lease") {
 			t.Errorf("grace 10s: %s: delete=%v %q", it.Key, it.Delete, it.Reason)
 		}
@@ -134,22 +135,22 @@ func historyItems(p *Plan) map[string]Item {
 
 func TestPlanKeepsHistoryChain(t *testing.T) {
 	old := now.Add(-48 * time.Hour)
-	build := func(backupTLI uint32, wal map[uint32][]uint64, hist ...string) Inventory {
-		inv := Inventory{SegmentSize: segSize}
+	build := func(backupTLI uint32, wal map[uint32][]uint64, hist ...string) *catalog.Catalog {
+		inv := &catalog.Catalog{SegSize: segSize}
 		for tli, segs := range wal {
 			for _, n := range segs {
-				inv.Objects = append(inv.Objects, Object{Key: "wal/" + name(tli, 0)[:8] + "/" + name(tli, n), Size: 1, Modified: old})
+				inv.Objects = append(inv.Objects, catalog.Object{Key: "wal/" + name(tli, 0)[:8] + "/" + name(tli, n), Size: 1, Modified: old})
 			}
 		}
 		for _, h := range hist {
-			inv.Objects = append(inv.Objects, Object{Key: "history/" + h, Size: 1, Modified: old})
+			inv.Objects = append(inv.Objects, catalog.Object{Key: "history/" + h, Size: 1, Modified: old})
 		}
-		inv.Backups = []*backup.Manifest{mkBackup("20261126T000000Z", backupTLI, 5, old)}
+		inv.Backups = []*manifest.Manifest{mkBackup("20261126T000000Z", backupTLI, 5, old)}
 		return inv
 	}
 	cases := []struct {
 		name   string
-		inv    Inventory
+		inv    *catalog.Catalog
 		keep   []string
 		delete []string
 	}{
@@ -168,7 +169,7 @@ func TestPlanKeepsHistoryChain(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := Make(tc.inv, nil, Policy{KeepLast: 1, Grace: time.Minute}, now)
+			p, err := Make(tc.inv, Policy{KeepLast: 1, Grace: time.Minute}, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -202,15 +203,15 @@ func TestLoadReadsLeases(t *testing.T) {
 		}
 	}
 	b := mkBackup("20261120T000000Z", 1, 2, time.Now().Add(-time.Hour))
-	b.Format = backup.ManifestFormat
+	b.Format = manifest.Format
 	j, _ := json.Marshal(b)
-	put(backup.Prefix+b.ID+"/manifest.json", j)
-	put(backup.Prefix+"20261121T000000Z/base.tar.00000", []byte("data"))
+	put(manifest.Prefix+b.ID+"/manifest.json", j)
+	put(manifest.Prefix+"20261121T000000Z/base.tar.00000", []byte("data"))
 	if _, err := a.AcquireLease(ctx, archive.BackupLeaseKey("20261121T000000Z"), archive.LeaseOptions{Kind: "backup push"}); err != nil {
 		t.Fatal(err)
 	}
-	put(backup.Prefix+"20261122T000000Z/lease.json", []byte("garbage"))
-	inv, slots, err := Load(ctx, a)
+	put(manifest.Prefix+"20261122T000000Z/lease.json", []byte("garbage"))
+	inv, err := Load(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,17 +223,17 @@ func TestLoadReadsLeases(t *testing.T) {
 	}
 	// Now, the fresh lease keeps its backup; an hour later, never
 	// renewed, it has expired and the backup is debris.
-	p, err := Make(inv, slots, Policy{KeepLast: 1}, time.Now())
+	p, err := Make(inv, Policy{KeepLast: 1}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, it := range itemsOf(p, backup.Prefix+"20261121T000000Z/") {
+	for _, it := range itemsOf(p, manifest.Prefix+"20261121T000000Z/") {
 		if it.Delete {
 			t.Errorf("live lease: %s deleted (%s)", it.Key, it.Reason)
 		}
 	}
-	p, _ = Make(inv, slots, Policy{KeepLast: 1}, time.Now().Add(time.Hour))
-	for _, it := range itemsOf(p, backup.Prefix+"20261121T000000Z/") {
+	p, _ = Make(inv, Policy{KeepLast: 1}, time.Now().Add(time.Hour))
+	for _, it := range itemsOf(p, manifest.Prefix+"20261121T000000Z/") {
 		if !it.Delete {
 			t.Errorf("an hour later, the unrenewed lease still protects %s (%s)", it.Key, it.Reason)
 		}

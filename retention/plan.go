@@ -1,6 +1,6 @@
 // Package retention decides what an archive keeps. The planner is a pure
-// function of the archive's inventory (with the running backups' leases),
-// the followers' slots, the policy and the time: it returns every object
+// function of the archive's catalog (with the running backups' leases and
+// the followers' slots), the policy and the time: it returns every object
 // with keep or delete and the reason. Apply executes a plan. Nothing here
 // deletes an object a kept backup, a running backup or a live slot needs,
 // nor a timeline history file recovery may have to read.
@@ -15,7 +15,8 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -32,44 +33,6 @@ type Policy struct {
 	KeepLast   int           `json:"keep_last,omitempty"`   // the newest N complete backups
 	KeepWithin time.Duration `json:"keep_within,omitempty"` // every backup needed to restore to any moment this far back
 	Grace      time.Duration `json:"grace"`                 // objects younger than this are never deleted
-}
-
-// Object is one stored object.
-type Object struct {
-	Key      string    `json:"key"`
-	Size     int64     `json:"size"`
-	Modified time.Time `json:"modified"`
-}
-
-// Inventory is what the archive holds: every object under wal/, history/
-// and backups/, the complete backups' manifests and the leases found under
-// backups/, by backup id.
-type Inventory struct {
-	SegmentSize uint64
-	Objects     []Object
-	Backups     []*backup.Manifest
-	Leases      map[string]BackupLease
-}
-
-// BackupLease is a backup's lease as Load found it.
-type BackupLease struct {
-	Lease    archive.Lease
-	Modified time.Time // the store's time for the lease object
-	// Damaged: the lease could not be parsed; it counts as renewed at
-	// Modified with the default TTL.
-	Damaged bool
-	// Vanished: listed, then gone when read (the backup just finished or
-	// failed). It counts as live for this run; the next run sees why.
-	Vanished bool
-}
-
-// live reports whether l protects its backup at now, and until when.
-func (l BackupLease) live(now time.Time) (bool, time.Time) {
-	if l.Vanished {
-		return true, now
-	}
-	exp := l.Lease.Expires(l.Modified)
-	return now.Before(exp), exp
 }
 
 // Item is one object's fate.
@@ -105,22 +68,30 @@ type guard struct {
 	Reason string
 }
 
-// Make plans. It fails only on a policy that keeps nothing.
-func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, error) {
+// Check refuses a policy that keeps nothing or has negative values.
+func (p Policy) Check() error {
 	if p.KeepLast < 0 || p.KeepWithin < 0 || p.Grace < 0 {
-		return nil, fmt.Errorf("%w (negative values)", ErrNoPolicy)
+		return fmt.Errorf("%w (negative values)", ErrNoPolicy)
 	}
 	if p.KeepLast == 0 && p.KeepWithin == 0 {
-		return nil, ErrNoPolicy
+		return ErrNoPolicy
 	}
-	if err := segment.ValidSegmentSize(inv.SegmentSize); err != nil && (len(inv.Objects) > 0 || len(inv.Backups) > 0) {
+	return nil
+}
+
+// Make plans. It fails only on a policy that keeps nothing.
+func Make(c *catalog.Catalog, p Policy, now time.Time) (*Plan, error) {
+	if err := p.Check(); err != nil {
+		return nil, err
+	}
+	if err := segment.ValidSegmentSize(c.SegSize); err != nil && (len(c.Objects) > 0 || len(c.Backups) > 0) {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
 	plan := &Plan{Now: now, Policy: p, KeptBackups: []string{}, DeletedBackups: []string{}, RunningBackups: []string{}, Notes: []string{}}
-	backups := append([]*backup.Manifest(nil), inv.Backups...)
+	backups := append([]*manifest.Manifest(nil), c.Backups...)
 	sort.SliceStable(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
 
-	pl := &planner{ss: inv.SegmentSize, keptWhy: keptBackups(backups, p, now), byID: map[string]*backup.Manifest{}}
+	pl := &planner{ss: c.SegSize, keptWhy: keptBackups(backups, p, now), byID: map[string]*manifest.Manifest{}}
 	for _, b := range backups {
 		pl.byID[b.ID] = b
 		if why, ok := pl.keptWhy[b.ID]; ok {
@@ -134,12 +105,12 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 	if len(backups) == 0 {
 		pl.keepAllWAL = "no complete backup in the archive: WAL is never deleted without one"
 	}
-	pl.slotGuards(plan, slots, now)
+	pl.slotGuards(plan, c.Slots, now)
 	if pl.keepAllWAL != "" {
 		plan.Notes = append(plan.Notes, pl.keepAllWAL)
 	}
 	var running []guard
-	pl.running, pl.debris, running = incompleteBackups(inv, pl.byID, p.Grace, now)
+	pl.running, pl.debris, running = incompleteBackups(c, pl.byID, p.Grace, now)
 	pl.guards = append(pl.guards, running...)
 	for id, why := range pl.running {
 		plan.RunningBackups = append(plan.RunningBackups, id)
@@ -149,14 +120,14 @@ func Make(inv Inventory, slots []archive.Slot, p Policy, now time.Time) (*Plan, 
 	sort.Strings(plan.Notes[len(plan.Notes)-len(pl.running):])
 
 	cutoff := now.Add(-p.Grace)
-	add := func(o Object, keep bool, reason string) {
+	add := func(o catalog.Object, keep bool, reason string) {
 		if !keep && o.Modified.After(cutoff) {
 			keep, reason = true, fmt.Sprintf("younger than the grace period (%s): it may be in flight", p.Grace)
 		}
 		plan.Items = append(plan.Items, Item{Key: o.Key, Delete: !keep, Reason: reason, Size: o.Size})
 	}
-	var histories []Object
-	for _, o := range inv.Objects {
+	var histories []catalog.Object
+	for _, o := range c.DataObjects() {
 		if strings.HasPrefix(o.Key, "history/") {
 			histories = append(histories, o)
 			continue
@@ -188,7 +159,7 @@ type planner struct {
 	guards     []guard
 	keepAllWAL string
 	keptWhy    map[string]string
-	byID       map[string]*backup.Manifest
+	byID       map[string]*manifest.Manifest
 	running    map[string]string // manifest-less backups kept, and why
 	debris     map[string]string // manifest-less backups deleted, and why
 }
@@ -219,12 +190,13 @@ func (pl *planner) slotGuards(plan *Plan, slots []archive.Slot, now time.Time) {
 // (a live lease, or written to within the grace period: every one of their
 // objects is kept) and debris (neither: every one is deleted). A live
 // lease that names the backup's start segment guards WAL from it on.
-func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grace time.Duration, now time.Time) (running, debris map[string]string, guards []guard) {
+func incompleteBackups(c *catalog.Catalog, complete map[string]*manifest.Manifest, grace time.Duration, now time.Time) (running, debris map[string]string, guards []guard) {
 	running, debris = map[string]string{}, map[string]string{}
 	newest := map[string]time.Time{}
-	for _, o := range inv.Objects {
-		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
-		if !ok || !strings.HasPrefix(o.Key, backup.Prefix) || complete[id] != nil {
+	for _, o := range c.DataObjects() {
+		k := archive.ParseKey(o.Key)
+		id := k.BackupID
+		if k.Kind != archive.KeyBackup || complete[id] != nil {
 			continue
 		}
 		if t, seen := newest[id]; !seen || o.Modified.After(t) {
@@ -232,8 +204,8 @@ func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grac
 		}
 	}
 	for id, last := range newest {
-		l, hasLease := inv.Leases[id]
-		live, exp := l.live(now)
+		l, hasLease := c.Leases[id]
+		live, exp := l.Live(now)
 		switch {
 		case hasLease && live && l.Vanished:
 			running[id] = fmt.Sprintf("backup %s had a lease when listed that was gone when read (it just ended): kept until the next run", id)
@@ -243,7 +215,7 @@ func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grac
 				holder = "unknown (the lease is damaged)"
 			}
 			running[id] = fmt.Sprintf("backup %s is running: its lease (held by %s) is live until %s", id, holder, exp.UTC().Format(time.RFC3339))
-			if n, err := segment.ParseName(l.Lease.WAL, inv.SegmentSize); err == nil {
+			if n, err := segment.ParseName(l.Lease.WAL, c.SegSize); err == nil {
 				guards = append(guards, guard{TLI: n.TLI, SegNo: n.SegNo, Reason: "WAL of running backup " + id + " (from " + l.Lease.WAL + ")"})
 			}
 		case last.After(now.Add(-grace)):
@@ -260,7 +232,7 @@ func incompleteBackups(inv Inventory, complete map[string]*backup.Manifest, grac
 
 // keptBackups applies the policy to backups (oldest first) and says why
 // each kept one is kept.
-func keptBackups(backups []*backup.Manifest, p Policy, now time.Time) map[string]string {
+func keptBackups(backups []*manifest.Manifest, p Policy, now time.Time) map[string]string {
 	why := map[string]string{}
 	n := len(backups)
 	for i := max(0, n-p.KeepLast); i < n && p.KeepLast > 0; i++ {
@@ -291,10 +263,11 @@ func keptBackups(backups []*backup.Manifest, p Policy, now time.Time) map[string
 }
 
 // decide keeps or deletes one object (before the grace period).
-func (pl *planner) decide(o Object) (bool, string) {
+func (pl *planner) decide(o catalog.Object) (bool, string) {
+	k := archive.ParseKey(o.Key)
 	switch {
-	case strings.HasPrefix(o.Key, backup.Prefix):
-		id, _, _ := strings.Cut(strings.TrimPrefix(o.Key, backup.Prefix), "/")
+	case k.Kind == archive.KeyBackup:
+		id := k.BackupID
 		if why, ok := pl.keptWhy[id]; ok {
 			return true, "kept backup " + id + " (" + why + ")"
 		}
@@ -309,10 +282,10 @@ func (pl *planner) decide(o Object) (bool, string) {
 		}
 		return true, "not a backup's object: left alone"
 	case strings.HasPrefix(o.Key, "wal/"):
-		f, err := segment.ParseFile(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
-		if err != nil {
+		if k.Kind != archive.KeyWAL {
 			return true, "not a WAL file name: left alone"
 		}
+		f := k.File
 		if pl.keepAllWAL != "" {
 			return true, pl.keepAllWAL
 		}
@@ -338,7 +311,7 @@ func (pl *planner) decide(o Object) (bool, string) {
 // kept backup, a live slot, any kept WAL) upward is kept, sibling branches
 // included, and always the newest one: right after a promotion it is
 // archived long before the first WAL of its timeline.
-func historyRule(items []Item, guards []guard, keepAll string, histories []Object) func(Object) (bool, string) {
+func historyRule(items []Item, guards []guard, keepAll string, histories []catalog.Object) func(catalog.Object) (bool, string) {
 	low, lowWhy := uint32(math.MaxUint32), ""
 	for _, g := range guards {
 		if g.TLI < low {
@@ -349,20 +322,21 @@ func historyRule(items []Item, guards []guard, keepAll string, histories []Objec
 		if it.Delete || !strings.HasPrefix(it.Key, "wal/") {
 			continue
 		}
-		if f, err := segment.ParseFile(it.Key[strings.LastIndexByte(it.Key, '/')+1:]); err == nil && f.TLI < low {
-			low, lowWhy = f.TLI, "kept "+it.Key
+		if k := archive.ParseKey(it.Key); k.Kind == archive.KeyWAL && k.TLI < low {
+			low, lowWhy = k.TLI, "kept "+it.Key
 		}
 	}
 	newest := uint32(0)
 	for _, o := range histories {
-		if f, err := segment.ParseFile(strings.TrimPrefix(o.Key, "history/")); err == nil && f.Kind == segment.KindHistory {
-			newest = max(newest, f.TLI)
+		if k := archive.ParseKey(o.Key); k.Kind == archive.KeyHistory {
+			newest = max(newest, k.TLI)
 		}
 	}
-	return func(o Object) (bool, string) {
-		f, err := segment.ParseFile(strings.TrimPrefix(o.Key, "history/"))
+	return func(o catalog.Object) (bool, string) {
+		k := archive.ParseKey(o.Key)
+		f := k.File
 		switch {
-		case err != nil || f.Kind != segment.KindHistory:
+		case k.Kind != archive.KeyHistory:
 			return true, "not a history file name: left alone"
 		case keepAll != "":
 			return true, keepAll

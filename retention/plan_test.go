@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/segment"
 )
 
@@ -22,9 +23,9 @@ var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
 func name(tli uint32, n uint64) string { return segment.Name{TLI: tli, SegNo: n}.String(segSize) }
 
-func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *backup.Manifest {
+func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *manifest.Manifest {
 	start := segment.LSN(startSeg*segSize + 0x28)
-	return &backup.Manifest{ID: id, Timeline: tli, StopTimeline: tli, SegmentSize: segSize, StartLSN: start, StopLSN: start + 0x100,
+	return &manifest.Manifest{ID: id, Timeline: tli, StopTimeline: tli, SegmentSize: segSize, StartLSN: start, StopLSN: start + 0x100,
 		StartTime: stop.Add(-time.Minute), StopTime: stop}
 }
 
@@ -34,10 +35,10 @@ func mkBackup(id string, tli uint32, startSeg uint64, stop time.Time) *backup.Ma
 // An old incomplete backup is debris; a young one may be running; one
 // that started hours ago holds a live lease; one whose lease expired a day
 // ago is debris.
-func inventory() Inventory {
-	inv := Inventory{SegmentSize: segSize, Leases: map[string]BackupLease{}}
+func inventory() *catalog.Catalog {
+	inv := &catalog.Catalog{SegSize: segSize, Leases: map[string]catalog.Lease{}}
 	add := func(key string, size int64, mod time.Time) {
-		inv.Objects = append(inv.Objects, Object{Key: key, Size: size, Modified: mod})
+		inv.Objects = append(inv.Objects, catalog.Object{Key: key, Size: size, Modified: mod})
 	}
 	for n := uint64(1); n <= 0x14; n++ {
 		if n == 5 {
@@ -52,30 +53,30 @@ func inventory() Inventory {
 	}
 	add("wal/00000002/"+name(2, 0x19), 4<<20, now.Add(-time.Minute)) // just pushed
 	add("history/00000002.history", 40, now.Add(-30*time.Hour))
-	inv.Backups = []*backup.Manifest{
+	inv.Backups = []*manifest.Manifest{
 		mkBackup("20261122T120000Z", 1, 2, now.Add(-96*time.Hour)),
 		mkBackup("20261124T120000Z", 1, 8, now.Add(-48*time.Hour)),
 		mkBackup("20261126T110000Z", 2, 0x17, now.Add(-time.Hour)),
 	}
 	for _, b := range inv.Backups {
-		add(backup.Prefix+b.ID+"/base.tar.00000", 10<<20, b.StopTime)
-		add(backup.Prefix+b.ID+"/manifest.json", 2000, b.StopTime)
+		add(manifest.Prefix+b.ID+"/base.tar.00000", 10<<20, b.StopTime)
+		add(manifest.Prefix+b.ID+"/manifest.json", 2000, b.StopTime)
 	}
-	add(backup.Prefix+"20261120T000000Z/base.tar.00000", 10<<20, now.Add(-150*time.Hour))
-	add(backup.Prefix+"20261126T115800Z/base.tar.00000", 10<<20, now.Add(-2*time.Minute))
+	add(manifest.Prefix+"20261120T000000Z/base.tar.00000", 10<<20, now.Add(-150*time.Hour))
+	add(manifest.Prefix+"20261126T115800Z/base.tar.00000", 10<<20, now.Add(-2*time.Minute))
 	running, dead := "20261126T090000Z", "20261125T000000Z"
-	add(backup.Prefix+running+"/base.tar.00000", 10<<20, now.Add(-3*time.Hour))
-	add(backup.Prefix+running+"/base.tar.00001", 10<<20, now.Add(-2*time.Hour))
-	add(backup.Prefix+running+"/lease.json", 200, now.Add(-40*time.Second))
+	add(manifest.Prefix+running+"/base.tar.00000", 10<<20, now.Add(-3*time.Hour))
+	add(manifest.Prefix+running+"/base.tar.00001", 10<<20, now.Add(-2*time.Hour))
+	add(manifest.Prefix+running+"/lease.json", 200, now.Add(-40*time.Second))
 	inv.Leases[running] = lease(now.Add(-40*time.Second), now.Add(-40*time.Second))
-	add(backup.Prefix+dead+"/base.tar.00000", 10<<20, now.Add(-36*time.Hour))
-	add(backup.Prefix+dead+"/lease.json", 200, now.Add(-35*time.Hour))
+	add(manifest.Prefix+dead+"/base.tar.00000", 10<<20, now.Add(-36*time.Hour))
+	add(manifest.Prefix+dead+"/lease.json", 200, now.Add(-35*time.Hour))
 	inv.Leases[dead] = lease(now.Add(-35*time.Hour), now.Add(-35*time.Hour))
 	return inv
 }
 
-func lease(renewed, modified time.Time) BackupLease {
-	return BackupLease{Modified: modified, Lease: archive.Lease{Kind: "backup push", Holder: "db1:4242", Token: "t",
+func lease(renewed, modified time.Time) catalog.Lease {
+	return catalog.Lease{Modified: modified, Lease: archive.Lease{Kind: "backup push", Holder: "db1:4242", Token: "t",
 		TTL: archive.Duration(archive.DefaultLeaseTTL), Acquired: renewed.Add(-3 * time.Hour), Renewed: renewed}}
 }
 
@@ -107,7 +108,7 @@ func TestPlanGolden(t *testing.T) {
 		name   string
 		policy Policy
 		slots  []archive.Slot
-		inv    func(*Inventory)
+		inv    func(*catalog.Catalog)
 	}{
 		{"keep-last-1", Policy{KeepLast: 1, Grace: DefaultGrace}, nil, nil},
 		{"keep-last-1-live-slot", Policy{KeepLast: 1, Grace: DefaultGrace}, []archive.Slot{slot("dr1", name(1, 6), live)}, nil},
@@ -117,15 +118,15 @@ func TestPlanGolden(t *testing.T) {
 		{"keep-within-edge-48h", Policy{KeepWithin: 48 * time.Hour, Grace: DefaultGrace}, nil, nil},
 		{"keep-within-5d", Policy{KeepWithin: 120 * time.Hour, Grace: DefaultGrace}, nil, nil},
 		{"slot-without-position", Policy{KeepLast: 1, Grace: DefaultGrace}, []archive.Slot{slot("new", "", live)}, nil},
-		{"no-backups", Policy{KeepLast: 1, Grace: DefaultGrace}, nil, func(inv *Inventory) { inv.Backups = nil }},
+		{"no-backups", Policy{KeepLast: 1, Grace: DefaultGrace}, nil, func(inv *catalog.Catalog) { inv.Backups = nil }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			inv := inventory()
 			if c.inv != nil {
-				c.inv(&inv)
+				c.inv(inv)
 			}
-			p, err := Make(inv, c.slots, c.policy, now)
+			p, err := Make(withSlots(inv, c.slots), c.policy, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +151,7 @@ func TestPlanGolden(t *testing.T) {
 
 // checkInvariants: nothing a kept backup or a live slot needs is deleted,
 // and nothing young is.
-func checkInvariants(t *testing.T, inv Inventory, slots []archive.Slot, p *Plan) {
+func checkInvariants(t *testing.T, inv *catalog.Catalog, slots []archive.Slot, p *Plan) {
 	t.Helper()
 	kept := map[string]bool{}
 	for _, id := range p.KeptBackups {
@@ -193,10 +194,10 @@ func checkInvariants(t *testing.T, inv Inventory, slots []archive.Slot, p *Plan)
 }
 
 func TestNoPolicyRefused(t *testing.T) {
-	if _, err := Make(inventory(), nil, Policy{Grace: DefaultGrace}, now); err == nil {
+	if _, err := Make(inventory(), Policy{Grace: DefaultGrace}, now); err == nil {
 		t.Fatal("a plan without a policy")
 	}
-	if _, err := Make(inventory(), nil, Policy{KeepLast: -1}, now); err == nil {
+	if _, err := Make(inventory(), Policy{KeepLast: -1}, now); err == nil {
 		t.Fatal("a negative policy")
 	}
 }
@@ -204,12 +205,12 @@ func TestNoPolicyRefused(t *testing.T) {
 // Positions past the first 4 GiB of WAL: names carry a log number, and
 // the planner must compare segment numbers, not names' halves.
 func TestPlanAcrossLogBoundary(t *testing.T) {
-	inv := Inventory{SegmentSize: segSize}
+	inv := &catalog.Catalog{SegSize: segSize}
 	for n := uint64(0x1F0); n <= 0x210; n++ {
-		inv.Objects = append(inv.Objects, Object{Key: "wal/00000001/" + name(1, n), Size: 1, Modified: now.Add(-time.Hour)})
+		inv.Objects = append(inv.Objects, catalog.Object{Key: "wal/00000001/" + name(1, n), Size: 1, Modified: now.Add(-time.Hour)})
 	}
-	inv.Backups = []*backup.Manifest{mkBackup("20261126T100000Z", 1, 0x1FE, now.Add(-time.Hour))}
-	p, err := Make(inv, []archive.Slot{slot("dr", name(1, 0x1FA), now)}, Policy{KeepLast: 1, Grace: DefaultGrace}, now)
+	inv.Backups = []*manifest.Manifest{mkBackup("20261126T100000Z", 1, 0x1FE, now.Add(-time.Hour))}
+	p, err := Make(withSlots(inv, []archive.Slot{slot("dr", name(1, 0x1FA), now)}), Policy{KeepLast: 1, Grace: DefaultGrace}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,4 +221,9 @@ func TestPlanAcrossLogBoundary(t *testing.T) {
 			t.Errorf("%s (segment %#x): delete=%v, want %v (%s)", it.Key, n, it.Delete, want, it.Reason)
 		}
 	}
+}
+
+func withSlots(c *catalog.Catalog, slots []archive.Slot) *catalog.Catalog {
+	c.Slots = slots
+	return c
 }

@@ -10,7 +10,7 @@
 #
 #   scripts/bench-codec.sh            # ROUNDS=9 by default
 #
-# Seal speed is one pass over each sample per run (go test ./segment -bench
+# Seal speed is one pass over each sample per run (go test ./sealed -bench
 # Seal, frames across all cores as walship push runs it), codecs alternated,
 # the order flipped every round; medians. Ratios are exact: 16 MiB x segments
 # / bytes stored. pgBackRest's ratio is from archive-push of every segment
@@ -28,7 +28,7 @@ W=$WORK # this script's work directory (it builds no walship binary)
 PORT=$(free_port)
 trap 'bench_cleanup "$WORK/pg"' EXIT
 psql_() { psql_at "$PORT" "$1"; }
-go test -c -o "$W/segment.test" ./segment
+go test -c -o "$W/sealed.test" ./sealed
 
 # 1. Real WAL.
 run mkdir -p "$W/collect" "$W/load" "$W/mixed" "$W/tpcb" "$W/hard"
@@ -88,7 +88,7 @@ for r in $(seq "$ROUNDS"); do
 				printf '%s\t%s\t%s\t%s\t-\n' "$r" "$s" "$c" "$(awk -v n=$n -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", n * 16.777216 / (d / 1e9)}')" >>"$RES"
 				continue
 			fi
-			WALSHIP_BENCH_SEGMENT="$W/$s" "$W/segment.test" -test.run '^$' -test.bench "^BenchmarkSeal/$c\$" -test.benchtime 1x |
+			WALSHIP_BENCH_SEGMENT="$W/$s" "$W/sealed.test" -test.run '^$' -test.bench "^BenchmarkSeal/$c\$" -test.benchtime 1x |
 				awk -v r=$r -v s=$s -v c=$c '/^Benchmark/ {for (i = 1; i <= NF; i++) {if ($i == "MB/s") m = $(i-1); if ($i == "ratio") q = $(i-1)}; print r "\t" s "\t" c "\t" m "\t" q}' >>"$RES"
 		done
 	done

@@ -161,9 +161,10 @@ fuzz() {
 }
 
 log "fuzzing each parser for $FUZZTIME"
-for target in FuzzParseFile FuzzParseLSN FuzzNameRoundTrip FuzzParseHeader FuzzUnseal FuzzParseHistory; do
+for target in FuzzParseFile FuzzParseLSN FuzzNameRoundTrip FuzzParseHeader FuzzParseHistory; do
 	fuzz ./segment "$target"
 done
+fuzz ./sealed FuzzUnseal
 fuzz ./backup FuzzParseServerManifest
 fuzz ./backup FuzzNextXIDFromControl
 fuzz ./restore FuzzUntar

@@ -1,7 +1,7 @@
 // Package segment knows PostgreSQL's write-ahead log files: their names, the
-// LSN arithmetic behind them, the long page header that opens every segment,
-// and walship's sealed object format. It does no I/O of its own and imports
-// nothing from the rest of walship.
+// LSN arithmetic behind them, the long page header that opens every segment
+// and the timeline history format. It does no I/O and imports only the
+// standard library.
 package segment
 
 import (

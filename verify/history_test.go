@@ -5,57 +5,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 	"github.com/walship/walship/verify"
 )
-
-func set(tlis ...uint32) map[uint32]bool {
-	m := map[uint32]bool{}
-	for _, t := range tlis {
-		m[t] = true
-	}
-	return m
-}
-
-func TestMissingHistory(t *testing.T) {
-	cases := []struct {
-		name               string
-		starts, have, hist map[uint32]bool
-		want               []string // keys reported
-	}{
-		{"one timeline", set(1), set(1), set(), nil},
-		{"fresh archive on timeline 2 (promoted with archiving off), a stray segment of 1", set(2), set(1, 2), set(), nil},
-		{"timeline 2 with its history", set(1), set(1, 2), set(2), nil},
-		{"timeline 2 without its history", set(1), set(1, 2), set(), []string{"history/00000002.history"}},
-		{"a backup that crossed onto 2, no history", set(1), set(1, 2), set(), []string{"history/00000002.history"}},
-		{"a slot on 1 and a backup on 2, no history", set(1, 2), set(2), set(), []string{"history/00000002.history"}},
-		{"a hole in the probe chain", set(1), set(1, 3), set(3), []string{"history/00000002.history"}},
-		{"history beyond the WAL counts as a timeline", set(1), set(1), set(3), []string{"history/00000002.history"}},
-		{"two missing", set(1), set(1, 3), set(), []string{"history/00000002.history", "history/00000003.history"}},
-		{"older timelines gone: nothing to cross", set(3), set(3), set(3, 4), nil},
-		{"no backup, no slot", set(), set(1, 2), set(), nil},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got := verify.MissingHistory(tc.starts, tc.have, tc.hist)
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %+v, want %v", got, tc.want)
-			}
-			for i, p := range got {
-				if p.Key != tc.want[i] || p.Kind != "history" || !strings.Contains(p.Detail, "walship push") {
-					t.Errorf("problem %+v, want key %s", p, tc.want[i])
-				}
-			}
-		})
-	}
-}
 
 // WAL on timeline 2 whose history file is not archived is a problem once
 // something starts on timeline 1 (here a follower's slot): it would
@@ -66,7 +25,7 @@ func TestVerifyReportsMissingHistory(t *testing.T) {
 	a := archive.New(store, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
 	const sysID = 7300000000000000003
-	zstd := segment.Compression{Codec: segment.CodecZstd}
+	zstd := sealed.Compression{Codec: sealed.CodecZstd}
 	push := func(tli uint32, n uint64) {
 		name := segment.Name{TLI: tli, SegNo: n}.String(1 << 20)
 		if _, err := a.Push(ctx, testenv.WriteSegment(t, dir, name, sysID, nil), zstd); err != nil {

@@ -8,6 +8,7 @@ package verify
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -16,8 +17,9 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
-	"github.com/walship/walship/restore"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -46,95 +48,80 @@ type Options struct {
 }
 
 // Run verifies the archive. It returns an error only when it cannot do
-// its work (a listing fails); what it finds wrong is in the report.
+// its work (the listing or a record it needs fails, or ctx ends: a report
+// cut short is never returned as if whole); what it finds wrong is in the
+// report.
 func Run(ctx context.Context, a *archive.Archive, o Options) (*Report, error) {
 	if o.Parallel <= 0 {
 		o.Parallel = 4
 	}
 	r := &Report{Quick: o.Quick, Problems: []Problem{}}
-	inv, err := restore.LoadInventory(ctx, a)
+	c, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories|catalog.Slots)
 	if err != nil {
 		return nil, err
 	}
-	store := a.Storage()
 	sizes := map[string]int64{}
 	var keys []string
-	for _, prefix := range []string{"wal/", "history/", backup.Prefix} {
-		err := store.List(ctx, prefix, func(oi backends.ObjectInfo) error {
-			sizes[oi.Key] = oi.Size
-			keys = append(keys, oi.Key)
-			r.Bytes += oi.Size
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
-		}
+	for _, obj := range c.DataObjects() {
+		sizes[obj.Key] = obj.Size
+		keys = append(keys, obj.Key)
+		r.Bytes += obj.Size
 	}
 	r.Objects = len(keys)
-	r.Backups = len(inv.Backups)
+	r.Backups = len(c.Backups)
 	want := map[string]string{} // chunk key -> SHA-256 the manifest names
-	for _, b := range inv.Backups {
-		chunks := []backup.Chunk{b.ServerManifest}
-		for _, ar := range b.Archives {
-			chunks = append(chunks, ar.Chunks...)
-		}
-		for _, c := range chunks {
-			size, ok := sizes[c.Key]
-			switch {
-			case !ok:
-				r.add("missing", c.Key, "backup "+b.ID+" names this chunk, the archive does not have it")
-			case size != c.StoredSize:
-				r.add("size", c.Key, fmt.Sprintf("backup %s says %d bytes, the archive holds %d", b.ID, c.StoredSize, size))
-			default:
-				want[c.Key] = c.SHA256
-			}
-		}
-		missing, gap, last, err := inv.MissingWAL(b)
-		switch {
-		case err != nil:
-			r.add("gap", "", fmt.Sprintf("backup %s: %v", b.ID, err))
-		case gap:
-			r.add("gap", archive.SegmentKey(missing, inv.SegSize), fmt.Sprintf("backup %s cannot be replayed to %s: %s is missing",
-				b.ID, last.String(inv.SegSize), missing.String(inv.SegSize)))
-		}
+	for _, b := range c.Backups {
+		backupProblems(c, b, sizes, want, r)
 	}
-	timelineGaps(inv, r)
-	if err := historyProblems(ctx, a, inv, r); err != nil {
-		return nil, err
+	timelineGaps(c, r)
+	for _, p := range c.MissingHistories() {
+		r.add("history", p.Key, p.Detail)
 	}
 	if !o.Quick {
-		checksums(ctx, store, keys, want, o.Parallel, r)
+		checksums(ctx, a.Storage(), keys, want, o.Parallel, r)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("verify cut short after %d of %d objects: %w", r.Checked, r.Objects, context.Cause(ctx))
 	}
 	sort.SliceStable(r.Problems, func(i, j int) bool { return r.Problems[i].Key < r.Problems[j].Key })
 	return r, nil
 }
 
-// historyProblems reports the history files recovery from the archive's
-// backups and slots needs and the archive lacks.
-func historyProblems(ctx context.Context, a *archive.Archive, inv *restore.Inventory, r *Report) error {
-	slots, err := a.ListSlots(ctx)
-	if err != nil {
-		return err
+// backupProblems checks one backup's chunks against the listing and its
+// WAL against the archive, and notes the SHA-256 each chunk must have.
+func backupProblems(c *catalog.Catalog, b *manifest.Manifest, sizes map[string]int64, want map[string]string, r *Report) {
+	chunks := []manifest.Chunk{b.ServerManifest}
+	for _, ar := range b.Archives {
+		chunks = append(chunks, ar.Chunks...)
 	}
-	starts, have, hist := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
-	for tli := range inv.WAL {
-		have[tli] = true
-	}
-	for _, b := range inv.Backups {
-		starts[b.Timeline], have[b.StopTimeline] = true, true
-	}
-	for _, s := range slots {
-		if n, err := segment.ParseName(s.Position, inv.SegSize); err == nil {
-			starts[n.TLI] = true
+	for _, ch := range chunks {
+		size, ok := sizes[ch.Key]
+		switch {
+		case !ok:
+			r.add("missing", ch.Key, "backup "+b.ID+" names this chunk, the archive does not have it")
+		case size != ch.StoredSize:
+			r.add("size", ch.Key, fmt.Sprintf("backup %s says %d bytes, the archive holds %d", b.ID, ch.StoredSize, size))
+		default:
+			want[ch.Key] = ch.SHA256
 		}
 	}
-	for tli := range inv.History {
-		hist[tli] = true
+	missing, gap, last, err := c.MissingWAL(b)
+	switch {
+	case err != nil:
+		r.add("gap", "", fmt.Sprintf("backup %s: %v", b.ID, err))
+	case gap:
+		r.add("gap", archive.SegmentKey(missing, c.SegSize), fmt.Sprintf("backup %s cannot be replayed to %s: %s is missing",
+			b.ID, last.String(c.SegSize), missing.String(c.SegSize)))
 	}
-	for _, p := range MissingHistory(starts, have, hist) {
-		r.add(p.Kind, p.Key, p.Detail)
+}
+
+// Err is nil for a report without problems, and otherwise says how many
+// there are and what the first is.
+func (r *Report) Err() error {
+	if len(r.Problems) == 0 {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("verify: %d problem(s), first: %s", len(r.Problems), r.Problems[0].Detail)
 }
 
 func (r *Report) add(kind, key, detail string) {
@@ -145,8 +132,8 @@ func (r *Report) add(kind, key, detail string) {
 
 // timelineGaps reports holes between a timeline's first and last archived
 // segment, wherever backups are.
-func timelineGaps(inv *restore.Inventory, r *Report) {
-	for tli, segs := range inv.WAL {
+func timelineGaps(c *catalog.Catalog, r *Report) {
+	for tli, segs := range c.WAL {
 		lo, hi := uint64(1<<63), uint64(0)
 		for n := range segs {
 			lo, hi = min(lo, n), max(hi, n)
@@ -160,59 +147,12 @@ func timelineGaps(inv *restore.Inventory, r *Report) {
 					}
 					n++
 				}
-				name := func(x uint64) string { return segment.Name{TLI: tli, SegNo: x}.String(inv.SegSize) }
-				r.add("gap", archive.SegmentKey(segment.Name{TLI: tli, SegNo: first}, inv.SegSize),
+				name := func(x uint64) string { return segment.Name{TLI: tli, SegNo: x}.String(c.SegSize) }
+				r.add("gap", archive.SegmentKey(segment.Name{TLI: tli, SegNo: first}, c.SegSize),
 					fmt.Sprintf("timeline %d: %s to %s are missing", tli, name(first), name(n)))
 			}
 		}
 	}
-}
-
-// MissingHistory finds the history files recovery needs and the archive
-// lacks. starts are the timelines a restore or a follower starts from (the
-// backups' start timelines, the slots' positions), have the timelines the
-// archive holds WAL or backups of, history those it has history files of.
-// Recovery moves onto timeline N only through N's history file, and
-// PostgreSQL finds the latest timeline by probing history files one after
-// another from its own timeline up, stopping at the first missing one. So
-// from the lowest start to the highest timeline the archive knows, every
-// history file must be there; otherwise a restore or a follower silently
-// stays on an older timeline. An archive whose backups and slots are all
-// on its newest timeline needs none (a copy promoted with archiving off
-// starts such an archive, perhaps with a stray segment of its old
-// timeline).
-func MissingHistory(starts, have, history map[uint32]bool) []Problem {
-	low, high := uint32(0), uint32(0)
-	for tli := range starts {
-		if low == 0 || tli < low {
-			low = tli
-		}
-	}
-	if low == 0 {
-		return nil
-	}
-	for _, set := range []map[uint32]bool{starts, have, history} {
-		for tli := range set {
-			high = max(high, tli)
-		}
-	}
-	var out []Problem
-	for tli := low + 1; tli <= high && tli-low <= 1<<16; tli++ {
-		if history[tli] {
-			continue
-		}
-		f := segment.File{Kind: segment.KindHistory, TLI: tli}
-		var detail string
-		if have[tli] || starts[tli] {
-			detail = fmt.Sprintf("timeline %d has WAL or backups in the archive but no history file %s: a restore or follower starting on timeline %d (a backup or slot is there) "+
-				"cannot reach it and silently stays on an older timeline; push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, f)
-		} else {
-			detail = fmt.Sprintf("timeline %d has no history file %s: PostgreSQL looking for the latest timeline from timeline %d stops there and never reaches timeline %d; "+
-				"push it from the server's pg_wal (walship push pg_wal/%s)", tli, f, low, high, f)
-		}
-		out = append(out, Problem{Kind: "history", Key: archive.Key(f), Detail: detail})
-	}
-	return out
 }
 
 // checksums reads every object through the sealed format's checks, and
@@ -228,12 +168,17 @@ func checksums(ctx context.Context, store backends.Storage, keys []string, want 
 				if strings.HasSuffix(k, "/manifest.json") || strings.HasSuffix(k, "/"+archive.LeaseName) {
 					continue // parsed when the backups were listed; a running backup's lease
 				}
-				if err := checkObject(ctx, store, k, want[k]); err != nil {
-					kind := "checksum"
-					if !strings.Contains(err.Error(), "checksum") && !strings.Contains(err.Error(), "manifest") {
-						kind = "unreadable"
-					}
-					r.add(kind, k, err.Error())
+				err := checkObject(ctx, store, k, want[k])
+				switch {
+				case err == nil:
+				case ctx.Err() != nil:
+					continue // cut short: Run reports that, not a problem with k
+				case errors.Is(err, sealed.ErrChecksum), errors.Is(err, sealed.ErrNotSealed):
+					r.add("checksum", k, err.Error())
+				case errors.Is(err, backends.ErrNotFound):
+					r.add("missing", k, "listed, then gone when read: "+err.Error())
+				default:
+					r.add("unreadable", k, err.Error())
 				}
 				r.mu.Lock()
 				r.Checked++
@@ -257,14 +202,14 @@ func checkObject(ctx context.Context, store backends.Storage, key, sha string) e
 		return err
 	}
 	defer rc.Close()
-	sr, err := segment.NewReader(rc)
+	sr, err := sealed.NewReader(rc)
 	if err != nil {
 		return err
 	}
 	defer sr.Close()
 	h := sr.Header()
 	if sha != "" && hex.EncodeToString(h.SHA256[:]) != sha {
-		return fmt.Errorf("not the chunk its backup manifest names: %w", segment.ErrChecksum)
+		return fmt.Errorf("not the chunk its backup manifest names: %w", sealed.ErrChecksum)
 	}
 	_, err = io.Copy(io.Discard, sr)
 	return err

@@ -9,6 +9,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 	"github.com/walship/walship/verify"
 )
@@ -20,7 +21,7 @@ func TestVerify(t *testing.T) {
 	dir := t.TempDir()
 	for n := uint64(2); n <= 7; n++ {
 		name := segment.Name{TLI: 1, SegNo: n}.String(1 << 20)
-		if _, err := a.Push(ctx, testenv.WriteSegment(t, dir, name, 7300000000000000003, nil), segment.Compression{Codec: segment.CodecZstd}); err != nil {
+		if _, err := a.Push(ctx, testenv.WriteSegment(t, dir, name, 7300000000000000003, nil), sealed.Compression{Codec: sealed.CodecZstd}); err != nil {
 			t.Fatal(err)
 		}
 	}

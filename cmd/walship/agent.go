@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +12,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/agent"
+	"github.com/walship/walship/config"
 	"github.com/walship/walship/postgres"
-	"github.com/walship/walship/restore"
+	"github.com/walship/walship/spool"
 )
 
 func agentCommand(env *appEnv) *cli.Command {
@@ -39,89 +42,83 @@ func agentCommand(env *appEnv) *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", Usage: "how often the slot is written (default 1m)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics here, e.g. 127.0.0.1:9187 (default off)"},
 		),
-		Action: func(c *cli.Context) error {
-			env.daemon = true
-			a, err := env.openArchive(c, 0)
-			if err != nil {
-				return err
-			}
-			cfg := env.cfg
-			ac := cfg.Agent
-			if c.IsSet("spool") {
-				cfg.Spool = c.String("spool")
-			}
-			for name, dst := range map[string]*string{"slot": &ac.Slot, "standby": &ac.Standby, "metrics-addr": &ac.MetricsAddr} {
-				if c.IsSet(name) {
-					*dst = c.String(name)
-				}
-			}
-			for name, dst := range map[string]*int{"ahead": &ac.Ahead, "parallel": &ac.Parallel} {
-				if c.IsSet(name) {
-					*dst = c.Int(name)
-				}
-			}
-			for name, dst := range map[string]*time.Duration{"poll-min": &ac.PollMin, "poll-max": &ac.PollMax, "heartbeat": &ac.Heartbeat} {
-				if c.IsSet(name) {
-					*dst = c.Duration(name)
-				}
-			}
-			cfg.Agent = ac
-			if err := cfg.Validate(); err != nil {
-				return &exitError{code: exitUsage, err: err}
-			}
-			if cfg.Spool == "" || ac.Slot == "" {
-				return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
-			}
-			if err := checkAgentSpool(cfg.Spool); err != nil {
-				return err
-			}
-			log := env.logger()
-			o := restore.AgentOptions{
-				Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
-				PollMin: ac.PollMin, PollMax: ac.PollMax, Heartbeat: ac.Heartbeat, Log: log,
-			}
-			if ac.Standby != "" {
-				sb, err := postgres.NewStandby(ac.Standby)
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				defer sb.Close(context.Background())
-				o.Position = func(ctx context.Context) (restore.Position, error) {
-					ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-					defer cancel()
-					r, err := sb.Replay(ctx)
-					return restore.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
-				}
-			}
-			agent := restore.NewAgent(a, o)
-			if ac.MetricsAddr != "" {
-				stop, err := serveMetrics(ac.MetricsAddr, agent.Stats())
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				defer stop()
-				log.Info("serving metrics", "addr", ac.MetricsAddr)
-			}
-			log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
-			if err := agent.Run(c.Context); err != nil {
-				code := exitCode(opAgent, err)
-				if errors.Is(err, restore.ErrSpoolOwner) {
-					code = exitUsage
-				}
-				return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
-			}
-			log.Info("agent stopped")
-			return nil
-		},
+		Action: func(c *cli.Context) error { return env.agent(c) },
 	}
+}
+
+// agent is walship agent: agent.Run on the configured spool and slot
+// until a signal stops it, with its metrics served if asked.
+func (e *appEnv) agent(c *cli.Context) error {
+	e.daemon = true
+	a, err := e.openArchive(c, 0)
+	if err != nil {
+		return err
+	}
+	cfg, ac := e.cfg, e.cfg.Agent
+	if cfg.Spool == "" || ac.Slot == "" {
+		return usageErr("agent needs --spool DIR and --slot NAME (or spool: and agent.slot: in the config file)")
+	}
+	if err := checkAgentSpool(cfg.Spool); err != nil {
+		return err
+	}
+	log := e.logger()
+	o, closeStandby, err := agentOptions(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStandby()
+	ag := agent.New(a, o)
+	if ac.MetricsAddr != "" {
+		stop, err := serveMetrics(ac.MetricsAddr, ag.Stats())
+		if err != nil {
+			return &exitError{code: exitUsage, err: err}
+		}
+		defer stop()
+		log.Info("serving metrics", "addr", ac.MetricsAddr)
+	}
+	log.Info("agent started", "archive", a.Storage().String(), "spool", cfg.Spool, "slot", ac.Slot)
+	if err := ag.Run(c.Context); err != nil {
+		code := exitCode(opAgent, err)
+		if errors.Is(err, spool.ErrOwner) {
+			code = exitUsage
+		}
+		return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
+	}
+	log.Info("agent stopped")
+	return nil
+}
+
+// agentOptions are the agent's options from the configuration; with a
+// standby to ask, its replay position, and the function that closes the
+// connection to it.
+func agentOptions(cfg config.Config, log *slog.Logger) (agent.Options, func(), error) {
+	ac := cfg.Agent
+	o := agent.Options{
+		Spool: cfg.Spool, Slot: ac.Slot, Ahead: ac.Ahead, Parallel: ac.Parallel,
+		PollMin: ac.PollMin, PollMax: ac.PollMax, Heartbeat: ac.Heartbeat, Log: log,
+	}
+	if ac.Standby == "" {
+		return o, func() {}, nil
+	}
+	sb, err := postgres.NewStandby(ac.Standby)
+	if err != nil {
+		return o, nil, &exitError{code: exitUsage, err: err}
+	}
+	o.Position = func(ctx context.Context) (agent.Position, error) {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		r, err := sb.Replay(ctx)
+		return agent.Position{Timeline: r.Timeline, Replay: r.ReplayLSN, Redo: r.RedoLSN}, err
+	}
+	return o, func() { sb.Close(context.Background()) }, nil
 }
 
 // checkAgentSpool refuses a spool PostgreSQL would misread or could not
 // use: inside pg_wal, written by root, not the agent's user's own.
-func checkAgentSpool(spool string) error {
-	for _, part := range strings.Split(filepath.Clean(spool), string(filepath.Separator)) {
+func checkAgentSpool(dir string) error {
+	for _, part := range strings.Split(filepath.Clean(dir), string(filepath.Separator)) {
 		if part == "pg_wal" || part == "pg_xlog" {
-			return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", spool)
+			return usageErr("spool %s is inside pg_wal: PostgreSQL would take its files for WAL; put it beside the data directory", dir)
 		}
 	}
 	if os.Geteuid() == 0 {
@@ -129,9 +126,9 @@ func checkAgentSpool(spool string) error {
 		// are ones the standby cannot open.
 		return usageErr("walship agent must not run as root: run it as the user the standby runs as, who owns the spool")
 	}
-	if err := restore.CheckSpool(spool); err != nil {
+	if err := spool.Check(dir); err != nil {
 		code := exitLocal
-		if errors.Is(err, restore.ErrSpoolOwner) {
+		if errors.Is(err, spool.ErrOwner) {
 			code = exitUsage
 		}
 		return &exitError{code: code, err: fmt.Errorf("agent: %w", err)}
@@ -140,7 +137,7 @@ func checkAgentSpool(spool string) error {
 }
 
 // serveMetrics exposes the agent's numbers for Prometheus.
-func serveMetrics(addr string, s *restore.AgentStats) (func(), error) {
+func serveMetrics(addr string, s *agent.Stats) (func(), error) {
 	reg := &metricSet{}
 	gauge := func(name, help string, f func() float64) { reg.gauge("walship_agent_"+name, help, f) }
 	counter := func(name, help string, f func() float64) { reg.counter("walship_agent_"+name, help, f) }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 )
 
@@ -98,7 +99,7 @@ func backupListCommand(env *appEnv) *cli.Command {
 			if err != nil {
 				return err
 			}
-			l, err := backup.List(c.Context, a.Storage())
+			l, err := manifest.List(c.Context, a.Storage())
 			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}
@@ -107,7 +108,7 @@ func backupListCommand(env *appEnv) *cli.Command {
 			}
 			if c.Bool("json") {
 				if l.Backups == nil {
-					l.Backups = []*backup.Manifest{}
+					l.Backups = []*manifest.Manifest{}
 				}
 				return writeJSON(env.stdout, l.Backups)
 			}
@@ -133,7 +134,7 @@ func backupShowCommand(env *appEnv) *cli.Command {
 			if err != nil {
 				return err
 			}
-			m, err := backup.Get(c.Context, a.Storage(), c.Args().First())
+			m, err := manifest.Get(c.Context, a.Storage(), c.Args().First())
 			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}

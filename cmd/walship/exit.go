@@ -7,8 +7,10 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -78,14 +80,14 @@ func exitCode(o op, err error) int {
 		// ran; a new run writes everything again.
 		return exitArchive
 	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey),
-		errors.Is(err, backup.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage),
+		errors.Is(err, manifest.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage),
 		errors.Is(err, backup.ErrRunning):
 		return exitUsage
 	case errors.Is(err, restore.ErrUnreachable):
 		return exitUnreachable
 	case errors.Is(err, postgres.ErrServer), errors.Is(err, backup.ErrIncomplete):
 		return exitPostgres
-	case errors.Is(err, backup.ErrNoBackup), errors.Is(err, archive.ErrNoSlot):
+	case errors.Is(err, manifest.ErrNoBackup), errors.Is(err, archive.ErrNoSlot):
 		return exitAbsent
 	case errors.Is(err, archive.ErrBadSlot), errors.Is(err, archive.ErrSlotExists):
 		return exitUsage
@@ -93,7 +95,7 @@ func exitCode(o op, err error) int {
 		return exitLocal
 	case errors.Is(err, archive.ErrConflict), errors.Is(err, archive.ErrWrongCluster), errors.Is(err, archive.ErrDamaged),
 		errors.Is(err, segment.ErrBadHistory),
-		errors.Is(err, segment.ErrBadHeader), errors.Is(err, segment.ErrChecksum), errors.Is(err, segment.ErrNotSealed):
+		errors.Is(err, segment.ErrBadHeader), errors.Is(err, sealed.ErrChecksum), errors.Is(err, sealed.ErrNotSealed):
 		return exitIntegrity
 	case o == opFetch && errors.Is(err, backends.ErrNotFound) && !errors.Is(err, archive.ErrNoIdentity):
 		return exitAbsent

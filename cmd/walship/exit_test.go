@@ -13,8 +13,10 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -34,17 +36,17 @@ func TestExitCode(t *testing.T) {
 		{opPush, wrap(archive.ErrConflict), exitIntegrity},
 		{opPush, wrap(archive.ErrWrongCluster), exitIntegrity},
 		{opPush, wrap(segment.ErrBadHeader), exitIntegrity},
-		{opFetch, wrap(segment.ErrChecksum), exitIntegrity},
-		{opFetch, wrap(segment.ErrNotSealed), exitIntegrity},
+		{opFetch, wrap(sealed.ErrChecksum), exitIntegrity},
+		{opFetch, wrap(sealed.ErrNotSealed), exitIntegrity},
 		{opFetch, wrap(archive.ErrLocal), exitLocal},
 		{opFetch, errors.New("connection refused"), exitArchive},
 		{opFetch, backends.Permanent(errors.New("AccessDenied")), exitArchive},
 		{opBackup, wrap(postgres.ErrServer), exitPostgres},
 		{opBackup, wrap(backup.ErrIncomplete), exitPostgres},
 		{opBackup, wrap(postgres.ErrPassword), exitUsage},
-		{opBackup, wrap(backup.ErrBadID), exitUsage},
-		{opBackup, wrap(backup.ErrNoBackup), exitAbsent},
-		{opBackup, wrap(segment.ErrChecksum), exitIntegrity},
+		{opBackup, wrap(manifest.ErrBadID), exitUsage},
+		{opBackup, wrap(manifest.ErrNoBackup), exitAbsent},
+		{opBackup, wrap(sealed.ErrChecksum), exitIntegrity},
 		{opRestore, wrap(restore.ErrUnreachable), exitUnreachable},
 		{opRestore, wrap(restore.ErrUsage), exitUsage},
 		{opRestore, wrap(archive.ErrLocal), exitLocal},

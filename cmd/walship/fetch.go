@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,14 +12,14 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/config"
-	"github.com/walship/walship/restore"
+	"github.com/walship/walship/fetch"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/spool"
 )
 
 func fetchCommand(env *appEnv) *cli.Command {
@@ -45,123 +46,73 @@ func fetchCommand(env *appEnv) *cli.Command {
 			// The detached prefetcher itself: walship fetch --prefetch-run DATADIR.
 			&cli.StringFlag{Name: "prefetch-run", Hidden: true},
 		),
-		Action: func(c *cli.Context) error {
-			if c.IsSet("prefetch-run") {
-				// Logged, with status 0 whatever happens: the prefetcher
-				// is only an optimisation (fetch works without it), and a
-				// detached process may be reaped by the postmaster itself
-				// (PID 1 in a container), which must not take an unknown
-				// child's failure for a crashed backend.
-				if err := runPrefetcher(c, env); err != nil {
-					env.logger().Warn("prefetcher stopped: " + oneLine(err.Error()))
-				}
-				return nil
-			}
-			if err := env.load(c); err != nil {
-				return env.fetchExit(err)
-			}
-			if c.NArg() != 2 {
-				return env.fetchExit(&exitError{code: exitUsage, err: fmt.Errorf("fetch takes NAME and DEST, got %d arguments", c.NArg())})
-			}
-			name, dest := c.Args().Get(0), c.Args().Get(1)
-			if _, err := segment.ParseFile(name); err != nil {
-				return env.fetchExit(&exitError{code: exitUsage, err: fmt.Errorf("fetch: %w", err)})
-			}
-			if strings.TrimSpace(dest) == "" {
-				return env.fetchExit(usageErr("fetch: DEST is empty"))
-			}
-			if err := env.requireArchive(); err != nil {
-				return env.fetchExit(err)
-			}
-			if err := fetchSettings(c, &env.cfg); err != nil {
-				return env.fetchExit(err)
-			}
-			spool := env.cfg.Spool
-			if c.IsSet("spool") {
-				spool = c.String("spool")
-			}
-			if spool != "" && !filepath.IsAbs(spool) {
-				// PostgreSQL runs restore_command in the data directory: a
-				// relative spool would be looked for inside it.
-				return env.fetchExit(usageErr("--spool %q: want an absolute directory", spool))
-			}
-			if spool != "" {
-				if done, err := fetchFromAgentSpool(env, spool, name, dest); done {
-					return err
-				}
-			}
-			pf := env.prefetchSpool(spool, dest)
-			if pf != nil {
-				start := time.Now()
-				took, err := pf.Take(name, dest)
-				if took {
-					env.notePrefetch(pf, name, true)
-					env.logger().Info("fetched from the prefetch spool", "file", name, "ms", time.Since(start).Milliseconds())
-					return nil
-				}
-				if err != nil {
-					env.logger().Warn("prefetch spool file not taken; fetching from the archive", "error", err)
-				}
-			}
-			return env.fetchFromArchive(c, pf, name, dest)
-		},
+		Action: func(c *cli.Context) error { return env.fetch(c) },
 	}
 }
 
-// fetchFromAgentSpool takes name from walship agent's spool. It reports
-// done when fetch has its answer (the file, or absent per a live agent's
-// poll, outside a point-in-time recovery).
-func fetchFromAgentSpool(env *appEnv, spool, name, dest string) (bool, error) {
-	// The agent verified the file when it placed it, and fetch checks it
-	// again (a regular file of the segment size with a page header for
-	// this name): a rename hands it over. Anything wrong with the spool
-	// falls back to the archive.
-	start := time.Now()
-	took, err := restore.TakeFromSpool(spool, name, dest)
-	if took {
-		env.logger().Info("fetched from spool", "file", name, "ms", time.Since(start).Milliseconds())
-		return true, nil
-	}
-	if err != nil {
-		env.logger().Warn("spool unusable; fetching from the archive", "error", err)
-	}
-	// A waiting standby asks for the next file every few seconds; the
-	// agent's last poll answers without a request. Never during a
-	// point-in-time recovery, where "absent" ends recovery.
-	if !inArchiveRecovery() && restore.KnownAbsent(spool, name, time.Now()) {
-		env.logger().Debug("not in archive (per the agent's last poll)", "file", name)
-		return true, &exitError{code: exitAbsent, err: fmt.Errorf("%s: not archived yet", name), logged: true}
-	}
-	return false, nil
-}
-
-// fetchFromArchive restores name from the archive itself: the only place
-// whose not-found makes fetch answer "absent". With a prefetch spool, it
-// tells the prefetcher what happened and, after a segment, starts one if
-// none runs.
-func (e *appEnv) fetchFromArchive(c *cli.Context, pf *restore.PrefetchSpool, name, dest string) error {
-	store, err := openStorage(c.Context, e.cfg)
-	if err != nil {
-		return e.fetchExit(&exitError{code: exitCode(opFetch, err), err: err})
-	}
-	log := e.logger()
-	res, err := restore.Fetch(c.Context, archive.New(store, log), name, dest, restore.FetchOptions{})
-	if pf != nil {
-		e.notePrefetch(pf, name, err == nil)
-		if err == nil && res.File.Kind == segment.KindSegment && !pf.Running() {
-			e.startPrefetcher(pf, name)
+// fetch is walship fetch NAME DEST: fetch.Run with the spools this
+// configuration and the working directory name, its outcome mapped to the
+// exit statuses PostgreSQL reads.
+func (e *appEnv) fetch(c *cli.Context) error {
+	if c.IsSet("prefetch-run") {
+		// Logged, with status 0 whatever happens: the prefetcher is only
+		// an optimisation (fetch works without it), and a detached
+		// process may be reaped by the postmaster itself (PID 1 in a
+		// container), which must not take an unknown child's failure
+		// for a crashed backend.
+		if err := runPrefetcher(c, e); err != nil {
+			e.logger().Warn("prefetcher stopped: " + oneLine(err.Error()))
 		}
-	}
-	if err == nil {
-		log.Info("fetched", "file", name, "bytes", res.Size, "attempts", res.Attempts, "ms", res.Elapsed.Milliseconds())
 		return nil
 	}
-	code := exitCode(opFetch, err)
-	if code == exitAbsent {
-		log.Info("not in archive", "file", name)
-		return &exitError{code: code, err: err, logged: true}
+	name, dest, err := e.fetchArgs(c)
+	if err != nil {
+		return e.fetchExit(err)
 	}
-	return e.fetchExit(&exitError{code: code, err: fmt.Errorf("fetch %s: %w", name, err)})
+	open := func(ctx context.Context) (*archive.Archive, error) {
+		store, err := openStorage(ctx, e.cfg)
+		if err != nil {
+			return nil, err
+		}
+		return archive.New(store, e.logger()), nil
+	}
+	out, err := fetch.Run(c.Context, open, name, dest, fetch.Plan{
+		Spool: e.cfg.Spool, ArchiveRecovery: inArchiveRecovery(), Prefetch: e.prefetchSpool(dest),
+		Spawn: e.spawnPrefetcher, Log: e.logger(),
+	})
+	switch out.Status {
+	case fetch.Delivered:
+		return nil
+	case fetch.Absent:
+		why := "not in the archive"
+		if out.Source == fetch.FromAgentSpool {
+			why = "not archived yet"
+		}
+		return &exitError{code: exitAbsent, err: fmt.Errorf("%s: %s", name, why), logged: true}
+	}
+	return e.fetchExit(&exitError{code: exitCode(opFetch, err), err: err})
+}
+
+// fetchArgs loads the configuration and checks fetch's arguments: a WAL
+// file name and a destination.
+func (e *appEnv) fetchArgs(c *cli.Context) (name, dest string, err error) {
+	if err := e.load(c); err != nil {
+		return "", "", err
+	}
+	if c.NArg() != 2 {
+		return "", "", &exitError{code: exitUsage, err: fmt.Errorf("fetch takes NAME and DEST, got %d arguments", c.NArg())}
+	}
+	name, dest = c.Args().Get(0), c.Args().Get(1)
+	if _, err := segment.ParseFile(name); err != nil {
+		return "", "", &exitError{code: exitUsage, err: fmt.Errorf("fetch: %w", err)}
+	}
+	if strings.TrimSpace(dest) == "" {
+		return "", "", usageErr("fetch: DEST is empty")
+	}
+	if err := e.requireArchive(); err != nil {
+		return "", "", err
+	}
+	return name, dest, nil
 }
 
 // fetchExit raises a failure status above 125 during a point-in-time
@@ -193,40 +144,13 @@ func inRecovery() bool {
 	return rerr == nil || serr == nil
 }
 
-// fetchSettings applies fetch's prefetch flags over the configuration.
-func fetchSettings(c *cli.Context, cfg *config.Config) error {
-	if c.IsSet("prefetch") {
-		cfg.Fetch.Prefetch = c.Int("prefetch")
-	}
-	if c.IsSet("prefetch-bytes") {
-		b, err := config.ParseByteSize(c.String("prefetch-bytes"))
-		if err != nil {
-			return usageErr("--prefetch-bytes: %v", err)
-		}
-		cfg.Fetch.PrefetchBytes = b
-	}
-	if c.IsSet("prefetch-dir") {
-		cfg.Fetch.PrefetchDir = c.String("prefetch-dir")
-	}
-	if c.IsSet("prefetch-idle") {
-		cfg.Fetch.PrefetchIdle = c.Duration("prefetch-idle")
-	}
-	if c.IsSet("prefetch-parallel") {
-		cfg.Fetch.PrefetchParallel = c.Int("prefetch-parallel")
-	}
-	if err := cfg.Validate(); err != nil {
-		return &exitError{code: exitUsage, err: err}
-	}
-	return nil
-}
-
 // prefetchSpool is the prefetcher's spool for this fetch, or nil when
 // there is none: prefetch off, walship agent's spool in use, not run by a
 // server in recovery, or run as root (PostgreSQL never is, and could not
 // open a root prefetcher's files).
-func (e *appEnv) prefetchSpool(agentSpool, dest string) *restore.PrefetchSpool {
+func (e *appEnv) prefetchSpool(dest string) *fetch.PrefetchSpool {
 	f := e.cfg.Fetch
-	if f.Prefetch == 0 || agentSpool != "" || os.Geteuid() == 0 || !inRecovery() {
+	if f.Prefetch == 0 || e.cfg.Spool != "" || os.Geteuid() == 0 || !inRecovery() {
 		return nil
 	}
 	dir := f.PrefetchDir
@@ -235,9 +159,9 @@ func (e *appEnv) prefetchSpool(agentSpool, dest string) *restore.PrefetchSpool {
 		if err != nil {
 			return nil
 		}
-		dir = filepath.Join(abs, restore.PrefetchDirName)
+		dir = filepath.Join(abs, fetch.PrefetchDirName)
 	}
-	return &restore.PrefetchSpool{Dir: dir, Archive: archiveName(e.cfg)}
+	return &fetch.PrefetchSpool{Dir: dir, Archive: archiveName(e.cfg)}
 }
 
 // archiveName names the archive in the prefetcher's spool: the place, and
@@ -255,35 +179,15 @@ func archiveName(cfg config.Config) string {
 	return "s3://" + u.Bucket + "/" + u.Prefix
 }
 
-func (e *appEnv) notePrefetch(pf *restore.PrefetchSpool, name string, delivered bool) {
-	if err := pf.Note(name, delivered); err != nil {
-		e.logger().Warn("cannot tell the prefetcher", "error", err)
-	}
-}
-
 // envPrefetchConfig carries fetch's whole configuration to the prefetcher
 // it starts, so that both read the same archive the same way. It holds no
 // secret: the configuration never does.
 const envPrefetchConfig = "WALSHIP_PREFETCH_CONFIG"
 
-// startPrefetcher starts the prefetcher detached: in its own session (no
-// signal to PostgreSQL's startup process reaches it), stdin and stdout on
-// /dev/null, stderr into its log in the spool, never waited for. A failure
-// is logged: the fetch itself has succeeded.
-func (e *appEnv) startPrefetcher(pf *restore.PrefetchSpool, after string) {
-	log := e.logger()
-	if err := e.spawnPrefetcher(pf, after); err != nil {
-		log.Warn("prefetcher not started; fetching each file from the archive", "error", err)
-		return
-	}
-	log.Debug("prefetcher started", "spool", pf.Dir, "after", after)
-}
-
-func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error {
-	if err := pf.Prepare(); err != nil {
-		return err
-	}
-	e.notePrefetch(pf, after, true) // the spool exists now: where to start
+// spawnPrefetcher starts the prefetcher on pf detached: in its own
+// session (no signal to PostgreSQL's startup process reaches it), stdin and
+// stdout on /dev/null, stderr into its log in the spool, never waited for.
+func (e *appEnv) spawnPrefetcher(pf fetch.PrefetchSpool) error {
 	wd, err := os.Getwd()
 	if err != nil {
 		return err
@@ -300,7 +204,7 @@ func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error 
 	}
 	// Appended to, not truncated: a second start racing a running
 	// prefetcher must not wipe its log. Cut back once it grows large.
-	logPath := filepath.Join(pf.Dir, restore.PrefetchLogFile)
+	logPath := filepath.Join(pf.Dir, spool.LogFile)
 	if st, err := os.Stat(logPath); err == nil && st.Size() > 16<<20 {
 		_ = os.Truncate(logPath, 0)
 	}
@@ -321,7 +225,7 @@ func (e *appEnv) spawnPrefetcher(pf *restore.PrefetchSpool, after string) error 
 }
 
 // runPrefetcher is the detached prefetcher: walship fetch --prefetch-run
-// DATADIR, started by startPrefetcher with fetch's configuration. It
+// DATADIR, started by spawnPrefetcher with fetch's configuration. It
 // leaves one core to PostgreSQL's replay, which is single-threaded, and
 // keeps its heap near 64 MiB.
 func runPrefetcher(c *cli.Context, env *appEnv) error {
@@ -345,7 +249,7 @@ func runPrefetcher(c *cli.Context, env *appEnv) error {
 		return &exitError{code: exitCode(opFetch, err), err: err}
 	}
 	f := env.cfg.Fetch
-	p := restore.NewPrefetcher(archive.New(store, env.log), restore.PrefetchOptions{
+	p := fetch.NewPrefetcher(archive.New(store, env.log), fetch.PrefetchOptions{
 		Spool: f.PrefetchDir, PGData: c.String("prefetch-run"), Archive: archiveName(env.cfg),
 		Ahead: f.Prefetch, MaxBytes: int64(f.PrefetchBytes), Parallel: f.PrefetchParallel, Idle: f.PrefetchIdle, Log: env.log,
 	})

@@ -32,26 +32,8 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	var got os.Signal
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		select {
-		case got = <-sigs:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	if path := os.Getenv("WALSHIP_CPUPROFILE"); path != "" {
-		// For developers: a CPU profile of one command.
-		if f, err := os.Create(path); err == nil {
-			if pprof.StartCPUProfile(f) == nil {
-				defer pprof.StopCPUProfile()
-			}
-		}
-	}
+	sig := watchSignals(ctx, cancel)
+	defer startCPUProfile()()
 	env := &appEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv, expired: make(chan struct{})}
 	app := newApp(env)
 	err, stuck := runWatched(ctx, env, func() error { return app.RunContext(ctx, flagsFirst(app, args)) })
@@ -75,33 +57,86 @@ func run(args []string, stdout, stderr io.Writer) int {
 		env.release()
 	}
 	cancel()
-	<-done
+	got := sig.wait()
 	if got != nil && !env.daemon {
-		// Clean-up has run (temporary files removed). PostgreSQL tells a
-		// shutdown from a failure by the signal that ended the command, so
-		// die by the same signal. A daemon (agent, schedule) stopped by a
-		// signal has done what it was asked: it exits with its status.
-		env.logger().Error("stopped by signal " + got.String())
-		sig := got.(syscall.Signal)
-		signal.Reset(sig)
-		_ = syscall.Kill(os.Getpid(), sig)
-		if !signal.Ignored(sig) {
-			// The signal arrives asynchronously: exiting first would
-			// end with status 128+n instead of the death by signal.
-			time.Sleep(time.Second)
-		}
-		// Still here: the signal was ignored when walship started (a
-		// background job of a non-interactive shell). Exit as a shell
-		// reports a death by that signal.
-		return 128 + int(sig)
+		return env.dieBy(got)
 	}
+	return env.status(err, got, timedOut)
+}
+
+// signalWatch cancels the command's context on SIGINT or SIGTERM and
+// remembers the signal.
+type signalWatch struct {
+	got  os.Signal
+	done chan struct{}
+}
+
+func watchSignals(ctx context.Context, cancel context.CancelFunc) *signalWatch {
+	w := &signalWatch{done: make(chan struct{})}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		defer close(w.done)
+		select {
+		case w.got = <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return w
+}
+
+// wait returns the signal that stopped the command, nil if none; ctx must
+// have ended.
+func (w *signalWatch) wait() os.Signal {
+	<-w.done
+	return w.got
+}
+
+// startCPUProfile writes a CPU profile of the command when
+// WALSHIP_CPUPROFILE names a file (for developers); it returns the stop.
+func startCPUProfile() func() {
+	if path := os.Getenv("WALSHIP_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				return pprof.StopCPUProfile
+			}
+		}
+	}
+	return func() {}
+}
+
+// dieBy ends a command that a signal stopped, after its clean-up has run
+// (temporary files removed). PostgreSQL tells a shutdown from a failure by
+// the signal that ended the command, so walship dies by the same signal.
+// A daemon (agent, schedule) stopped by a signal has done what it was
+// asked, and exits with its status instead (see status).
+func (e *appEnv) dieBy(got os.Signal) int {
+	e.logger().Error("stopped by signal " + got.String())
+	sig := got.(syscall.Signal)
+	signal.Reset(sig)
+	_ = syscall.Kill(os.Getpid(), sig)
+	if !signal.Ignored(sig) {
+		// The signal arrives asynchronously: exiting first would end
+		// with status 128+n instead of the death by signal.
+		time.Sleep(time.Second)
+	}
+	// Still here: the signal was ignored when walship started (a
+	// background job of a non-interactive shell). Exit as a shell
+	// reports a death by that signal.
+	return 128 + int(sig)
+}
+
+// status maps the command's error to its exit status, and logs it unless
+// the command did.
+func (e *appEnv) status(err error, got os.Signal, timedOut bool) int {
 	if err == nil {
 		return exitOK
 	}
-	if got != nil && env.daemon && errors.Is(err, context.Canceled) {
+	if got != nil && e.daemon && errors.Is(err, context.Canceled) {
 		// A daemon stopped while it was still starting (reading the
 		// archive's identity, say): a stop all the same, not a failure.
-		env.logger().Info("stopped by signal " + got.String() + " while starting")
+		e.logger().Info("stopped by signal " + got.String() + " while starting")
 		return exitOK
 	}
 	var ee *exitError
@@ -111,11 +146,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if timedOut {
 		// Say why, whether or not the command logged its error.
-		ee.err = fmt.Errorf("%w (gave up: the %s timeout passed; see --timeout)", ee.err, env.timeout)
+		ee.err = fmt.Errorf("%w (gave up: the %s timeout passed; see --timeout)", ee.err, e.timeout)
 		ee.logged = false
 	}
 	if !ee.logged {
-		env.logger().Error(oneLine(ee.err.Error()))
+		e.logger().Error(oneLine(ee.err.Error()))
 	}
 	return ee.code
 }
@@ -153,7 +188,9 @@ type appEnv struct {
 	stderr io.Writer
 	getenv func(string) string
 	cfg    config.Config
-	log    *slog.Logger
+	// cfgPath is the configuration file loaded, "" for none.
+	cfgPath string
+	log     *slog.Logger
 	// daemon: the command runs until a signal stops it (agent,
 	// schedule), which is then its normal end.
 	daemon bool
@@ -288,46 +325,18 @@ func globalFlags() []cli.Flag {
 	}
 }
 
-// load builds the configuration once: defaults < file < environment < flags.
+// load builds the configuration once: defaults < file < environment <
+// flags (bindFlags).
 func (e *appEnv) load(c *cli.Context) error {
 	path := e.getenv(config.EnvConfig)
 	if cc, ok := setGlobal(c, "config"); ok {
 		path = cc.String("config")
 	}
-	cfg, err := config.Load(path, e.getenv, func(cfg *config.Config) error {
-		set := func(name string, dst *string) {
-			if cc, ok := setGlobal(c, name); ok {
-				*dst = cc.String(name)
-			}
-		}
-		set("archive", &cfg.Archive)
-		set("compression", &cfg.Compression)
-		set("log-format", &cfg.LogFormat)
-		set("log-level", &cfg.LogLevel)
-		set("s3-endpoint", &cfg.S3.Endpoint)
-		set("s3-region", &cfg.S3.Region)
-		set("s3-storage-class", &cfg.S3.StorageClass)
-		set("s3-sse", &cfg.S3.SSE)
-		set("s3-sse-kms-key-id", &cfg.S3.SSEKMSKeyID)
-		if cc, ok := setGlobal(c, "compression-level"); ok {
-			cfg.CompressionLevel = cc.Int("compression-level")
-		}
-		if cc, ok := setGlobal(c, "s3-path-style"); ok {
-			cfg.S3.PathStyle = cc.Bool("s3-path-style")
-		}
-		if cc, ok := setGlobal(c, "timeout"); ok {
-			d := cc.Duration("timeout")
-			cfg.Timeout = &d
-		}
-		if cc, ok := setGlobal(c, "stall-timeout"); ok {
-			cfg.StallTimeout = cc.Duration("stall-timeout")
-		}
-		return nil
-	})
+	cfg, err := config.Load(path, e.getenv, func(cfg *config.Config) error { return bindFlags(c, cfg) })
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
-	e.cfg = cfg
+	e.cfg, e.cfgPath = cfg, path
 	e.log = newLogger(e.stderr, cfg.LogFormat, cfg.LogLevel)
 	// Libraries that log on their own (the S3 client, the retry
 	// policy) use the default.

@@ -38,15 +38,6 @@ func pushCommand(env *appEnv) *cli.Command {
 			if err := env.requireArchive(); err != nil {
 				return err
 			}
-			if c.IsSet("parallel") {
-				env.cfg.Push.Parallel = c.Int("parallel")
-				if c.Int("parallel") == 0 {
-					return usageErr("--parallel 0: want 1..%d", config.MaxPushParallel)
-				}
-				if err := env.cfg.Validate(); err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-			}
 			comp, err := env.cfg.CompressionSetting()
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}

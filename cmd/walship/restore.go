@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/config"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
@@ -43,82 +45,115 @@ func restoreCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "spool", Usage: "write restore_command with fetch --spool DIR (for a standby fed by walship agent) [$WALSHIP_SPOOL]"},
 			&cli.StringFlag{Name: "slot", Usage: "reset this slot to the backup's first segment (for a standby fed by walship agent --slot)"},
 		),
-		Action: func(c *cli.Context) error {
-			if err := env.load(c); err != nil {
-				return err
-			}
-			if c.NArg() != 0 {
-				return usageErr("restore takes no arguments")
-			}
-			t, err := parseTarget(c)
-			if err != nil {
-				return &exitError{code: exitCode(opRestore, err), err: err}
-			}
-			tsMap, err := parseTablespaceMapping(c.StringSlice("tablespace-mapping"))
-			if err != nil {
-				return err
-			}
-			mode := c.String("archive-mode")
-			if mode != "preserve" && mode != "off" {
-				return usageErr("--archive-mode must be preserve or off, not %q", mode)
-			}
-			pgdata, err := dataDirPath(c.String("pgdata"))
-			if err != nil {
-				return err
-			}
-			if err := restore.CheckTarget(pgdata); err != nil {
-				return &exitError{code: exitCode(opRestore, err), err: err}
-			}
-			a, err := env.openArchive(c, 0)
-			if err != nil {
-				return err
-			}
-			cmdline, err := env.restoreCommandLine(c)
-			if err != nil {
-				return err
-			}
-			log := env.logger()
-			if slot := c.String("slot"); slot != "" {
-				if _, err := a.GetSlot(c.Context, slot); err != nil {
-					return &exitError{code: exitCode(opSlot, err), err: err}
-				}
-			}
-			inv, err := restore.LoadInventory(c.Context, a)
-			if err != nil {
-				return &exitError{code: exitCode(opRestore, err), err: err}
-			}
-			plan, err := restore.Choose(inv, t, c.String("backup"))
-			if err != nil {
-				return &exitError{code: exitCode(opRestore, err), err: err}
-			}
-			b := plan.Backup
-			log.Info("restoring backup "+b.ID, "why", plan.Why, "target", t.String(), "timeline", plan.Timeline,
-				"backup_stop_lsn", b.StopLSN, "backup_stop_time", b.StopTime, "wal_from", plan.FirstWAL.String(inv.SegSize),
-				"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size)
-			for _, n := range plan.Notes {
-				log.Warn(n)
-			}
-			softMemoryLimit()
-			err = restore.Restore(c.Context, a, plan, restore.Options{
-				PGData: pgdata, Standby: c.Bool("standby"), Target: t, RestoreCommand: cmdline,
-				TablespaceMap: tsMap, ArchiveModeOff: mode == "off",
-				Progress: newProgress(env.stderr, log), Log: log,
-			})
-			if err != nil {
-				return &exitError{code: exitCode(opRestore, err), err: fmt.Errorf("restore: %w", err)}
-			}
-			if slot := c.String("slot"); slot != "" {
-				first := plan.FirstWAL.String(inv.SegSize)
-				if _, err := a.UpdateSlot(c.Context, slot, archive.SlotUpdate{Position: first, Reset: true}); err != nil {
-					return &exitError{code: exitCode(opSlot, err), err: fmt.Errorf("restore done, but the slot was not set: %w", err)}
-				}
-				log.Info("slot set to the backup's first segment", "slot", slot, "position", first)
-			}
-			log.Info("restore complete; start PostgreSQL on it to recover", "pgdata", pgdata, "backup", b.ID,
-				"signal", map[bool]string{true: "standby.signal", false: "recovery.signal"}[c.Bool("standby")])
-			return nil
-		},
+		Action: func(c *cli.Context) error { return env.restore(c) },
 	}
+}
+
+// restoreRequest is walship restore's command line, checked.
+type restoreRequest struct {
+	target  restore.Target
+	tsMap   map[string]string
+	modeOff bool   // --archive-mode off
+	pgdata  string // absolute
+	backup  string // --backup: an id, latest or ""
+	slot    string
+	standby bool
+}
+
+// restore is walship restore: the backup that reaches the target chosen
+// from the archive's listing, restored into --pgdata, and the slot, if
+// one is named, reset to the backup's first segment.
+func (e *appEnv) restore(c *cli.Context) error {
+	if err := e.load(c); err != nil {
+		return err
+	}
+	r, err := parseRestoreRequest(c)
+	if err != nil {
+		return err
+	}
+	if err := restore.CheckTarget(r.pgdata); err != nil {
+		return &exitError{code: exitCode(opRestore, err), err: err}
+	}
+	a, err := e.openArchive(c, 0)
+	if err != nil {
+		return err
+	}
+	cmdline, err := e.restoreCommandLine()
+	if err != nil {
+		return err
+	}
+	if r.slot != "" {
+		if _, err := a.GetSlot(c.Context, r.slot); err != nil {
+			return &exitError{code: exitCode(opSlot, err), err: err}
+		}
+	}
+	plan, segSize, err := e.restorePlan(c.Context, a, r)
+	if err != nil {
+		return &exitError{code: exitCode(opRestore, err), err: err}
+	}
+	log := e.logger()
+	softMemoryLimit()
+	err = restore.Restore(c.Context, a, plan, restore.Options{
+		PGData: r.pgdata, Standby: r.standby, Target: r.target, RestoreCommand: cmdline,
+		TablespaceMap: r.tsMap, ArchiveModeOff: r.modeOff,
+		Progress: newProgress(e.stderr, log), Log: log,
+	})
+	if err != nil {
+		return &exitError{code: exitCode(opRestore, err), err: fmt.Errorf("restore: %w", err)}
+	}
+	if r.slot != "" {
+		first := plan.FirstWAL.String(segSize)
+		if _, err := a.UpdateSlot(c.Context, r.slot, archive.SlotUpdate{Position: first, Reset: true}); err != nil {
+			return &exitError{code: exitCode(opSlot, err), err: fmt.Errorf("restore done, but the slot was not set: %w", err)}
+		}
+		log.Info("slot set to the backup's first segment", "slot", r.slot, "position", first)
+	}
+	log.Info("restore complete; start PostgreSQL on it to recover", "pgdata", r.pgdata, "backup", plan.Backup.ID,
+		"signal", map[bool]string{true: "standby.signal", false: "recovery.signal"}[r.standby])
+	return nil
+}
+
+// parseRestoreRequest reads restore's flags.
+func parseRestoreRequest(c *cli.Context) (restoreRequest, error) {
+	r := restoreRequest{backup: c.String("backup"), slot: c.String("slot"), standby: c.Bool("standby")}
+	if c.NArg() != 0 {
+		return r, usageErr("restore takes no arguments")
+	}
+	var err error
+	if r.target, err = parseTarget(c); err != nil {
+		return r, &exitError{code: exitCode(opRestore, err), err: err}
+	}
+	if r.tsMap, err = parseTablespaceMapping(c.StringSlice("tablespace-mapping")); err != nil {
+		return r, err
+	}
+	mode := c.String("archive-mode")
+	if mode != "preserve" && mode != "off" {
+		return r, usageErr("--archive-mode must be preserve or off, not %q", mode)
+	}
+	r.modeOff = mode == "off"
+	r.pgdata, err = dataDirPath(c.String("pgdata"))
+	return r, err
+}
+
+// restorePlan chooses the backup from the archive's listing and logs the
+// choice; it returns the archive's segment size with it.
+func (e *appEnv) restorePlan(ctx context.Context, a *archive.Archive, r restoreRequest) (*restore.Plan, uint64, error) {
+	inv, err := catalog.Load(ctx, a, catalog.Backups|catalog.Histories)
+	if err != nil {
+		return nil, 0, err
+	}
+	plan, err := restore.Choose(inv, r.target, r.backup)
+	if err != nil {
+		return nil, 0, err
+	}
+	b, log := plan.Backup, e.logger()
+	log.Info("restoring backup "+b.ID, "why", plan.Why, "target", r.target.String(), "timeline", plan.Timeline,
+		"backup_stop_lsn", b.StopLSN, "backup_stop_time", b.StopTime, "wal_from", plan.FirstWAL.String(inv.SegSize),
+		"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size)
+	for _, n := range plan.Notes {
+		log.Warn(n)
+	}
+	return plan, inv.SegSize, nil
 }
 
 // dataDirPath resolves --pgdata to an absolute path, which restore logs
@@ -206,18 +241,14 @@ func parseTablespaceMapping(vals []string) (map[string]string, error) {
 // walship binary with the same archive settings, given as flags because
 // the server does not share this shell's environment. No secret goes in:
 // S3 credentials come from the server's environment or credential files.
-func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
+func (e *appEnv) restoreCommandLine() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", &exitError{code: exitLocal, err: fmt.Errorf("find the walship binary: %w", err)}
 	}
 	args := []string{exe, "fetch"}
-	cfgPath := e.getenv(config.EnvConfig)
-	if cc, ok := setGlobal(c, "config"); ok {
-		cfgPath = cc.String("config")
-	}
-	if cfgPath != "" {
-		abs, err := filepath.Abs(cfgPath)
+	if e.cfgPath != "" {
+		abs, err := filepath.Abs(e.cfgPath)
 		if err != nil {
 			return "", usageErr("--config: %v", err)
 		}
@@ -229,43 +260,13 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 	}
 	args = append(args, "--archive", archive)
 	spool := e.cfg.Spool
-	if c.IsSet("spool") {
-		spool = c.String("spool")
-	}
 	if spool != "" {
-		if !filepath.IsAbs(spool) {
-			return "", usageErr("--spool %q: want an absolute directory", spool)
-		}
 		args = append(args, "--spool", spool)
 	} else {
-		// A recovery without walship agent: fetch's own prefetcher,
-		// with this walship's settings (the server does not read this
-		// shell's environment), 0 if turned off here.
-		f := e.cfg.Fetch
-		args = append(args, "--prefetch", strconv.Itoa(f.Prefetch))
-		if f.Prefetch > 0 && f.PrefetchBytes != config.DefaultPrefetchBytes {
-			args = append(args, "--prefetch-bytes", f.PrefetchBytes.String())
-		}
-		if f.Prefetch > 0 && f.PrefetchDir != "" {
-			args = append(args, "--prefetch-dir", f.PrefetchDir)
-		}
-		if f.Prefetch > 0 && f.PrefetchIdle != config.DefaultPrefetchIdle {
-			args = append(args, "--prefetch-idle", f.PrefetchIdle.String())
-		}
-		if f.Prefetch > 0 && f.PrefetchParallel != config.DefaultPrefetchParallel {
-			args = append(args, "--prefetch-parallel", strconv.Itoa(f.PrefetchParallel))
-		}
+		args = append(args, prefetchArgs(e.cfg.Fetch)...)
 	}
-	if s := e.cfg.S3; strings.HasPrefix(archive, "s3://") {
-		if s.Endpoint != "" {
-			args = append(args, "--s3-endpoint", s.Endpoint)
-		}
-		if s.Region != "" {
-			args = append(args, "--s3-region", s.Region)
-		}
-		if s.PathStyle {
-			args = append(args, "--s3-path-style")
-		}
+	if strings.HasPrefix(archive, "s3://") {
+		args = append(args, s3Args(e.cfg.S3)...)
 	}
 	for i, a := range args {
 		args[i] = shellQuote(a)
@@ -288,6 +289,44 @@ func (e *appEnv) restoreCommandLine(c *cli.Context) (string, error) {
 		line = spoolTake(spool) + line
 	}
 	return line, nil
+}
+
+// prefetchArgs are fetch's prefetch flags for a recovery without walship
+// agent: fetch's own prefetcher, with this walship's settings (the server
+// does not read this shell's environment), 0 if turned off here.
+func prefetchArgs(f config.Fetch) []string {
+	args := []string{"--prefetch", strconv.Itoa(f.Prefetch)}
+	if f.Prefetch == 0 {
+		return args
+	}
+	if f.PrefetchBytes != config.DefaultPrefetchBytes {
+		args = append(args, "--prefetch-bytes", f.PrefetchBytes.String())
+	}
+	if f.PrefetchDir != "" {
+		args = append(args, "--prefetch-dir", f.PrefetchDir)
+	}
+	if f.PrefetchIdle != config.DefaultPrefetchIdle {
+		args = append(args, "--prefetch-idle", f.PrefetchIdle.String())
+	}
+	if f.PrefetchParallel != config.DefaultPrefetchParallel {
+		args = append(args, "--prefetch-parallel", strconv.Itoa(f.PrefetchParallel))
+	}
+	return args
+}
+
+// s3Args are the S3 settings fetch needs to find the archive.
+func s3Args(s config.S3) []string {
+	var args []string
+	if s.Endpoint != "" {
+		args = append(args, "--s3-endpoint", s.Endpoint)
+	}
+	if s.Region != "" {
+		args = append(args, "--s3-region", s.Region)
+	}
+	if s.PathStyle {
+		args = append(args, "--s3-path-style")
+	}
+	return args
 }
 
 // spoolTake is the shell that renames a regular file from the spool to

@@ -17,14 +17,15 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/fs"
-	"github.com/walship/walship/backup"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
 // fsBackup makes a directory archive holding WAL segment 2 and one backup
 // (id 20260101T000000Z) whose base.tar is built from entries by add; mutate
 // may change the manifest before it is written.
-func fsBackup(t *testing.T, add func(tw *tar.Writer), mutate func(*backup.Manifest)) string {
+func fsBackup(t *testing.T, add func(tw *tar.Writer), mutate func(*manifest.Manifest)) string {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -50,12 +51,12 @@ func fsBackup(t *testing.T, add func(tw *tar.Writer), mutate func(*backup.Manife
 	add(tw)
 	reg("global/pg_control", strings.Repeat("c", 8192))
 	_ = tw.Close()
-	sl, err := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+	sl, err := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 	if err != nil {
 		t.Fatal(err)
 	}
 	const id = "20260101T000000Z"
-	put := func(key string, raw []byte) backup.Chunk {
+	put := func(key string, raw []byte) manifest.Chunk {
 		s, err := sl.Seal(raw)
 		if err != nil {
 			t.Fatal(err)
@@ -63,19 +64,19 @@ func fsBackup(t *testing.T, add func(tw *tar.Writer), mutate func(*backup.Manife
 		if err := store.PutIfAbsent(ctx, key, s.Reader(), s.Size()); err != nil {
 			t.Fatal(err)
 		}
-		return backup.Chunk{Key: key, Size: int64(len(raw)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
+		return manifest.Chunk{Key: key, Size: int64(len(raw)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
 	}
-	m := &backup.Manifest{Format: backup.ManifestFormat, ID: id, SystemIdentifier: 42, SegmentSize: 16 << 20,
-		Timeline: 1, StopTimeline: 1, StartLSN: 0x2000028, StopLSN: 0x2000100, WALRanges: []backup.WALRange{{Timeline: 1, Start: 0x2000028, End: 0x2000100}},
-		Archives: []backup.Archive{{Name: "base.tar", Size: int64(b.Len()),
-			Chunks: []backup.Chunk{put(backup.Prefix+id+"/base.tar.00000", b.Bytes())}}},
-		ServerManifest: put(backup.Prefix+id+"/backup_manifest", []byte("{}")),
+	m := &manifest.Manifest{Format: manifest.Format, ID: id, SystemIdentifier: 42, SegmentSize: 16 << 20,
+		Timeline: 1, StopTimeline: 1, StartLSN: 0x2000028, StopLSN: 0x2000100, WALRanges: []manifest.WALRange{{Timeline: 1, Start: 0x2000028, End: 0x2000100}},
+		Archives: []manifest.Archive{{Name: "base.tar", Size: int64(b.Len()),
+			Chunks: []manifest.Chunk{put(manifest.Prefix+id+"/base.tar.00000", b.Bytes())}}},
+		ServerManifest: put(manifest.Prefix+id+"/backup_manifest", []byte("{}")),
 	}
 	if mutate != nil {
 		mutate(m)
 	}
 	mb, _ := json.Marshal(m)
-	if err := store.PutIfAbsent(ctx, backup.Prefix+id+"/manifest.json", bytes.NewReader(mb), int64(len(mb))); err != nil {
+	if err := store.PutIfAbsent(ctx, manifest.Prefix+id+"/manifest.json", bytes.NewReader(mb), int64(len(mb))); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -90,14 +91,14 @@ func TestRestoreDamagedBackupStatus(t *testing.T) {
 	cases := []struct {
 		name   string
 		add    func(*tar.Writer)
-		mutate func(*backup.Manifest)
+		mutate func(*manifest.Manifest)
 		want   string
 	}{
 		{"symlink", hdr(tar.Header{Name: "pg_tblspc/16385", Typeflag: tar.TypeSymlink, Linkname: "/etc"}), nil, "symbolic link"},
 		{"hard link", hdr(tar.Header{Name: "x", Typeflag: tar.TypeLink, Linkname: "PG_VERSION"}), nil, "hard link"},
 		{"device", hdr(tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}), nil, "device"},
 		{"fifo", hdr(tar.Header{Name: "pipe", Typeflag: tar.TypeFifo}), nil, "FIFO"},
-		{"no archives", func(*tar.Writer) {}, func(m *backup.Manifest) { m.Archives = nil }, "base.tar"},
+		{"no archives", func(*tar.Writer) {}, func(m *manifest.Manifest) { m.Archives = nil }, "base.tar"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -116,18 +117,18 @@ func TestRestoreDamagedBackupStatus(t *testing.T) {
 		// A chunk that is sealed correctly but holds no tar stream.
 		arch := fsBackup(t, func(*tar.Writer) {}, nil)
 		store, _ := fs.New(arch)
-		sl, _ := segment.NewSealer(segment.Compression{Codec: segment.CodecZstd})
+		sl, _ := sealed.NewSealer(sealed.Compression{Codec: sealed.CodecZstd})
 		junk := bytes.Repeat([]byte("not a tar stream "), 200)
 		s, _ := sl.Seal(junk)
-		key := backup.Prefix + "20260101T000000Z/base.tar.00000"
+		key := manifest.Prefix + "20260101T000000Z/base.tar.00000"
 		if err := store.Put(context.Background(), key, s.Reader(), s.Size()); err != nil {
 			t.Fatal(err)
 		}
-		mkey := backup.Prefix + "20260101T000000Z/manifest.json"
+		mkey := manifest.Prefix + "20260101T000000Z/manifest.json"
 		mb, _ := os.ReadFile(filepath.Join(arch, mkey))
-		var m backup.Manifest
+		var m manifest.Manifest
 		_ = json.Unmarshal(mb, &m)
-		m.Archives[0].Chunks[0] = backup.Chunk{Key: key, Size: int64(len(junk)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
+		m.Archives[0].Chunks[0] = manifest.Chunk{Key: key, Size: int64(len(junk)), StoredSize: s.Size(), SHA256: hex.EncodeToString(s.Header.SHA256[:])}
 		mb, _ = json.Marshal(m)
 		if err := store.Put(context.Background(), mkey, bytes.NewReader(mb), int64(len(mb))); err != nil {
 			t.Fatal(err)
@@ -139,7 +140,7 @@ func TestRestoreDamagedBackupStatus(t *testing.T) {
 	})
 	t.Run("missing chunk", func(t *testing.T) {
 		arch := fsBackup(t, func(*tar.Writer) {}, nil)
-		if err := os.Remove(filepath.Join(arch, backup.Prefix+"20260101T000000Z/base.tar.00000")); err != nil {
+		if err := os.Remove(filepath.Join(arch, manifest.Prefix+"20260101T000000Z/base.tar.00000")); err != nil {
 			t.Fatal(err)
 		}
 		pgdata := filepath.Join(t.TempDir(), "p")

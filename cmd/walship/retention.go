@@ -42,29 +42,14 @@ func (e *appEnv) retention(c *cli.Context, apply bool) error {
 		return err
 	}
 	r := e.cfg.Retention
-	if c.IsSet("keep-last") {
-		r.KeepLast = c.Int("keep-last")
-	}
-	if c.IsSet("keep-within") {
-		r.KeepWithin = c.Duration("keep-within")
-	}
-	if c.IsSet("grace") {
-		r.Grace = c.Duration("grace")
-	}
 	pol := retention.Policy{KeepLast: r.KeepLast, KeepWithin: r.KeepWithin, Grace: r.Grace}
-	if _, err := retention.Make(retention.Inventory{}, nil, pol, time.Now()); err != nil {
+	if err := pol.Check(); err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
-	inv, slots, err := retention.Load(c.Context, a)
+	// Planned, printed, then applied: the printout is the plan applied.
+	plan, _, err := retention.Run(c.Context, a, pol, time.Now(), false, e.logger())
 	if err != nil {
-		return &exitError{code: exitCode(opBackup, err), err: fmt.Errorf("retention: nothing deleted: %w", err)}
-	}
-	plan, err := retention.Make(inv, slots, pol, time.Now())
-	if err != nil {
-		return &exitError{code: exitUsage, err: err}
-	}
-	for _, n := range plan.Notes {
-		e.logger().Warn(n)
+		return &exitError{code: exitCode(opBackup, err), err: err}
 	}
 	if c.Bool("json") {
 		if err := writeJSON(e.stdout, plan); err != nil {

@@ -4,18 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backup"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/drill"
 	"github.com/walship/walship/postgres"
-	"github.com/walship/walship/restore"
 	"github.com/walship/walship/retention"
 	"github.com/walship/walship/schedule"
 	"github.com/walship/walship/verify"
@@ -86,7 +84,7 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 	if err != nil {
 		return nil, cfg, &exitError{code: exitUsage, err: err}
 	}
-	restoreCmd, err := e.restoreCommandLine(c)
+	restoreCmd, err := e.restoreCommandLine()
 	if err != nil {
 		return nil, cfg, err
 	}
@@ -111,7 +109,9 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 				return nil, cfg, usageErr("job %s: %v (retention: keep_last / keep_within in the config file)", j.Name, retention.ErrNoPolicy)
 			}
 			run = func(ctx context.Context) error {
-				return runRetention(ctx, a, cfg.Retention, log)
+				r := cfg.Retention
+				_, _, err := retention.Run(ctx, a, retention.Policy{KeepLast: r.KeepLast, KeepWithin: r.KeepWithin, Grace: r.Grace}, time.Now(), true, log)
+				return err
 			}
 		case "verify":
 			run = func(ctx context.Context) error {
@@ -119,14 +119,11 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 				if err != nil {
 					return err
 				}
-				if len(r.Problems) > 0 {
-					return fmt.Errorf("verify: %d problem(s), first: %s", len(r.Problems), r.Problems[0].Detail)
-				}
-				return nil
+				return r.Err()
 			}
 		case "drill":
 			run = func(ctx context.Context) error {
-				res, err := restore.Drill(ctx, a, restore.DrillOptions{PGBin: j.PGBin, Scratch: j.Scratch, Timeout: j.Timeout,
+				res, err := drill.Run(ctx, a, drill.Options{PGBin: j.PGBin, Scratch: j.Scratch, Timeout: j.Timeout,
 					RestoreCommand: restoreCmd, Query: drillQuery, Log: log})
 				if err != nil {
 					return err
@@ -157,23 +154,6 @@ func drillQuery(ctx context.Context, conn string) (string, error) {
 		return "", fmt.Errorf("still in recovery")
 	}
 	return fmt.Sprintf("PostgreSQL %s, %s databases", row[1], row[2]), nil
-}
-
-func runRetention(ctx context.Context, a *archive.Archive, r config.Retention, log *slog.Logger) error {
-	pol := retention.Policy{KeepLast: r.KeepLast, KeepWithin: r.KeepWithin, Grace: r.Grace}
-	inv, slots, err := retention.Load(ctx, a)
-	if err != nil {
-		return err
-	}
-	plan, err := retention.Make(inv, slots, pol, time.Now())
-	if err != nil {
-		return err
-	}
-	for _, n := range plan.Notes {
-		log.Warn(n)
-	}
-	_, err = retention.Apply(ctx, a, plan, log)
-	return err
 }
 
 // serveScheduleMetrics exposes per job its last success time, last

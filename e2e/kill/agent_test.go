@@ -18,7 +18,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/internal/testenv"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 const (
@@ -77,7 +77,7 @@ func (f *follower) archiveBatch(ctx context.Context) {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			f.t.Fatal(err)
 		}
-		if _, err := f.a.Push(ctx, path, segment.Compression{Codec: segment.CodecZstd}); err != nil {
+		if _, err := f.a.Push(ctx, path, sealed.Compression{Codec: sealed.CodecZstd}); err != nil {
 			f.t.Fatal(err)
 		}
 		_ = os.Remove(path)

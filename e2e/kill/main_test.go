@@ -31,8 +31,9 @@ import (
 	"time"
 
 	"github.com/walship/walship/backends"
-	"github.com/walship/walship/backup"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
@@ -319,7 +320,7 @@ func (k *checker) check(ctx context.Context, c *tally) (incomplete []string) {
 		k.seen[key] = o
 	}
 	for id, complete := range backups {
-		mk := backup.Prefix + id + "/manifest.json"
+		mk := manifest.Prefix + id + "/manifest.json"
 		switch {
 		case !complete:
 			incomplete = append(incomplete, id)
@@ -345,7 +346,7 @@ func (k *checker) check(ctx context.Context, c *tally) (incomplete []string) {
 }
 
 func backupKey(key string) (id, rest string, ok bool) {
-	tail, found := strings.CutPrefix(key, backup.Prefix)
+	tail, found := strings.CutPrefix(key, manifest.Prefix)
 	if !found {
 		return "", "", false
 	}
@@ -372,8 +373,8 @@ func (k *checker) object(ctx context.Context, key string) error {
 		if !json.Valid(b) {
 			return fmt.Errorf("is not valid JSON: %q", b)
 		}
-	case strings.HasPrefix(key, "wal/"), strings.HasPrefix(key, "history/"), strings.HasPrefix(key, backup.Prefix):
-		raw, _, err := segment.Unseal(b)
+	case strings.HasPrefix(key, "wal/"), strings.HasPrefix(key, "history/"), strings.HasPrefix(key, manifest.Prefix):
+		raw, _, err := sealed.Unseal(b)
 		if err != nil {
 			return fmt.Errorf("does not unseal: %w", err)
 		}
@@ -389,11 +390,11 @@ func (k *checker) object(ctx context.Context, key string) error {
 // (whose body the object check verified) has the size and checksum the
 // manifest names.
 func (k *checker) backup(ctx context.Context, id string, objs map[string]backends.ObjectInfo) error {
-	m, err := backup.Get(ctx, k.tg.store, id)
+	m, err := manifest.Get(ctx, k.tg.store, id)
 	if err != nil {
 		return fmt.Errorf("its manifest does not read: %w", err)
 	}
-	chunks := []backup.Chunk{m.ServerManifest}
+	chunks := []manifest.Chunk{m.ServerManifest}
 	for _, a := range m.Archives {
 		chunks = append(chunks, a.Chunks...)
 	}
@@ -415,7 +416,7 @@ func (k *checker) backup(ctx context.Context, id string, objs map[string]backend
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", ch.Key, err)
 		}
-		h, err := segment.ReadSealedHeader(rc)
+		h, err := sealed.ReadHeader(rc)
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", ch.Key, err)

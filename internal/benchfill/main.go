@@ -21,25 +21,15 @@ import (
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/fs"
 	"github.com/walship/walship/backends/s3"
-	"github.com/walship/walship/backup"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/manifest"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
 const segSize = 1 << 20
 
-// openStore is the archive's storage: the directory dir, or else a new
-// bucket on the S3 server at WALSHIP_S3_ENDPOINT.
-func openStore(ctx context.Context, dir, bucket string) (backends.Storage, error) {
-	if dir != "" {
-		return fs.New(dir)
-	}
-	st, err := s3.New(ctx, s3.Config{Bucket: bucket, Endpoint: os.Getenv("WALSHIP_S3_ENDPOINT"), PathStyle: true})
-	if err != nil {
-		return nil, err
-	}
-	return st, st.CreateBucket(ctx)
-}
+const sys = 7400000000000000001
 
 func main() {
 	dir := flag.String("fs", "", "filesystem archive root")
@@ -52,7 +42,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	const sys = 7400000000000000001
 	a := archive.New(store, slog.New(slog.DiscardHandler))
 	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: sys, PGVersion: "15", SegmentSize: segSize}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -64,6 +53,31 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	writeSegments(put, *n)
+	head, _ := json.Marshal(archive.Head{Timeline: 1, Segment: segment.Name{TLI: 1, SegNo: uint64(*n)}.String(segSize), Pushed: time.Now().UTC()})
+	put(archive.HeadKey(1), head)
+	for i, at := range []int{*n / 100, *n / 2} {
+		writeBackup(put, time.Date(2026, 11, 20+i, 0, 0, 0, 0, time.UTC).Format("20060102T150405Z"), at)
+	}
+	fmt.Printf("wrote %d segments and 2 backups\n", *n)
+}
+
+// openStore opens the filesystem archive at dir, or else the S3 bucket,
+// which it creates.
+func openStore(ctx context.Context, dir, bucket string) (backends.Storage, error) {
+	if dir != "" {
+		return fs.New(dir)
+	}
+	st, err := s3.New(ctx, s3.Config{Bucket: bucket, Endpoint: os.Getenv("WALSHIP_S3_ENDPOINT"), PathStyle: true})
+	if err == nil {
+		err = st.CreateBucket(ctx)
+	}
+	return st, err
+}
+
+// writeSegments writes n sealed synthetic segments of timeline 1, 16 at
+// once.
+func writeSegments(put func(string, []byte), n int) {
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	for range 16 {
@@ -75,7 +89,7 @@ func main() {
 				no := uint64(i + 1)
 				testenv.PutLongHeader(raw, 1, no, sys)
 				binary.LittleEndian.PutUint64(raw[4096:], no)
-				sealed, err := segment.Seal(raw, segment.Compression{Codec: segment.CodecZstd})
+				sealed, err := sealed.Seal(raw, sealed.Compression{Codec: sealed.CodecZstd})
 				if err != nil {
 					panic(err)
 				}
@@ -83,29 +97,28 @@ func main() {
 			}
 		}()
 	}
-	for i := range *n {
+	for i := range n {
 		jobs <- i
 	}
 	close(jobs)
 	wg.Wait()
-	head, _ := json.Marshal(archive.Head{Timeline: 1, Segment: segment.Name{TLI: 1, SegNo: uint64(*n)}.String(segSize), Pushed: time.Now().UTC()})
-	put(archive.HeadKey(1), head)
-	for i, at := range []int{*n / 100, *n / 2} {
-		id := time.Date(2026, 11, 20+i, 0, 0, 0, 0, time.UTC).Format("20060102T150405Z")
-		chunk, _ := segment.Seal([]byte("a tar stream"), segment.Compression{Codec: segment.CodecZstd})
-		sm, _ := segment.Seal([]byte("{}"), segment.Compression{Codec: segment.CodecZstd})
-		start := segment.LSN(uint64(at)*segSize + 0x28)
-		m := backup.Manifest{Format: backup.ManifestFormat, ID: id, PGVersion: "15", SystemIdentifier: sys, SegmentSize: segSize,
-			Timeline: 1, StopTimeline: 1, StartLSN: start, StopLSN: start + 0x100,
-			StartTime: time.Now().Add(-time.Hour), StopTime: time.Now().Add(-time.Hour),
-			WALRanges: []backup.WALRange{{Timeline: 1, Start: start, End: start + 0x100}},
-			Archives: []backup.Archive{{Name: "base.tar", Chunks: []backup.Chunk{{Key: backup.Prefix + id + "/base.tar.00000",
-				Size: 12, StoredSize: chunk.Size(), SHA256: hex.EncodeToString(chunk.Header.SHA256[:])}}}},
-			ServerManifest: backup.Chunk{Key: backup.Prefix + id + "/backup_manifest", Size: 2, StoredSize: sm.Size(), SHA256: hex.EncodeToString(sm.Header.SHA256[:])}}
-		put(m.Archives[0].Chunks[0].Key, chunk.Bytes())
-		put(m.ServerManifest.Key, sm.Bytes())
-		b, _ := json.Marshal(m)
-		put(backup.Prefix+id+"/manifest.json", b)
-	}
-	fmt.Printf("wrote %d segments and 2 backups\n", *n)
+}
+
+// writeBackup writes a backup id of one chunk whose WAL starts in
+// segment at.
+func writeBackup(put func(string, []byte), id string, at int) {
+	chunk, _ := sealed.Seal([]byte("a tar stream"), sealed.Compression{Codec: sealed.CodecZstd})
+	sm, _ := sealed.Seal([]byte("{}"), sealed.Compression{Codec: sealed.CodecZstd})
+	start := segment.LSN(uint64(at)*segSize + 0x28)
+	m := manifest.Manifest{Format: manifest.Format, ID: id, PGVersion: "15", SystemIdentifier: sys, SegmentSize: segSize,
+		Timeline: 1, StopTimeline: 1, StartLSN: start, StopLSN: start + 0x100,
+		StartTime: time.Now().Add(-time.Hour), StopTime: time.Now().Add(-time.Hour),
+		WALRanges: []manifest.WALRange{{Timeline: 1, Start: start, End: start + 0x100}},
+		Archives: []manifest.Archive{{Name: "base.tar", Chunks: []manifest.Chunk{{Key: manifest.Prefix + id + "/base.tar.00000",
+			Size: 12, StoredSize: chunk.Size(), SHA256: hex.EncodeToString(chunk.Header.SHA256[:])}}}},
+		ServerManifest: manifest.Chunk{Key: manifest.Prefix + id + "/backup_manifest", Size: 2, StoredSize: sm.Size(), SHA256: hex.EncodeToString(sm.Header.SHA256[:])}}
+	put(m.Archives[0].Chunks[0].Key, chunk.Bytes())
+	put(m.ServerManifest.Key, sm.Bytes())
+	b, _ := json.Marshal(m)
+	put(manifest.Prefix+id+"/manifest.json", b)
 }

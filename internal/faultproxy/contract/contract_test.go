@@ -19,7 +19,7 @@ import (
 	"github.com/walship/walship/backends/s3"
 	"github.com/walship/walship/internal/faultproxy"
 	"github.com/walship/walship/internal/testenv"
-	"github.com/walship/walship/segment"
+	"github.com/walship/walship/sealed"
 )
 
 const sysID = 7300000000000000001
@@ -137,7 +137,7 @@ func (r *rig) stored(name string) ([]byte, error) {
 		return nil, err
 	}
 	defer rc.Close()
-	sr, err := segment.NewReader(rc)
+	sr, err := sealed.NewReader(rc)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,8 @@
-package restore
+package spool
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +13,11 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
+
 	"github.com/walship/walship/segment"
 )
 
-// TakeFromSpool hands a segment the agent prefetched to PostgreSQL: a
+// Take hands a segment the agent prefetched to PostgreSQL: a
 // rename into dest (a copy when the spool is on another file system). It
 // takes only a segment that is a regular file it can read, of the archive's
 // segment size (from the state the agent publishes), whose page header
@@ -22,7 +25,7 @@ import (
 // leaves dest alone, when the spool does not hold name; false and an error
 // saying why when what the spool holds is not taken (the caller fetches
 // from the archive instead).
-func TakeFromSpool(spool, name, dest string) (bool, error) {
+func Take(spool, name, dest string) (bool, error) {
 	f, err := segment.ParseFile(name)
 	if err != nil {
 		return false, err
@@ -36,21 +39,21 @@ func TakeFromSpool(spool, name, dest string) (bool, error) {
 		return false, nil
 	}
 	if err == nil && !lfi.Mode().IsRegular() {
-		return false, fmt.Errorf("spool file %s not taken: %s", src, notRegular(lfi.Mode()))
+		return false, fmt.Errorf("spool file %s not taken: %s", src, archive.NotRegular(lfi.Mode()))
 	}
-	st, err := readState(spool)
+	st, err := ReadState(spool)
 	if err == nil && (st.SegmentSize == 0 || st.SystemID == 0) {
 		err = errors.New("it names no archive identity")
 	}
 	if err != nil {
 		return false, fmt.Errorf("spool %s holds %s but the agent's state cannot be read to check it: %w", spool, name, err)
 	}
-	in, err := openSpoolFile(src)
+	in, err := OpenFile(src)
 	if err != nil {
 		return false, fmt.Errorf("spool file %s not taken: %w", src, err)
 	}
 	defer in.Close()
-	fi, err := checkOpenSpoolFile(in, name, st.SegmentSize, st.SystemID)
+	fi, err := CheckOpenFile(in, name, st.SegmentSize, st.SystemID)
 	if err != nil {
 		return false, fmt.Errorf("spool file %s not taken: %w", src, err)
 	}
@@ -77,7 +80,7 @@ func TakeFromSpool(spool, name, dest string) (bool, error) {
 
 // copyInto copies in to dest under a temporary name, then renames it.
 func copyInto(in *os.File, dest string) error {
-	tmp, err := createTemp(filepath.Dir(dest), filepath.Base(dest))
+	tmp, err := CreateTemp(filepath.Dir(dest), filepath.Base(dest))
 	if err != nil {
 		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
 	}
@@ -97,20 +100,33 @@ func copyInto(in *os.File, dest string) error {
 	return nil
 }
 
-// spoolFile is a segment waiting in the spool.
-type spoolFile struct {
-	name segment.Name
-	size int64
+// CreateTemp makes the temporary file next to dest, so the final rename is
+// atomic, and named so that PostgreSQL never mistakes it for WAL.
+func CreateTemp(dir, base string) (*os.File, error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := filepath.Join(dir, "."+base+".walship-"+hex.EncodeToString(b[:]))
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 }
 
-// scanSpool lists the segments in the spool. Temporary files (dot files)
+// ScanEvery is how often a downloader with a full spool looks at it for
+// files replay took.
+const ScanEvery = 20 * time.Millisecond
+
+// File is a segment waiting in the spool.
+type File struct {
+	Name segment.Name
+	Size int64
+}
+
+// Scan lists the segments in the spool. Temporary files (dot files)
 // are skipped; removeTemps deletes them.
-func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error) {
+func Scan(dir string, segSize uint64, removeTemps bool) ([]File, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read spool: %w", archive.ErrLocal, err)
 	}
-	var out []spoolFile
+	var out []File
 	for _, e := range ents {
 		if e.Name()[0] == '.' {
 			if removeTemps && !keptDotFile(e.Name()) {
@@ -126,17 +142,17 @@ func scanSpool(dir string, segSize uint64, removeTemps bool) ([]spoolFile, error
 		if err != nil {
 			continue // consumed while we looked
 		}
-		out = append(out, spoolFile{name: n, size: info.Size()})
+		out = append(out, File{Name: n, Size: info.Size()})
 	}
 	return out, nil
 }
 
-// keptDotFile: the spool's own files, which scanSpool never removes as
+// keptDotFile: the spool's own files, which Scan never removes as
 // temporary: the agent's (or prefetcher's) state and lock, fetch's note to
 // a prefetcher and the prefetcher's log.
 func keptDotFile(name string) bool {
 	switch name {
-	case agentStateFile, agentLockFile, prefetchNoteFile, PrefetchLogFile:
+	case StateFile, LockFile, NoteFile, LogFile:
 		return true
 	}
 	return false
@@ -152,8 +168,8 @@ func keptDotFile(name string) bool {
 // holds the spool's lock: a stopped or killed agent's poll is never used)
 // and for trustPolls of its poll intervals (a hung agent's poll goes stale).
 func KnownAbsent(spool, name string, now time.Time) bool {
-	st, err := readState(spool)
-	if err != nil || !st.trusted(now) || !agentAlive(spool) {
+	st, err := ReadState(spool)
+	if err != nil || !st.Trusted(now) || !Alive(spool) {
 		return false
 	}
 	f, err := segment.ParseFile(name)

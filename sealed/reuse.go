@@ -1,4 +1,4 @@
-package segment
+package sealed
 
 import (
 	"bytes"
@@ -57,8 +57,8 @@ func NewSealer(c Compression) (*Sealer, error) {
 
 // Seal seals raw as one frame. The result aliases the Sealer's buffer (and
 // raw itself when uncompressed): it is valid until the next call.
-func (s *Sealer) Seal(raw []byte) (*Sealed, error) {
-	h := SealedHeader{Version: sealedVersion, Codec: s.c.Codec, Size: int64(len(raw))}
+func (s *Sealer) Seal(raw []byte) (*Object, error) {
+	h := Header{Version: sealedVersion, Codec: s.c.Codec, Size: int64(len(raw))}
 	done := make(chan struct{})
 	go func() {
 		h.SHA256 = sha256.Sum256(raw)
@@ -85,9 +85,9 @@ func (s *Sealer) Seal(raw []byte) (*Sealed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compress %s: %w", s.c.Codec, err)
 	}
-	hdr := make([]byte, SealedHeaderSize)
+	hdr := make([]byte, HeaderSize)
 	h.marshal(hdr)
-	return &Sealed{Header: h, parts: [][]byte{hdr, body}, size: int64(SealedHeaderSize + len(body))}, nil
+	return &Object{Header: h, parts: [][]byte{hdr, body}, size: int64(HeaderSize + len(body))}, nil
 }
 
 // Unsealer checks and decompresses whole sealed objects into a buffer the
@@ -112,15 +112,15 @@ func (u *Unsealer) Close() { u.zst.Close() }
 
 // Unseal checks obj and decompresses it into dst[:0], returning the bytes
 // (which may be a new slice if dst was too small) and the header.
-func (u *Unsealer) Unseal(obj, dst []byte) ([]byte, SealedHeader, error) {
-	if len(obj) < SealedHeaderSize {
-		return nil, SealedHeader{}, fmt.Errorf("%w: object of %d bytes", ErrNotSealed, len(obj))
+func (u *Unsealer) Unseal(obj, dst []byte) ([]byte, Header, error) {
+	if len(obj) < HeaderSize {
+		return nil, Header{}, fmt.Errorf("%w: object of %d bytes", ErrNotSealed, len(obj))
 	}
-	h, err := ParseSealedHeader(obj[:SealedHeaderSize])
+	h, err := ParseHeader(obj[:HeaderSize])
 	if err != nil {
 		return nil, h, err
 	}
-	body := obj[SealedHeaderSize:]
+	body := obj[HeaderSize:]
 	var out []byte
 	switch h.Codec {
 	case CodecNone:

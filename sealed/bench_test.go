@@ -1,4 +1,4 @@
-package segment
+package sealed
 
 import (
 	"os"
@@ -15,7 +15,7 @@ import (
 func benchInputs(b *testing.B) [][]byte {
 	p := os.Getenv("WALSHIP_BENCH_SEGMENT")
 	if p == "" {
-		return [][]byte{walLike(DefaultSegmentSize)}
+		return [][]byte{walLike(16 << 20)}
 	}
 	paths := []string{p}
 	if fi, err := os.Stat(p); err == nil && fi.IsDir() {

@@ -1,4 +1,4 @@
-package restore
+package fetch
 
 import (
 	"bytes"
@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walship/walship/spool"
+
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/segment"
@@ -28,7 +30,7 @@ import (
 // one PostgreSQL took last into its spool, a bounded number and bytes
 // ahead, each verified by Fetch (SHA-256 of the sealed object, page header,
 // the archive's cluster) before it is renamed under the segment's name, and
-// later fetches take them by rename through TakeFromSpool, as from the
+// later fetches take them by rename through spool.Take, as from the
 // agent's spool. It exits when no fetch has come for a while, when the
 // data directory leaves recovery (recovery.signal and standby.signal gone:
 // PostgreSQL removes them at promotion) and when the server stops.
@@ -41,19 +43,13 @@ import (
 // The prefetcher's files in its spool, beside the agent's state and lock
 // (agent_state.go), which it shares: one prefetcher per spool holds the
 // lock; the state names the archive's segment size and cluster, which
-// TakeFromSpool checks every file against.
+// spool.Take checks every file against.
 const (
 	// PrefetchDirName is the default spool, in the directory PostgreSQL
 	// restores into (pg_wal): on the same file system as the restored
 	// file, so a take is a rename, and in a directory whose contents base
 	// backups skip and PostgreSQL never reads.
 	PrefetchDirName = ".walship-prefetch"
-	// PrefetchLogFile is where the detached prefetcher logs.
-	PrefetchLogFile = ".walship-prefetch.log"
-	// prefetchNoteFile is written by every fetch: what PostgreSQL asked
-	// for last and whether it got it. The prefetcher follows it, and a
-	// note that does not change for the idle time stops it.
-	prefetchNoteFile = ".walship-prefetch-note.json"
 	// inflightSuffix marks a segment the prefetcher is downloading:
 	// ".<name>.prefetching". A fetch for it waits for the download.
 	inflightSuffix = ".prefetching"
@@ -92,7 +88,6 @@ type PrefetchOptions struct {
 	Parallel int           // downloads at once; default 2
 	Idle     time.Duration // exit when no fetch came for this long; default 1m
 	Log      *slog.Logger
-	Clock    Clock
 }
 
 // PrefetchStats are the prefetcher's counts; every field is atomic.
@@ -158,9 +153,6 @@ func NewPrefetcher(a *archive.Archive, o PrefetchOptions) *Prefetcher {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Clock == nil {
-		o.Clock = realClock{}
-	}
 	return &Prefetcher{a: a, o: o, placed: map[segment.Name]bool{}, inflight: map[segment.Name]bool{}}
 }
 
@@ -170,16 +162,16 @@ func (p *Prefetcher) Stats() *PrefetchStats { return &p.stats }
 // Run prefetches until the recovery ends, the server stops, no fetch came
 // for the idle time, or ctx ends; then it removes what it placed and
 // returns why it stopped. It returns an error only if it cannot start: no
-// archive, a spool that is not its user's own (ErrSpoolOwner) or not
+// archive, a spool that is not its user's own (spool.ErrOwner) or not
 // usable, another prefetcher or agent on the spool.
 func (p *Prefetcher) Run(ctx context.Context) (string, error) {
-	if err := CheckSpool(p.o.Spool); err != nil {
+	if err := spool.Check(p.o.Spool); err != nil {
 		return "", err
 	}
 	// The lock first, before any request: fetch starts a prefetcher
 	// whenever it finds the lock free, so one that read the archive
 	// before locking would let the next fetch start a second.
-	lock, err := lockSpool(ctx, p.o.Spool)
+	lock, err := spool.Lock(ctx, p.o.Spool)
 	if err != nil {
 		return "", err
 	}
@@ -195,12 +187,12 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 		// Segments first: a fetch finds no file rather than a file it
 		// cannot check.
 		p.clear()
-		_ = os.Remove(filepath.Join(p.o.Spool, agentStateFile))
+		_ = os.Remove(filepath.Join(p.o.Spool, spool.StateFile))
 	}()
-	if err := writeState(p.o.Spool, agentState{SegmentSize: p.segSize, SystemID: p.sysID, Archive: p.o.Archive}); err != nil {
+	if err := spool.WriteState(p.o.Spool, spool.State{SegmentSize: p.segSize, SystemID: p.sysID, Archive: p.o.Archive}); err != nil {
 		return "", err
 	}
-	now := p.o.Clock.Now()
+	now := time.Now()
 	p.active = now
 	p.pmPID = postmasterPID(p.o.PGData)
 	p.readNote(now)
@@ -223,7 +215,7 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 // loop is the prefetcher's work until it should stop; it says why.
 func (p *Prefetcher) loop(ctx, dctx context.Context, wg *sync.WaitGroup, results chan prefetched) string {
 	for {
-		now := p.o.Clock.Now()
+		now := time.Now()
 		p.readNote(now)
 		if why := p.shouldStop(now); why != "" {
 			return why
@@ -234,7 +226,7 @@ func (p *Prefetcher) loop(ctx, dctx context.Context, wg *sync.WaitGroup, results
 			return "stopped"
 		case r := <-results:
 			p.finished(r)
-		case <-p.o.Clock.After(spoolCheck):
+		case <-time.After(spool.ScanEvery):
 		}
 	}
 }
@@ -258,7 +250,7 @@ type prefetchNote struct {
 // readNote follows fetch's last note: a new note is activity; a segment
 // delivered moves the window after it.
 func (p *Prefetcher) readNote(now time.Time) {
-	b, err := os.ReadFile(filepath.Join(p.o.Spool, prefetchNoteFile))
+	b, err := os.ReadFile(filepath.Join(p.o.Spool, spool.NoteFile))
 	if err != nil || bytes.Equal(b, p.note) {
 		return
 	}
@@ -318,7 +310,7 @@ func (p *Prefetcher) dispatch(ctx context.Context, wg *sync.WaitGroup, results c
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := Fetch(ctx, p.a, file, filepath.Join(p.o.Spool, file), FetchOptions{Attempts: 2, Sync: true})
+			_, err := Fetch(ctx, p.a, file, filepath.Join(p.o.Spool, file), Options{Attempts: 2, Sync: true})
 			_ = os.Remove(marker)                       // after the rename: a waiting fetch finds the file
 			results <- prefetched{name: name, err: err} // buffered for every download in flight
 		}()
@@ -345,7 +337,7 @@ func (p *Prefetcher) finished(r prefetched) {
 	}
 	p.backoff = min(max(2*p.backoff, prefetchRetryMin), prefetchRetryMax)
 	if !p.hold.on || r.name.SegNo <= p.hold.seg || p.hold.last != p.last {
-		p.hold = prefetchHold{on: true, seg: r.name.SegNo, until: p.o.Clock.Now().Add(p.backoff), last: p.last}
+		p.hold = prefetchHold{on: true, seg: r.name.SegNo, until: time.Now().Add(p.backoff), last: p.last}
 	}
 	if errors.Is(r.err, backends.ErrNotFound) {
 		// Not pushed yet, or past the end. Nothing is concluded from it:
@@ -392,12 +384,12 @@ func (p *Prefetcher) shouldStop(now time.Time) string {
 
 // clear removes the segments in the spool and what downloads left.
 func (p *Prefetcher) clear() {
-	files, err := scanSpool(p.o.Spool, p.segSize, true)
+	files, err := spool.Scan(p.o.Spool, p.segSize, true)
 	if err != nil {
 		return
 	}
 	for _, f := range files {
-		_ = os.Remove(filepath.Join(p.o.Spool, f.name.String(p.segSize)))
+		_ = os.Remove(filepath.Join(p.o.Spool, f.Name.String(p.segSize)))
 	}
 	p.placed = map[segment.Name]bool{}
 }

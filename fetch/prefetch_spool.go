@@ -1,4 +1,4 @@
-package restore
+package fetch
 
 import (
 	"encoding/json"
@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/walship/walship/spool"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/segment"
@@ -26,15 +28,15 @@ type PrefetchSpool struct {
 }
 
 // Prepare makes the spool directory (0700) and checks it is this user's
-// own and not writable by others (CheckSpool), before a prefetcher starts
+// own and not writable by others (spool.Check), before a prefetcher starts
 // in it.
-func (s PrefetchSpool) Prepare() error { return CheckSpool(s.Dir) }
+func (s PrefetchSpool) Prepare() error { return spool.Check(s.Dir) }
 
 // Running reports whether a prefetcher holds the spool's lock.
-func (s PrefetchSpool) Running() bool { return agentAlive(s.Dir) }
+func (s PrefetchSpool) Running() bool { return spool.Alive(s.Dir) }
 
 // Take hands segment name over to dest when the prefetcher placed it,
-// through TakeFromSpool's checks (a regular file of the segment size whose
+// through spool.Take's checks (a regular file of the segment size whose
 // page header agrees with the name and the archive's cluster). When the
 // prefetcher is downloading it right now, Take waits for that download,
 // at most PrefetchWait. It reports false, and leaves dest alone, when the
@@ -49,7 +51,7 @@ func (s PrefetchSpool) take(name, dest string, wait time.Duration) (bool, error)
 	if err != nil || f.Kind != segment.KindSegment {
 		return false, nil
 	}
-	st, err := readState(s.Dir)
+	st, err := spool.ReadState(s.Dir)
 	if err != nil || st.Archive != s.Archive {
 		return false, nil // no prefetcher of this archive published its state
 	}
@@ -59,16 +61,16 @@ func (s PrefetchSpool) take(name, dest string, wait time.Duration) (bool, error)
 	marker := filepath.Join(s.Dir, "."+name+inflightSuffix)
 	deadline := time.Now().Add(wait)
 	for {
-		took, err := TakeFromSpool(s.Dir, name, dest)
+		took, err := spool.Take(s.Dir, name, dest)
 		if took || err != nil {
 			return took, err
 		}
 		if _, err := os.Lstat(marker); err != nil {
 			// Not (or no longer) downloading it. The download may have
 			// ended between the take and this look: look once more.
-			return TakeFromSpool(s.Dir, name, dest)
+			return spool.Take(s.Dir, name, dest)
 		}
-		if !time.Now().Before(deadline) || !agentAlive(s.Dir) {
+		if !time.Now().Before(deadline) || !spool.Alive(s.Dir) {
 			return false, nil
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -93,7 +95,7 @@ func (s PrefetchSpool) Note(name string, delivered bool) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(s.Dir, prefetchNoteFile))
+		err = os.Rename(tmp.Name(), filepath.Join(s.Dir, spool.NoteFile))
 	}
 	if err != nil {
 		_ = os.Remove(tmp.Name())
@@ -102,7 +104,7 @@ func (s PrefetchSpool) Note(name string, delivered bool) error {
 	return nil
 }
 
-// ownSpool checks, as the prefetcher's CheckSpool did, that dir is a
+// ownSpool checks, as the prefetcher's spool.Check did, that dir is a
 // directory of this user that nobody else may write into: then only this
 // user's prefetcher put files there.
 func ownSpool(dir string) error {
@@ -113,11 +115,11 @@ func ownSpool(dir string) error {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	switch {
 	case !fi.IsDir():
-		return fmt.Errorf("%w: prefetch spool %s is not a directory", ErrSpoolOwner, dir)
+		return fmt.Errorf("%w: prefetch spool %s is not a directory", spool.ErrOwner, dir)
 	case ok && st.Uid != uint32(os.Geteuid()):
-		return fmt.Errorf("%w: prefetch spool %s is owned by %s", ErrSpoolOwner, dir, userName(st.Uid))
+		return fmt.Errorf("%w: prefetch spool %s is owned by %s", spool.ErrOwner, dir, spool.UserName(st.Uid))
 	case fi.Mode().Perm()&0o022 != 0:
-		return fmt.Errorf("%w: prefetch spool %s is writable by group or others (mode %04o)", ErrSpoolOwner, dir, fi.Mode().Perm())
+		return fmt.Errorf("%w: prefetch spool %s is writable by group or others (mode %04o)", spool.ErrOwner, dir, fi.Mode().Perm())
 	}
 	return nil
 }

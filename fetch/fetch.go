@@ -1,12 +1,15 @@
-// Package restore brings files back out of an archive: fetch (the
-// restore_command), and in later work the prefetching agent and base backup
-// restores.
-package restore
+// Package fetch is the restore_command's side of walship: Run, which looks
+// for a file in walship agent's spool, then the prefetcher's, then the
+// archive, and answers "absent" only on the archive's word (or a live
+// agent's fresh poll); Fetch, one file out of the archive into the place
+// PostgreSQL names, verified end to end before it is renamed into place,
+// with the one retry policy; and the prefetcher the first fetch of a
+// recovery starts, which downloads the next segments into a spool (package
+// spool) that later fetches take from.
+package fetch
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,15 +17,18 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/walship/walship/spool"
+
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/retry"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 )
 
-// FetchOptions bound the work of one fetch.
-type FetchOptions struct {
-	// Attempts caps the tries of a retryable failure (a dropped
+// Options bound the work of one fetch.
+type Options struct {
+	// Attempts caps the tries of a archive.Retryable failure (a dropped
 	// connection, a stalled body, a body that fails its checksum in
 	// transit) below the storage's retry policy; 0 means the policy's.
 	Attempts int
@@ -32,8 +38,8 @@ type FetchOptions struct {
 	Sync bool
 }
 
-// FetchResult says what a fetch did.
-type FetchResult struct {
+// Result says what a fetch did.
+type Result struct {
 	File     segment.File
 	Size     int64
 	Stored   int64
@@ -52,35 +58,43 @@ type FetchResult struct {
 // The file is not fsynced: PostgreSQL fsyncs a restored file itself when it
 // keeps it (durable_rename in KeepFileRestoredFromArchive), and a restored
 // file lost in a crash is simply fetched again.
-func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts FetchOptions) (FetchResult, error) {
+func Fetch(ctx context.Context, a *archive.Archive, name, dest string, opts Options) (Result, error) {
 	start := time.Now()
 	f, err := segment.ParseFile(name)
 	if err != nil {
-		return FetchResult{}, err
+		return Result{}, err
 	}
-	res := FetchResult{File: f}
+	res := Result{File: f}
 	// The whole fetch (GET, read, verify, write) is one retried operation
 	// under the storage's policy: at most its Attempts GETs of the file.
-	res.Attempts, err = retry.Do(ctx, a.Storage(), opts.Attempts, retryable, func(ctx context.Context) error {
+	res.Attempts, err = retry.Do(ctx, a.Storage(), opts.Attempts, archive.Retryable, func(ctx context.Context) error {
 		return fetchOnce(ctx, a, f, dest, opts.Sync, &res)
 	})
 	res.Elapsed = time.Since(start)
 	return res, err
 }
 
-func retryable(err error) bool {
-	if errors.Is(err, segment.ErrChecksum) {
-		return true // may be damage in transit; a stored corruption fails again
+// fetchOnce is one try of Fetch: one GET, read, verify and rename.
+func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *Result) error {
+	key := archive.Key(f)
+	rc, id, err := getWithIdentity(ctx, a, key, res)
+	if err != nil {
+		return err
 	}
-	return !backends.IsPermanent(err) && !errors.Is(err, archive.ErrLocal) &&
-		!errors.Is(err, archive.ErrWrongCluster) && !errors.Is(err, archive.ErrNoIdentity) &&
-		!errors.Is(err, segment.ErrBadHeader) && !errors.Is(err, segment.ErrNotSealed)
+	defer rc.Close()
+	sr, err := sealed.NewReader(&ctxReader{ctx, rc})
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	defer sr.Close()
+	res.Size = sr.Header().Size
+	return writeVerified(sr, f, key, dest, id.SystemIdentifier, sync, res)
 }
 
-func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest string, sync bool, res *FetchResult) error {
-	key := archive.Key(f)
-	// The identity is needed to check a segment's cluster, and to tell a
-	// real "absent" from an empty or wrong archive path; read it alongside.
+// getWithIdentity opens the object at key and reads the archive's
+// identity alongside: it is needed to check a segment's cluster, and to
+// tell a real "absent" from an empty or wrong archive path.
+func getWithIdentity(ctx context.Context, a *archive.Archive, key string, res *Result) (io.ReadCloser, archive.Identity, error) {
 	type idResult struct {
 		id  archive.Identity
 		err error
@@ -98,23 +112,23 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 			// Never say "absent" for a place that is not an archive: a
 			// wrong path or an unmounted NFS directory would end a
 			// recovery early.
-			return idr.err
+			return nil, idr.id, idr.err
 		}
-		return err
+		return nil, idr.id, err
 	}
-	defer rc.Close()
 	if idr.err != nil {
-		return idr.err
+		rc.Close()
+		return nil, idr.id, idr.err
 	}
-	sr, err := segment.NewReader(&ctxReader{ctx, rc})
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
-	}
-	defer sr.Close()
-	res.Size = sr.Header().Size
+	return rc, idr.id, nil
+}
 
-	dir := filepath.Dir(dest)
-	tmp, err := createTemp(dir, filepath.Base(dest))
+// writeVerified writes the decompressed object into a temporary file
+// beside dest, checks a segment's page header against its name, size and
+// the archive's cluster, and renames the file into place. On any failure
+// nothing is left at dest or beside it.
+func writeVerified(sr *sealed.Reader, f segment.File, key, dest string, sysID uint64, sync bool, res *Result) error {
+	tmp, err := spool.CreateTemp(filepath.Dir(dest), filepath.Base(dest))
 	if err != nil {
 		return fmt.Errorf("%w: %v", archive.ErrLocal, err)
 	}
@@ -140,15 +154,8 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	}
 	res.Stored = n
 	if f.Kind == segment.KindSegment || f.Kind == segment.KindPartial {
-		h, err := segment.ParseHeader(head.b[:])
-		if err != nil {
-			return fmt.Errorf("%s: %w", key, err)
-		}
-		if err := segment.CheckHeader(h, f, n, idr.id.SystemIdentifier); err != nil {
-			if h.SysID != idr.id.SystemIdentifier {
-				return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
-			}
-			return fmt.Errorf("%s: %w", key, err)
+		if err := checkSegment(head.b[:], f, key, n, sysID); err != nil {
+			return err
 		}
 	}
 	if sync {
@@ -166,13 +173,20 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 	return nil
 }
 
-// createTemp makes the temporary file next to dest, so the final rename is
-// atomic, and named so that PostgreSQL never mistakes it for WAL.
-func createTemp(dir, base string) (*os.File, error) {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := filepath.Join(dir, "."+base+".walship-"+hex.EncodeToString(b[:]))
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// checkSegment checks a restored segment's page header against its name,
+// its size n and the archive's cluster.
+func checkSegment(head []byte, f segment.File, key string, n int64, sysID uint64) error {
+	h, err := segment.ParseHeader(head)
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	if err := segment.CheckHeader(h, f, n, sysID); err != nil {
+		if h.SysID != sysID {
+			return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
+		}
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	return nil
 }
 
 // headCapture keeps the first bytes written through it: the page header.

@@ -1,4 +1,4 @@
-package restore_test
+package fetch_test
 
 import (
 	"bytes"
@@ -19,9 +19,12 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
 	"github.com/walship/walship/backends/memory"
+	"github.com/walship/walship/fetch"
+	"github.com/walship/walship/internal/archivetest"
 	"github.com/walship/walship/internal/testenv"
-	"github.com/walship/walship/restore"
+	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/spool"
 )
 
 // prefetchRig is a data directory in recovery, its pg_wal with the
@@ -32,8 +35,8 @@ type prefetchRig struct {
 	a      *archive.Archive
 	pgdata string
 	dest   string // pg_wal/RECOVERYXLOG
-	spool  restore.PrefetchSpool
-	p      *restore.Prefetcher
+	spool  fetch.PrefetchSpool
+	p      *fetch.Prefetcher
 	cancel context.CancelFunc
 	done   chan prefetchEnd
 }
@@ -50,7 +53,7 @@ func newPrefetchRig(t *testing.T, store backends.Storage, mem *memory.Storage, f
 	t.Helper()
 	a := archive.New(store, slog.New(slog.DiscardHandler))
 	if to >= from {
-		pushSegments(t, a, from, to)
+		archivetest.PushSegments(t, a, from, to)
 	}
 	pgdata := t.TempDir()
 	if err := os.WriteFile(filepath.Join(pgdata, "recovery.signal"), nil, 0o600); err != nil {
@@ -60,22 +63,22 @@ func newPrefetchRig(t *testing.T, store backends.Storage, mem *memory.Storage, f
 	if err := os.Mkdir(wal, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	spool := restore.PrefetchSpool{Dir: filepath.Join(wal, restore.PrefetchDirName), Archive: rigArchive}
-	if err := spool.Prepare(); err != nil {
+	ps := fetch.PrefetchSpool{Dir: filepath.Join(wal, fetch.PrefetchDirName), Archive: rigArchive}
+	if err := ps.Prepare(); err != nil {
 		t.Fatal(err)
 	}
-	return &prefetchRig{t: t, mem: mem, a: a, pgdata: pgdata, dest: filepath.Join(wal, "RECOVERYXLOG"), spool: spool}
+	return &prefetchRig{t: t, mem: mem, a: a, pgdata: pgdata, dest: filepath.Join(wal, "RECOVERYXLOG"), spool: ps}
 }
 
 // start runs a prefetcher as fetch starts one: after a note that segment
 // `after` was delivered.
-func (r *prefetchRig) start(after uint64, o restore.PrefetchOptions) {
+func (r *prefetchRig) start(after uint64, o fetch.PrefetchOptions) {
 	r.t.Helper()
-	if err := r.spool.Note(seg(after), true); err != nil {
+	if err := r.spool.Note(archivetest.Seg(after), true); err != nil {
 		r.t.Fatal(err)
 	}
 	o.Spool, o.PGData, o.Archive = r.spool.Dir, r.pgdata, rigArchive
-	r.p = restore.NewPrefetcher(r.a, o)
+	r.p = fetch.NewPrefetcher(r.a, o)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel, r.done = cancel, make(chan prefetchEnd, 1)
 	r.t.Cleanup(cancel) // a failed test stops it too
@@ -94,14 +97,14 @@ func (r *prefetchRig) stop() prefetchEnd {
 // fetch does what walship fetch does with a prefetch spool: take, else the
 // archive; then the note. It returns the archive's error, if it was asked.
 func (r *prefetchRig) fetch(n uint64) (fromSpool bool, err error) {
-	took, terr := r.spool.Take(seg(n), r.dest)
+	took, terr := r.spool.Take(archivetest.Seg(n), r.dest)
 	if terr != nil {
 		r.t.Logf("spool file not taken: %v", terr)
 	}
 	if !took {
-		_, err = restore.Fetch(context.Background(), r.a, seg(n), r.dest, restore.FetchOptions{Attempts: 2})
+		_, err = fetch.Fetch(context.Background(), r.a, archivetest.Seg(n), r.dest, fetch.Options{Attempts: 2})
 	}
-	if nerr := r.spool.Note(seg(n), took || err == nil); nerr != nil {
+	if nerr := r.spool.Note(archivetest.Seg(n), took || err == nil); nerr != nil {
 		r.t.Fatal(nerr)
 	}
 	return took, err
@@ -110,10 +113,10 @@ func (r *prefetchRig) fetch(n uint64) (fromSpool bool, err error) {
 // assertSegment checks that dest holds segment n as archived.
 func (r *prefetchRig) assertSegment(n uint64) {
 	r.t.Helper()
-	want, _ := os.ReadFile(testenv.WriteSegment(r.t, r.t.TempDir(), seg(n), sys, nil))
+	want, _ := os.ReadFile(testenv.WriteSegment(r.t, r.t.TempDir(), archivetest.Seg(n), archivetest.Sys, nil))
 	got, err := os.ReadFile(r.dest)
 	if err != nil || !bytes.Equal(got, want) {
-		r.t.Fatalf("%s handed over is not the archived segment (%v)", seg(n), err)
+		r.t.Fatalf("%s handed over is not the archived segment (%v)", archivetest.Seg(n), err)
 	}
 }
 
@@ -141,76 +144,80 @@ func (r *prefetchRig) assertCleared() {
 // the one taken last, no more than its byte bound allows, each the
 // archived bytes; a take moves the window and hands each file over once.
 func TestPrefetchBoundedAndVerified(t *testing.T) {
-	mem := memory.New()
-	r := newPrefetchRig(t, mem, mem, 2, 20)
-	// 16 ahead but 3 MiB: three 1 MiB segments.
-	r.start(2, restore.PrefetchOptions{Ahead: 16, MaxBytes: 3 << 20, Parallel: 2})
-	testenv.WaitFor(t, "three segments prefetched", 10*time.Second, func() bool { return r.p.Stats().Downloads.Load() >= 3 })
-	got := spoolNames(t, r.spool.Dir)
-	if len(got) != 3 || !got[seg(3)] || !got[seg(4)] || !got[seg(5)] {
-		t.Fatalf("spool holds %v, want 3, 4 and 5 within 3 MiB", got)
-	}
-	if n := r.p.Stats().Downloads.Load(); n != 3 {
-		t.Fatalf("%d downloads within a 3 MiB bound, want 3", n)
-	}
-	want := t.TempDir()
-	for _, n := range []uint64{3, 4, 5} {
-		orig, _ := os.ReadFile(testenv.WriteSegment(t, want, seg(n), sys, nil))
-		if b, err := os.ReadFile(filepath.Join(r.spool.Dir, seg(n))); err != nil || !bytes.Equal(b, orig) {
-			t.Fatalf("%s in the spool is not the archived segment (%v)", seg(n), err)
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New()
+		r := newPrefetchRig(t, mem, mem, 2, 20)
+		// 16 ahead but 3 MiB: three 1 MiB segments.
+		r.start(2, fetch.PrefetchOptions{Ahead: 16, MaxBytes: 3 << 20, Parallel: 2})
+		archivetest.Eventually(t, "three segments prefetched", 10*time.Second, func() bool { return r.p.Stats().Downloads.Load() >= 3 })
+		got := archivetest.SpoolNames(t, r.spool.Dir)
+		if len(got) != 3 || !got[archivetest.Seg(3)] || !got[archivetest.Seg(4)] || !got[archivetest.Seg(5)] {
+			t.Fatalf("spool holds %v, want 3, 4 and 5 within 3 MiB", got)
 		}
-	}
-	if took, err := r.fetch(3); !took || err != nil {
-		t.Fatalf("take 3: %v %v", took, err)
-	}
-	r.assertSegment(3)
-	testenv.WaitFor(t, "the window to move to 4..6", 10*time.Second, func() bool { return spoolNames(t, r.spool.Dir)[seg(6)] })
-	if got := spoolNames(t, r.spool.Dir); len(got) != 3 || got[seg(3)] {
-		t.Fatalf("after taking 3 the spool holds %v, want 4, 5 and 6", got)
-	}
-	if took, _ := r.spool.Take(seg(3), r.dest); took {
-		t.Fatal("a segment was handed over twice")
-	}
-	// PostgreSQL jumps ahead (a timeline switch, or it asked the archive
-	// itself): what it passed is removed, the window follows.
-	if took, err := r.fetch(10); took || err != nil {
-		t.Fatalf("fetch 10 (not prefetched): %v %v", took, err)
-	}
-	r.assertSegment(10)
-	testenv.WaitFor(t, "the window to follow to 11..13", 10*time.Second, func() bool {
-		got := spoolNames(t, r.spool.Dir)
-		return len(got) == 3 && got[seg(11)] && got[seg(12)] && got[seg(13)]
+		if n := r.p.Stats().Downloads.Load(); n != 3 {
+			t.Fatalf("%d downloads within a 3 MiB bound, want 3", n)
+		}
+		want := t.TempDir()
+		for _, n := range []uint64{3, 4, 5} {
+			orig, _ := os.ReadFile(testenv.WriteSegment(t, want, archivetest.Seg(n), archivetest.Sys, nil))
+			if b, err := os.ReadFile(filepath.Join(r.spool.Dir, archivetest.Seg(n))); err != nil || !bytes.Equal(b, orig) {
+				t.Fatalf("%s in the spool is not the archived segment (%v)", archivetest.Seg(n), err)
+			}
+		}
+		if took, err := r.fetch(3); !took || err != nil {
+			t.Fatalf("take 3: %v %v", took, err)
+		}
+		r.assertSegment(3)
+		archivetest.Eventually(t, "the window to move to 4..6", 10*time.Second, func() bool { return archivetest.SpoolNames(t, r.spool.Dir)[archivetest.Seg(6)] })
+		if got := archivetest.SpoolNames(t, r.spool.Dir); len(got) != 3 || got[archivetest.Seg(3)] {
+			t.Fatalf("after taking 3 the spool holds %v, want 4, 5 and 6", got)
+		}
+		if took, _ := r.spool.Take(archivetest.Seg(3), r.dest); took {
+			t.Fatal("a segment was handed over twice")
+		}
+		// PostgreSQL jumps ahead (a timeline switch, or it asked the archive
+		// itself): what it passed is removed, the window follows.
+		if took, err := r.fetch(10); took || err != nil {
+			t.Fatalf("fetch 10 (not prefetched): %v %v", took, err)
+		}
+		r.assertSegment(10)
+		archivetest.Eventually(t, "the window to follow to 11..13", 10*time.Second, func() bool {
+			got := archivetest.SpoolNames(t, r.spool.Dir)
+			return len(got) == 3 && got[archivetest.Seg(11)] && got[archivetest.Seg(12)] && got[archivetest.Seg(13)]
+		})
+		if end := r.stop(); end.err != nil || end.why != "stopped" {
+			t.Fatalf("stop: %+v", end)
+		}
+		r.assertCleared()
 	})
-	if end := r.stop(); end.err != nil || end.why != "stopped" {
-		t.Fatalf("stop: %+v", end)
-	}
-	r.assertCleared()
 }
 
 // TestPrefetchNeverOffersDamaged: a segment whose archived object fails
 // its checksum is never placed in the spool; fetch then gets the archive's
 // own error (damaged), not "absent".
 func TestPrefetchNeverOffersDamaged(t *testing.T) {
-	mem := memory.New()
-	r := newPrefetchRig(t, mem, mem, 2, 8)
-	mem.Corrupt(archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 4}), 200)
-	r.start(2, restore.PrefetchOptions{Ahead: 4, Parallel: 1})
-	testenv.WaitFor(t, "the damaged segment to fail", 10*time.Second, func() bool { return r.p.Stats().Failures.Load() >= 1 })
-	if spoolNames(t, r.spool.Dir)[seg(4)] {
-		t.Fatal("the damaged segment was placed in the spool")
-	}
-	if took, err := r.fetch(3); !took || err != nil {
-		t.Fatalf("take 3: %v %v", took, err)
-	}
-	took, err := r.fetch(4)
-	if took || !errors.Is(err, segment.ErrChecksum) || errors.Is(err, backends.ErrNotFound) {
-		t.Fatalf("fetch of the damaged segment: from spool %v, %v; want the archive's checksum error", took, err)
-	}
-	if _, serr := os.Stat(r.dest); serr != nil {
-		t.Fatalf("the good segment 3 handed over before is gone: %v", serr)
-	}
-	r.stop()
-	r.assertCleared()
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New()
+		r := newPrefetchRig(t, mem, mem, 2, 8)
+		mem.Corrupt(archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 4}), 200)
+		r.start(2, fetch.PrefetchOptions{Ahead: 4, Parallel: 1})
+		archivetest.Eventually(t, "the damaged segment to fail", 10*time.Second, func() bool { return r.p.Stats().Failures.Load() >= 1 })
+		if archivetest.SpoolNames(t, r.spool.Dir)[archivetest.Seg(4)] {
+			t.Fatal("the damaged segment was placed in the spool")
+		}
+		if took, err := r.fetch(3); !took || err != nil {
+			t.Fatalf("take 3: %v %v", took, err)
+		}
+		took, err := r.fetch(4)
+		if took || !errors.Is(err, sealed.ErrChecksum) || errors.Is(err, backends.ErrNotFound) {
+			t.Fatalf("fetch of the damaged segment: from spool %v, %v; want the archive's checksum error", took, err)
+		}
+		if _, serr := os.Stat(r.dest); serr != nil {
+			t.Fatalf("the good segment 3 handed over before is gone: %v", serr)
+		}
+		r.stop()
+		r.assertCleared()
+	})
 }
 
 // TestPrefetchBeliefIsNeverAbsent: the prefetcher looked for segment 5
@@ -221,14 +228,14 @@ func TestPrefetchBeliefIsNeverAbsent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		mem := memory.New()
 		r := newPrefetchRig(t, mem, mem, 2, 4)
-		r.start(2, restore.PrefetchOptions{Ahead: 4, Parallel: 1})
+		r.start(2, fetch.PrefetchOptions{Ahead: 4, Parallel: 1})
 		synctest.Wait()
 		if r.p.Stats().Missing.Load() == 0 || r.p.Stats().Downloads.Load() != 2 {
 			t.Fatalf("after its first pass the prefetcher has %d downloads, %d missing; want 3 and 4 placed, 5 missing",
 				r.p.Stats().Downloads.Load(), r.p.Stats().Missing.Load())
 		}
 		missing := r.p.Stats().Missing.Load()
-		pushSegments(t, r.a, 5, 9) // archived now; no time passes
+		archivetest.PushSegments(t, r.a, 5, 9) // archived now; no time passes
 		for _, n := range []uint64{3, 4} {
 			if took, err := r.fetch(n); !took || err != nil {
 				t.Fatalf("take %d: %v %v", n, took, err)
@@ -243,7 +250,7 @@ func TestPrefetchBeliefIsNeverAbsent(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 		synctest.Wait()
-		if got := spoolNames(t, r.spool.Dir); !got[seg(6)] || !got[seg(9)] {
+		if got := archivetest.SpoolNames(t, r.spool.Dir); !got[archivetest.Seg(6)] || !got[archivetest.Seg(9)] {
 			t.Fatalf("after 5 was taken the spool holds %v, want 6 to 9", got)
 		}
 		r.stop()
@@ -260,7 +267,7 @@ func TestPrefetchStops(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			mem := memory.New()
 			r := newPrefetchRig(t, mem, mem, 2, 6)
-			r.start(2, restore.PrefetchOptions{Idle: time.Minute})
+			r.start(2, fetch.PrefetchOptions{Idle: time.Minute})
 			for i := 0; i < 4; i++ {
 				time.Sleep(45 * time.Second)
 				synctest.Wait()
@@ -283,10 +290,10 @@ func TestPrefetchStops(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			mem := memory.New()
 			r := newPrefetchRig(t, mem, mem, 2, 6)
-			r.start(2, restore.PrefetchOptions{})
+			r.start(2, fetch.PrefetchOptions{})
 			synctest.Wait()
-			if len(spoolNames(t, r.spool.Dir)) != 4 {
-				t.Fatalf("spool %v, want 3 to 6", spoolNames(t, r.spool.Dir))
+			if len(archivetest.SpoolNames(t, r.spool.Dir)) != 4 {
+				t.Fatalf("spool %v, want 3 to 6", archivetest.SpoolNames(t, r.spool.Dir))
 			}
 			if err := os.Remove(filepath.Join(r.pgdata, "recovery.signal")); err != nil {
 				t.Fatal(err)
@@ -312,7 +319,7 @@ func TestPrefetchStops(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(r.pgdata, "postmaster.pid"), []byte(pid+"\n"+r.pgdata+"\n"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			r.start(2, restore.PrefetchOptions{})
+			r.start(2, fetch.PrefetchOptions{})
 			end := <-r.done
 			if end.err != nil || !strings.Contains(end.why, "server is gone") {
 				t.Fatalf("with the postmaster gone: %+v", end)
@@ -325,40 +332,42 @@ func TestPrefetchStops(t *testing.T) {
 // TestPrefetchOnePerSpool: a second prefetcher on a spool refuses to start
 // and leaves the first one's files alone.
 func TestPrefetchOnePerSpool(t *testing.T) {
-	mem := memory.New()
-	r := newPrefetchRig(t, mem, mem, 2, 6)
-	r.start(2, restore.PrefetchOptions{})
-	testenv.WaitFor(t, "3 to 6 prefetched", 10*time.Second, func() bool { return len(spoolNames(t, r.spool.Dir)) == 4 })
-	second := restore.NewPrefetcher(r.a, restore.PrefetchOptions{Spool: r.spool.Dir, PGData: r.pgdata, Archive: rigArchive})
-	if _, err := second.Run(context.Background()); !errors.Is(err, archive.ErrLocal) {
-		t.Fatalf("second prefetcher: %v, want ErrLocal (the spool is locked)", err)
-	}
-	if got := spoolNames(t, r.spool.Dir); len(got) != 4 {
-		t.Fatalf("the second prefetcher touched the first one's spool: %v", got)
-	}
-	if took, err := r.fetch(3); !took || err != nil {
-		t.Fatalf("take 3: %v %v", took, err)
-	}
-	// Another archive's fetch takes nothing from this spool.
-	other := restore.PrefetchSpool{Dir: r.spool.Dir, Archive: "file:///elsewhere"}
-	if took, err := other.Take(seg(4), r.dest); took || err != nil {
-		t.Fatalf("a fetch of another archive took from the spool: %v %v", took, err)
-	}
-	// A spool others may write into is not taken from.
-	if err := os.Chmod(r.spool.Dir, 0o770); err != nil {
-		t.Fatal(err)
-	}
-	if took, err := r.spool.Take(seg(4), r.dest); took || !errors.Is(err, restore.ErrSpoolOwner) {
-		t.Fatalf("take from a group-writable spool: %v %v, want ErrSpoolOwner", took, err)
-	}
-	if err := os.Chmod(r.spool.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if took, err := r.spool.Take(seg(4), r.dest); !took || err != nil {
-		t.Fatalf("take 4: %v %v", took, err)
-	}
-	r.stop()
-	r.assertCleared()
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New()
+		r := newPrefetchRig(t, mem, mem, 2, 6)
+		r.start(2, fetch.PrefetchOptions{})
+		archivetest.Eventually(t, "3 to 6 prefetched", 10*time.Second, func() bool { return len(archivetest.SpoolNames(t, r.spool.Dir)) == 4 })
+		second := fetch.NewPrefetcher(r.a, fetch.PrefetchOptions{Spool: r.spool.Dir, PGData: r.pgdata, Archive: rigArchive})
+		if _, err := second.Run(context.Background()); !errors.Is(err, archive.ErrLocal) {
+			t.Fatalf("second prefetcher: %v, want ErrLocal (the spool is locked)", err)
+		}
+		if got := archivetest.SpoolNames(t, r.spool.Dir); len(got) != 4 {
+			t.Fatalf("the second prefetcher touched the first one's spool: %v", got)
+		}
+		if took, err := r.fetch(3); !took || err != nil {
+			t.Fatalf("take 3: %v %v", took, err)
+		}
+		// Another archive's fetch takes nothing from this spool.
+		other := fetch.PrefetchSpool{Dir: r.spool.Dir, Archive: "file:///elsewhere"}
+		if took, err := other.Take(archivetest.Seg(4), r.dest); took || err != nil {
+			t.Fatalf("a fetch of another archive took from the spool: %v %v", took, err)
+		}
+		// A spool others may write into is not taken from.
+		if err := os.Chmod(r.spool.Dir, 0o770); err != nil {
+			t.Fatal(err)
+		}
+		if took, err := r.spool.Take(archivetest.Seg(4), r.dest); took || !errors.Is(err, spool.ErrOwner) {
+			t.Fatalf("take from a group-writable spool: %v %v, want spool.ErrOwner", took, err)
+		}
+		if err := os.Chmod(r.spool.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if took, err := r.spool.Take(archivetest.Seg(4), r.dest); !took || err != nil {
+			t.Fatalf("take 4: %v %v", took, err)
+		}
+		r.stop()
+		r.assertCleared()
+	})
 }
 
 // gated holds the Get of one key until its gate is closed.
@@ -391,7 +400,7 @@ func TestPrefetchTakeWaitsForDownload(t *testing.T) {
 				mem := memory.New()
 				store := &gated{Storage: mem, key: archive.Key(segment.File{Kind: segment.KindSegment, TLI: 1, Seg: 3}), gate: make(chan struct{})}
 				r := newPrefetchRig(t, store, mem, 2, 6)
-				r.start(2, restore.PrefetchOptions{Parallel: 1})
+				r.start(2, fetch.PrefetchOptions{Parallel: 1})
 				synctest.Wait()
 				if !store.held.Load() {
 					t.Fatal("the prefetcher is not downloading 3")
@@ -403,13 +412,13 @@ func TestPrefetchTakeWaitsForDownload(t *testing.T) {
 					}()
 				}
 				start := time.Now()
-				took, err := r.spool.Take(seg(3), r.dest)
+				took, err := r.spool.Take(archivetest.Seg(3), r.dest)
 				waited := time.Since(start)
 				if release && (!took || err != nil || waited < 2*time.Second || waited > 2*time.Second+50*time.Millisecond) {
 					t.Fatalf("take of the segment in flight: %v %v after %s, want it after the 2s download", took, err, waited)
 				}
-				if !release && (took || err != nil || waited < restore.PrefetchWait || waited > restore.PrefetchWait+time.Second) {
-					t.Fatalf("take of a stalled download: %v %v after %s, want false after %s", took, err, waited, restore.PrefetchWait)
+				if !release && (took || err != nil || waited < fetch.PrefetchWait || waited > fetch.PrefetchWait+time.Second) {
+					t.Fatalf("take of a stalled download: %v %v after %s, want false after %s", took, err, waited, fetch.PrefetchWait)
 				}
 				if release {
 					r.assertSegment(3)

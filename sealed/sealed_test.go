@@ -1,4 +1,4 @@
-package segment
+package sealed
 
 import (
 	"bytes"
@@ -66,7 +66,7 @@ func TestSealedCorruptionIsDetected(t *testing.T) {
 		}
 		obj := sealed.Bytes()
 		// Flip one byte at a spread of offsets, in header and body.
-		for _, off := range []int{0, 5, 9, 20, 50, SealedHeaderSize, SealedHeaderSize + 100, len(obj) / 2, len(obj) - 1} {
+		for _, off := range []int{0, 5, 9, 20, 50, HeaderSize, HeaderSize + 100, len(obj) / 2, len(obj) - 1} {
 			bad := append([]byte(nil), obj...)
 			bad[off] ^= 0x40
 			if _, _, err := Unseal(bad); err == nil {
@@ -75,7 +75,7 @@ func TestSealedCorruptionIsDetected(t *testing.T) {
 				t.Errorf("%v: flipped byte at %d: err %v is neither ErrChecksum nor ErrNotSealed", c, off, err)
 			}
 		}
-		for _, cut := range []int{0, 10, SealedHeaderSize, len(obj) - 1} {
+		for _, cut := range []int{0, 10, HeaderSize, len(obj) - 1} {
 			if _, _, err := Unseal(obj[:cut]); err == nil {
 				t.Errorf("%v: truncated to %d not detected", c, cut)
 			}
@@ -187,7 +187,7 @@ func TestSealWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 		var h zstd.Header
-		if err := h.Decode(s.Bytes()[SealedHeaderSize:]); err != nil {
+		if err := h.Decode(s.Bytes()[HeaderSize:]); err != nil {
 			t.Fatal(err)
 		}
 		window := h.WindowSize

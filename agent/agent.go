@@ -1,4 +1,9 @@
-package restore
+// Package agent is the disaster-recovery follower: it polls the archive's
+// head for a timeline, downloads the segments after the standby's replay
+// position into the spool (package spool) in order, verified and synced,
+// follows timeline switches, heartbeats its slot, and reports a segment
+// gone from the archive for good together with the backup that can serve.
+package agent
 
 import (
 	"context"
@@ -14,11 +19,11 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/catalog"
+	"github.com/walship/walship/fetch"
 	"github.com/walship/walship/segment"
+	"github.com/walship/walship/spool"
 )
-
-// spoolCheck is how often a full spool is looked at for files replay took.
-const spoolCheck = 20 * time.Millisecond
 
 // Position is how far the standby has come: what it replayed, and the redo
 // point of its last restartpoint (the oldest WAL a restart needs).
@@ -28,22 +33,8 @@ type Position struct {
 	Redo     segment.LSN
 }
 
-// Duration is a time.Duration written as text in JSON.
-type Duration = archive.Duration
-
-// Clock is time for the agent; tests inject a fake one.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
-// AgentOptions configure the restore agent.
-type AgentOptions struct {
+// Options configure the restore agent.
+type Options struct {
 	Spool string // directory the agent fills and fetch --spool empties
 	Slot  string // the follower's slot in the archive
 	// Position reports the standby's replay position (from a connection to
@@ -56,11 +47,10 @@ type AgentOptions struct {
 	PollMax   time.Duration // the wait doubles up to this while nothing arrives; default 30s
 	Heartbeat time.Duration // how often the slot is written; default 1m
 	Log       *slog.Logger
-	Clock     Clock
 }
 
-// AgentStats are read by the metrics endpoint; every field is atomic.
-type AgentStats struct {
+// Stats are read by the metrics endpoint; every field is atomic.
+type Stats struct {
 	Timeline      atomic.Uint32
 	HeadSegment   atomic.Uint64 // segment number of the archive head on Timeline
 	ReplaySegment atomic.Uint64 // segment number replay has reached
@@ -79,12 +69,12 @@ type AgentStats struct {
 // Agent keeps a standby's next segments in a spool, ahead of replay.
 type Agent struct {
 	a     *archive.Archive
-	o     AgentOptions
-	stats AgentStats
+	o     Options
+	stats Stats
 
 	segSize uint64
 	sysID   uint64
-	lock    *os.File // held while the agent runs: see agentLockFile
+	lock    *os.File // held while the agent runs: see spool.LockFile
 	tli     uint32
 	next    uint64 // next segment number to download on tli
 	head    uint64
@@ -108,18 +98,18 @@ type Agent struct {
 	goneKnown bool   // a gone segment is reported (the Gone metric follows the slot write)
 	lastBeat  time.Time
 	lastPos   time.Time
-	lastState agentState
+	lastState spool.State
 	posErr    string
 }
 
 type download struct {
 	n   uint64
-	res FetchResult
+	res fetch.Result
 	err error
 }
 
-// NewAgent prepares an agent; Run does the work.
-func NewAgent(a *archive.Archive, o AgentOptions) *Agent {
+// New prepares an agent; Run does the work.
+func New(a *archive.Archive, o Options) *Agent {
 	if o.Ahead <= 0 {
 		o.Ahead = 16
 	}
@@ -138,19 +128,16 @@ func NewAgent(a *archive.Archive, o AgentOptions) *Agent {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Clock == nil {
-		o.Clock = realClock{}
-	}
 	return &Agent{a: a, o: o, arrived: map[uint64]time.Time{}, placed: map[uint64]bool{}, inflight: map[uint64]bool{}}
 }
 
 // Stats are the agent's live numbers.
-func (g *Agent) Stats() *AgentStats { return &g.stats }
+func (g *Agent) Stats() *Stats { return &g.stats }
 
 // Run follows the archive until ctx ends, then waits for its downloads,
 // saves where it was, withdraws its published poll and returns nil. It
 // returns early only if it cannot start: no archive, no slot, a spool that
-// is not its own (ErrSpoolOwner) or not usable, another agent on the spool.
+// is not its own (spool.ErrOwner) or not usable, another agent on the spool.
 func (g *Agent) Run(ctx context.Context) error {
 	id, err := g.a.Identity(ctx)
 	if err != nil {
@@ -182,7 +169,7 @@ func (g *Agent) Run(ctx context.Context) error {
 	for {
 		g.refreshPosition(ctx)
 		g.tidySpool()
-		now := g.o.Clock.Now()
+		now := time.Now()
 		if (!g.headOK || g.next > g.head) && len(g.inflight) == 0 && !now.Before(pollDue) {
 			before := g.polled
 			if g.poll(ctx) {
@@ -207,12 +194,12 @@ func (g *Agent) Run(ctx context.Context) error {
 			if g.headOK && g.next <= g.head {
 				// Waiting for replay to take files (spool full; a local
 				// look, cheap) or for a retry: look again soon.
-				due = now.Add(spoolCheck)
+				due = now.Add(spool.ScanEvery)
 				if g.retryAt.After(due) {
 					due = g.retryAt
 				}
 			}
-			timer = g.o.Clock.After(max(due.Sub(now), time.Millisecond))
+			timer = time.After(max(due.Sub(now), time.Millisecond))
 		}
 		select {
 		case <-ctx.Done():
@@ -246,8 +233,8 @@ func (g *Agent) start(ctx context.Context) error {
 	// A slot with a position and no replay yet was just set by
 	// walship restore --slot: the standby starts from its backup.
 	fresh := s.Replayed == "" && s.Position != ""
-	if b, err := os.ReadFile(filepath.Join(g.o.Spool, agentStateFile)); err == nil && !fresh {
-		var st agentState
+	if b, err := os.ReadFile(filepath.Join(g.o.Spool, spool.StateFile)); err == nil && !fresh {
+		var st spool.State
 		if json.Unmarshal(b, &st) == nil {
 			if n, err := segment.ParseName(st.Next, g.segSize); err == nil {
 				g.tli, g.next = n.TLI, n.SegNo
@@ -285,7 +272,7 @@ func (g *Agent) name(n uint64) string { return segment.Name{TLI: g.tli, SegNo: n
 
 // refreshPosition asks the standby how far it is.
 func (g *Agent) refreshPosition(ctx context.Context) {
-	now := g.o.Clock.Now()
+	now := time.Now()
 	if g.o.Position == nil || now.Sub(g.lastPos) < 250*time.Millisecond {
 		return
 	}
@@ -308,7 +295,7 @@ func (g *Agent) refreshPosition(ctx context.Context) {
 // tidySpool notes which placed files replay took, and removes files replay
 // no longer needs.
 func (g *Agent) tidySpool() {
-	files, err := scanSpool(g.o.Spool, g.segSize, false)
+	files, err := spool.Scan(g.o.Spool, g.segSize, false)
 	if errors.Is(err, os.ErrNotExist) {
 		// Someone removed the spool: start it again, empty, locked.
 		g.placed = map[uint64]bool{}
@@ -323,8 +310,8 @@ func (g *Agent) tidySpool() {
 	here := map[uint64]bool{}
 	var bytes int64
 	for _, f := range files {
-		if f.name.TLI == g.tli {
-			here[f.name.SegNo] = true
+		if f.Name.TLI == g.tli {
+			here[f.Name.SegNo] = true
 		}
 	}
 	for n := range g.placed {
@@ -338,14 +325,14 @@ func (g *Agent) tidySpool() {
 	}
 	count := int64(0)
 	for _, f := range files {
-		stale := f.name.TLI != g.tli && f.name.SegNo >= g.next
-		if (g.known && f.name.SegNo < g.replay) || stale {
-			_ = os.Remove(filepath.Join(g.o.Spool, f.name.String(g.segSize)))
-			delete(g.placed, f.name.SegNo)
+		stale := f.Name.TLI != g.tli && f.Name.SegNo >= g.next
+		if (g.known && f.Name.SegNo < g.replay) || stale {
+			_ = os.Remove(filepath.Join(g.o.Spool, f.Name.String(g.segSize)))
+			delete(g.placed, f.Name.SegNo)
 			continue
 		}
 		count++
-		bytes += f.size
+		bytes += f.Size
 	}
 	g.stats.SpoolFiles.Store(count)
 	g.stats.SpoolBytes.Store(bytes)
@@ -380,7 +367,7 @@ func (g *Agent) dispatch(ctx context.Context, wg *sync.WaitGroup, results chan<-
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := Fetch(ctx, g.a, name, filepath.Join(g.o.Spool, name), FetchOptions{Attempts: 2, Sync: true})
+			res, err := fetch.Fetch(ctx, g.a, name, filepath.Join(g.o.Spool, name), fetch.Options{Attempts: 2, Sync: true})
 			results <- download{n: n, res: res, err: err} // buffered for every download in flight
 		}()
 	}
@@ -413,7 +400,7 @@ func (g *Agent) finished(ctx context.Context, r download) {
 	}
 	g.next = min(g.next, r.n)
 	g.backoff = min(max(2*g.backoff, g.o.PollMin), g.o.PollMax)
-	g.retryAt = g.o.Clock.Now().Add(g.backoff)
+	g.retryAt = time.Now().Add(g.backoff)
 }
 
 // gone reports a segment the archive will not produce: later segments were
@@ -425,9 +412,9 @@ func (g *Agent) gone(ctx context.Context, n uint64) {
 	g.goneKnown = true
 	g.goneSeg = n
 	hint := "no backup in the archive can serve it either: take one (walship backup push), then rebuild the standby with walship restore --standby --backup <its id> --pgdata <empty directory> --slot " + g.o.Slot
-	if inv, err := LoadInventory(ctx, g.a); err == nil {
-		if p, err := Choose(inv, Target{}, ""); err == nil {
-			hint = "rebuild it: walship restore --standby --backup " + p.Backup.ID + " --pgdata <empty directory> --slot " + g.o.Slot
+	if c, err := catalog.Load(ctx, g.a, catalog.Backups|catalog.Histories); err == nil {
+		if b := c.Serving(); b != nil {
+			hint = "rebuild it: walship restore --standby --backup " + b.ID + " --pgdata <empty directory> --slot " + g.o.Slot
 		}
 	}
 	msg := fmt.Sprintf("segment %s is gone from the archive (timeline %d's head is %s): this standby cannot catch up from the archive; %s",
@@ -451,14 +438,14 @@ func (g *Agent) setProblem(ctx context.Context, msg string) {
 // nothing new, one look for the next timeline's history file. It reports
 // whether there is more to download.
 func (g *Agent) poll(ctx context.Context) bool {
-	g.stats.LastPoll.Store(g.o.Clock.Now().UnixNano())
+	g.stats.LastPoll.Store(time.Now().UnixNano())
 	h, err := g.a.ReadHead(ctx, g.tli)
 	g.o.Log.Debug("polled head", "timeline", g.tli, "head", h.Segment, "next", g.name(g.next), "error", err)
 	switch {
 	case err == nil:
 		n, _ := segment.ParseName(h.Segment, g.segSize)
 		g.head, g.headOK, g.pushed = n.SegNo, true, h.Pushed
-		g.polled, g.noHistory = g.o.Clock.Now(), 0
+		g.polled, g.noHistory = time.Now(), 0
 		if g.next <= g.head {
 			return true
 		}
@@ -477,7 +464,7 @@ func (g *Agent) poll(ctx context.Context) bool {
 		}
 		return false
 	}
-	data, err := readSealed(ctx, g.a.Storage(), archive.Key(next))
+	data, err := archive.ReadSealed(ctx, g.a.Storage(), archive.Key(next))
 	if err != nil {
 		g.o.Log.Warn("cannot read the next timeline's history", "error", err)
 		return false
@@ -501,7 +488,7 @@ func (g *Agent) poll(ctx context.Context) bool {
 
 // beat writes the slot: position, replay, problem, heartbeat.
 func (g *Agent) beat(ctx context.Context, now bool) {
-	t := g.o.Clock.Now()
+	t := time.Now()
 	if !now && t.Sub(g.lastBeat) < g.o.Heartbeat {
 		return
 	}
@@ -558,7 +545,7 @@ func (g *Agent) updateStats() {
 		if t, ok := g.arrived[g.replay+1]; ok && !t.IsZero() {
 			since = t
 		}
-		secs = g.o.Clock.Now().Sub(since)
+		secs = time.Since(since)
 	}
 	s.LagSeconds.Store(secs.Milliseconds())
 	for n := range g.arrived {

@@ -1,4 +1,4 @@
-package segment
+package sealed
 
 import (
 	"bytes"
@@ -35,7 +35,7 @@ import (
 //	48     4    CRC-32C of bytes 0..47, big-endian
 //	52     ...  body: the codec's stream (for zstd, gzip and s2 possibly several
 //	            concatenated frames, each compressed in parallel)
-const SealedHeaderSize = 52
+const HeaderSize = 52
 
 const (
 	sealedMagic   = "WSHP"
@@ -125,14 +125,14 @@ func (c Compression) Validate() error {
 }
 
 // SealedHeader is the decoded header of a sealed object.
-type SealedHeader struct {
+type Header struct {
 	Version uint8
 	Codec   Codec
 	Size    int64
 	SHA256  [32]byte
 }
 
-func (h SealedHeader) marshal(b []byte) {
+func (h Header) marshal(b []byte) {
 	copy(b[0:4], sealedMagic)
 	b[4] = h.Version
 	b[5] = byte(h.Codec)
@@ -143,14 +143,14 @@ func (h SealedHeader) marshal(b []byte) {
 }
 
 // ParseSealedHeader decodes and checks a sealed header.
-func ParseSealedHeader(b []byte) (SealedHeader, error) {
-	if len(b) < SealedHeaderSize || string(b[0:4]) != sealedMagic {
-		return SealedHeader{}, ErrNotSealed
+func ParseHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize || string(b[0:4]) != sealedMagic {
+		return Header{}, ErrNotSealed
 	}
 	if got, want := crc32.Checksum(b[:48], crcTable), binary.BigEndian.Uint32(b[48:]); got != want {
-		return SealedHeader{}, fmt.Errorf("%w: sealed header CRC %08x, stored %08x", ErrChecksum, got, want)
+		return Header{}, fmt.Errorf("%w: sealed header CRC %08x, stored %08x", ErrChecksum, got, want)
 	}
-	h := SealedHeader{Version: b[4], Codec: Codec(b[5]), Size: int64(binary.BigEndian.Uint64(b[8:]))}
+	h := Header{Version: b[4], Codec: Codec(b[5]), Size: int64(binary.BigEndian.Uint64(b[8:]))}
 	copy(h.SHA256[:], b[16:48])
 	if h.Version != sealedVersion {
 		return h, fmt.Errorf("%w: format version %d is newer than this walship understands", ErrNotSealed, h.Version)
@@ -165,34 +165,34 @@ func ParseSealedHeader(b []byte) (SealedHeader, error) {
 }
 
 // ReadSealedHeader reads just the header from the start of an object.
-func ReadSealedHeader(r io.Reader) (SealedHeader, error) {
-	var b [SealedHeaderSize]byte
+func ReadHeader(r io.Reader) (Header, error) {
+	var b [HeaderSize]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return SealedHeader{}, fmt.Errorf("%w: object shorter than its header", ErrNotSealed)
+			return Header{}, fmt.Errorf("%w: object shorter than its header", ErrNotSealed)
 		}
-		return SealedHeader{}, err
+		return Header{}, err
 	}
-	return ParseSealedHeader(b[:])
+	return ParseHeader(b[:])
 }
 
 // Sealed is a sealed object in memory: the header, then the compressed
 // frames in order. It is kept in pieces so that no copy of the whole object
 // is ever made; Reader presents it as one stream.
-type Sealed struct {
-	Header SealedHeader
+type Object struct {
+	Header Header
 	parts  [][]byte
 	size   int64
 }
 
 // Size is the stored size of the object in bytes.
-func (s *Sealed) Size() int64 { return s.size }
+func (s *Object) Size() int64 { return s.size }
 
 // Reader returns a new rewindable reader over the whole object.
-func (s *Sealed) Reader() io.ReadSeeker { return &partsReader{parts: s.parts, size: s.size} }
+func (s *Object) Reader() io.ReadSeeker { return &partsReader{parts: s.parts, size: s.size} }
 
 // Bytes returns the object as one slice (a copy), for tests and small files.
-func (s *Sealed) Bytes() []byte {
+func (s *Object) Bytes() []byte {
 	out := make([]byte, 0, s.size)
 	for _, p := range s.parts {
 		out = append(out, p...)
@@ -203,11 +203,11 @@ func (s *Sealed) Bytes() []byte {
 // Seal compresses raw into a sealed object. The SHA-256 is computed while
 // the chunks compress, all in parallel up to GOMAXPROCS, because this runs
 // once per segment for the life of a database.
-func Seal(raw []byte, c Compression) (*Sealed, error) {
+func Seal(raw []byte, c Compression) (*Object, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	h := SealedHeader{Version: sealedVersion, Codec: c.Codec, Size: int64(len(raw))}
+	h := Header{Version: sealedVersion, Codec: c.Codec, Size: int64(len(raw))}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -219,9 +219,9 @@ func Seal(raw []byte, c Compression) (*Sealed, error) {
 	if err != nil {
 		return nil, err
 	}
-	hdr := make([]byte, SealedHeaderSize)
+	hdr := make([]byte, HeaderSize)
 	h.marshal(hdr)
-	s := &Sealed{Header: h, parts: append([][]byte{hdr}, body...), size: SealedHeaderSize}
+	s := &Object{Header: h, parts: append([][]byte{hdr}, body...), size: HeaderSize}
 	for _, p := range body {
 		s.size += int64(len(p))
 	}
@@ -392,7 +392,7 @@ func newChunkEncoder(c Compression, window int) (func([]byte) ([]byte, error), e
 // io.EOF only after the size and SHA-256 of everything read matched the
 // header; otherwise the last Read returns an error wrapping ErrChecksum.
 type Reader struct {
-	hdr   SealedHeader
+	hdr   Header
 	body  io.Reader
 	close func()
 	src   *srcReader
@@ -403,7 +403,7 @@ type Reader struct {
 
 // NewReader reads the sealed header from r and prepares to decompress the body.
 func NewReader(r io.Reader) (*Reader, error) {
-	h, err := ReadSealedHeader(r)
+	h, err := ReadHeader(r)
 	if err != nil {
 		return nil, err
 	}
@@ -434,7 +434,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 }
 
 // Header is the sealed header read from the object.
-func (r *Reader) Header() SealedHeader { return r.hdr }
+func (r *Reader) Header() Header { return r.hdr }
 
 func (r *Reader) Read(p []byte) (int, error) {
 	if r.done {
@@ -581,10 +581,10 @@ func (r *Reader) Close() error {
 }
 
 // Unseal reads and checks a whole sealed object held in memory.
-func Unseal(obj []byte) ([]byte, SealedHeader, error) {
+func Unseal(obj []byte) ([]byte, Header, error) {
 	r, err := NewReader(bytes.NewReader(obj))
 	if err != nil {
-		return nil, SealedHeader{}, err
+		return nil, Header{}, err
 	}
 	defer r.Close()
 	out := make([]byte, 0, min(r.hdr.Size, 64<<20)) // the size is untrusted until checked
