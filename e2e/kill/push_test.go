@@ -58,20 +58,24 @@ func (p *pusher) push(path string) *proc {
 	return walship(p.w, p.tg.env, "push", "--archive", p.tg.url, path)
 }
 
+// timedPush pushes a new segment to its end and returns how long it took;
+// a push that fails fails the test.
+func (p *pusher) timedPush() time.Duration {
+	path, _ := p.segment()
+	pr := p.push(path)
+	d, err := timed(pr)
+	if err != nil {
+		p.t.Fatalf("push: %v\n%s", err, pr.output())
+	}
+	return d
+}
+
 func killPush(t *testing.T, w *testenv.Workdir, tg target) {
 	ctx := context.Background()
 	c := newTally(t)
 	k := newChecker(tg)
 	p := newPusher(t, w, tg, k)
-	op := func() time.Duration {
-		path, _ := p.segment()
-		pr := p.push(path)
-		d, err := timed(pr)
-		if err != nil {
-			t.Fatalf("push: %v\n%s", err, pr.output())
-		}
-		return d
-	}
+	op := p.timedPush
 	op() // the first push claims the archive's identity
 	var longest time.Duration
 	for i := 0; c.kills < iterations() && i < 3*iterations(); i++ {
@@ -176,14 +180,7 @@ func pushSIGTERM(t *testing.T, w *testenv.Workdir, tg target) {
 	c := newTally(t)
 	k := newChecker(tg)
 	p := newPusher(t, w, tg, k)
-	op := func() time.Duration {
-		path, _ := p.segment()
-		d, err := timed(p.push(path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
+	op := p.timedPush
 	op()
 	var longest time.Duration
 	n, terms, worst := iterations()/2, 0, time.Duration(0)
