@@ -31,7 +31,16 @@ var magicVersions = map[uint16]string{
 	0xD113: "16",
 	0xD116: "17",
 	0xD118: "18",
+	0xD121: "19", // from 19beta3 on (19's earlier betas wrote 0xD120, refused)
 }
+
+// newestMagic is the highest magic walship knows; a higher one in the same
+// range is a newer PostgreSQL, and is refused by name rather than taken for
+// damage.
+const newestMagic = 0xD121
+
+// Supported names the majors walship archives, for refusals.
+const Supported = "PostgreSQL 9.6 to 19"
 
 // VersionForMagic returns the PostgreSQL major version that writes magic.
 func VersionForMagic(magic uint16) (string, bool) {
@@ -73,7 +82,7 @@ func ParseHeader(b []byte) (Header, error) {
 		BlockSize: le.Uint32(b[36:]),
 	}
 	if _, ok := magicVersions[h.Magic]; !ok {
-		return h, fmt.Errorf("%w: unknown magic 0x%04X (not a WAL segment, or from an unsupported PostgreSQL)", ErrBadHeader, h.Magic)
+		return h, unknownMagic(h.Magic)
 	}
 	if h.Info&xlpLongHeader == 0 {
 		return h, fmt.Errorf("%w: first page lacks the long header flag", ErrBadHeader)
@@ -88,6 +97,19 @@ func ParseHeader(b []byte) (Header, error) {
 		return h, fmt.Errorf("%w: system identifier is zero", ErrBadHeader)
 	}
 	return h, nil
+}
+
+// unknownMagic says what an unknown magic most likely is: a PostgreSQL newer
+// than this walship (a major upgrade must fail loudly at its first push,
+// not be mistaken for corruption), 19's early beta format, or not WAL.
+func unknownMagic(m uint16) error {
+	switch {
+	case m == 0xD120:
+		return fmt.Errorf("%w: WAL page magic 0xD120 is PostgreSQL 19 before beta3, whose WAL format changed in beta3; walship supports %s (19 from beta3 on)", ErrBadHeader, Supported)
+	case m > newestMagic && m < 0xD200:
+		return fmt.Errorf("%w: WAL page magic 0x%04X is from a PostgreSQL newer than this walship supports (%s): upgrade walship before the server", ErrBadHeader, m, Supported)
+	}
+	return fmt.Errorf("%w: unknown magic 0x%04X (not a WAL segment, or from an unsupported PostgreSQL; walship supports %s)", ErrBadHeader, m, Supported)
 }
 
 // Version is the PostgreSQL major version that wrote the segment.

@@ -3,6 +3,7 @@ package segment
 import (
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -94,7 +95,7 @@ func TestParseHeaderRefusals(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrBadHeader", what, err)
 		}
 	}
-	for magic, v := range map[uint16]string{0xD093: "9.6", 0xD097: "10", 0xD101: "12", 0xD113: "16", 0xD116: "17", 0xD118: "18"} {
+	for magic, v := range map[uint16]string{0xD093: "9.6", 0xD097: "10", 0xD101: "12", 0xD113: "16", 0xD116: "17", 0xD118: "18", 0xD121: "19"} {
 		if got, ok := VersionForMagic(magic); !ok || got != v {
 			t.Errorf("VersionForMagic(%04X) = %q", magic, got)
 		}
@@ -114,4 +115,38 @@ func FuzzParseHeader(f *testing.F) {
 		fl := File{Kind: KindSegment, TLI: h.TLI, Log: 0, Seg: 0}
 		_ = CheckHeader(h, fl, int64(h.SegSize), h.SysID)
 	})
+}
+
+// A segment of 19 from beta3 on is accepted; 19's early beta format and a
+// PostgreSQL newer than walship are refused with one line naming what is
+// supported, never taken for damage; random bytes stay "not a segment".
+func TestFutureMagic(t *testing.T) {
+	withMagic := func(m uint16) []byte {
+		b := longHeader(1, 0, 42, DefaultSegmentSize)
+		binary.LittleEndian.PutUint16(b, m)
+		return b
+	}
+	if h, err := ParseHeader(withMagic(0xD121)); err != nil || h.Version() != "19" {
+		t.Fatalf("19: %v, version %q", err, h.Version())
+	}
+	for magic, want := range map[uint16]string{
+		0xD120: "19 before beta3",
+		0xD122: "newer than this walship supports",
+		0xD1F0: "newer than this walship supports",
+		0x1234: "not a WAL segment",
+	} {
+		_, err := ParseHeader(withMagic(magic))
+		if !errors.Is(err, ErrBadHeader) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), Supported) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("magic %04X: %v, want one line saying %q and %q", magic, err, want, Supported)
+		}
+	}
+}
+
+// LSNs as PostgreSQL 19 prints them, zero-padded, parse to the same value.
+func TestParseLSNZeroPadded(t *testing.T) {
+	for s, want := range map[string]LSN{"0/016D30F8": 0x16D30F8, "00000000/016D30F8": 0x16D30F8, "0/16D30F8": 0x16D30F8, "0000001A/00000000": 0x1A << 32} {
+		if got, err := ParseLSN(s); err != nil || got != want {
+			t.Errorf("ParseLSN(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
 }
