@@ -1,8 +1,10 @@
 package catalog
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/walship/walship/manifest"
@@ -198,4 +200,56 @@ func (c *Catalog) Serving() *manifest.Manifest {
 		}
 	}
 	return nil
+}
+
+// ErrBrokenChain is wrapped when an incremental backup's chain of parents
+// does not reach a full backup among the archive's complete backups.
+var ErrBrokenChain = errors.New("incremental backup chain broken")
+
+// Chain is what restoring b takes, oldest first: the full backup its
+// chain starts from, each incremental after it, and b last (just b for a
+// full backup). It needs the catalog's Backups.
+func (c *Catalog) Chain(b *manifest.Manifest) ([]*manifest.Manifest, error) {
+	byID := make(map[string]*manifest.Manifest, len(c.Backups))
+	for _, m := range c.Backups {
+		byID[m.ID] = m
+	}
+	chain := []*manifest.Manifest{b}
+	for m := b; m.Incremental(); {
+		p, ok := byID[m.Parent]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%w: backup %s needs %s, which is not a complete backup in the archive", ErrBrokenChain, m.ID, m.Parent)
+		case len(chain) > len(c.Backups):
+			return nil, fmt.Errorf("%w: backup %s's parents form a loop", ErrBrokenChain, b.ID)
+		case p.SystemIdentifier != b.SystemIdentifier || !p.StartTime.Before(m.StartTime):
+			return nil, fmt.Errorf("%w: backup %s names %s as its parent, which is another cluster's or not older", ErrBrokenChain, m.ID, p.ID)
+		}
+		chain = append(chain, p)
+		m = p
+	}
+	slices.Reverse(chain)
+	return chain, nil
+}
+
+// Dependants are the complete backups whose chain passes through id
+// (id's own incrementals, theirs, and so on), oldest first. It needs the
+// catalog's Backups.
+func (c *Catalog) Dependants(id string) []*manifest.Manifest {
+	needs := map[string]bool{id: true}
+	for grown := true; grown; {
+		grown = false
+		for _, m := range c.Backups {
+			if m.Incremental() && needs[m.Parent] && !needs[m.ID] {
+				needs[m.ID], grown = true, true
+			}
+		}
+	}
+	var out []*manifest.Manifest
+	for _, m := range c.Backups {
+		if m.ID != id && needs[m.ID] {
+			out = append(out, m)
+		}
+	}
+	return out
 }

@@ -118,6 +118,31 @@ type Manifest struct {
 	// ServerManifest is the server's backup_manifest, verified against the
 	// received files before upload.
 	ServerManifest Chunk `json:"server_manifest"`
+	// Type is TypeFull or TypeIncremental. Manifests written before
+	// incremental backups carry none and are full.
+	Type string `json:"type,omitempty"`
+	// Parent is the backup an incremental was taken against: the server
+	// was sent Parent's backup_manifest (UPLOAD_MANIFEST) and sent back
+	// only the blocks changed since. Empty for a full backup.
+	Parent string `json:"parent,omitempty"`
+}
+
+// The backup types.
+const (
+	TypeFull        = "full"
+	TypeIncremental = "incremental"
+)
+
+// Incremental reports whether m needs its parent chain to be restored.
+func (m *Manifest) Incremental() bool { return m.Type == TypeIncremental }
+
+// Kind is m's type as shown to operators: "full" for manifests that
+// predate the field.
+func (m *Manifest) Kind() string {
+	if m.Type == "" {
+		return TypeFull
+	}
+	return m.Type
 }
 
 // Key is the key of backup id's manifest.json.

@@ -41,6 +41,14 @@ func decodeManifest(id string, b []byte) (*Manifest, error) {
 	if m.ID != id {
 		return nil, fmt.Errorf("backup %s: manifest names backup %q: %w", id, m.ID, sealed.ErrChecksum)
 	}
+	switch {
+	case m.Type != "" && m.Type != TypeFull && m.Type != TypeIncremental:
+		return nil, fmt.Errorf("backup %s: manifest type %q is not one this walship reads", id, m.Type)
+	case m.Incremental() && ValidID(m.Parent) != nil:
+		return nil, fmt.Errorf("backup %s: incremental without a valid parent: %w", id, sealed.ErrChecksum)
+	case !m.Incremental() && m.Parent != "":
+		return nil, fmt.Errorf("backup %s: a full backup names a parent: %w", id, sealed.ErrChecksum)
+	}
 	prefix := Prefix + id + "/"
 	for _, a := range m.Archives {
 		for _, c := range a.Chunks {
