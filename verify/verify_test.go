@@ -1,7 +1,9 @@
 package verify_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"strings"
 	"testing"
@@ -9,6 +11,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/memory"
 	"github.com/walship/walship/internal/testenv"
+	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
 	"github.com/walship/walship/verify"
@@ -44,5 +47,32 @@ func TestVerify(t *testing.T) {
 	}
 	if !kinds["gap"] || !kinds["checksum"] {
 		t.Fatalf("full: %+v", r.Problems)
+	}
+}
+
+// An incremental whose parent is gone is a "chain" problem.
+func TestVerifyReportsBrokenChain(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	a := archive.New(store, slog.New(slog.DiscardHandler))
+	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: 9, PGVersion: "17", SegmentSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	m := manifest.Manifest{Format: manifest.Format, ID: "20261201T000000Z", SystemIdentifier: 9, SegmentSize: 1 << 20,
+		Timeline: 1, StopTimeline: 1, Type: manifest.TypeIncremental, Parent: "20261130T000000Z"}
+	b, _ := json.Marshal(m)
+	if err := store.Put(ctx, manifest.Key(m.ID), bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := verify.Run(ctx, a, verify.Options{Quick: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range r.Problems {
+		found = found || (p.Kind == "chain" && p.Key == manifest.Key(m.ID) && strings.Contains(p.Detail, m.Parent))
+	}
+	if !found {
+		t.Errorf("no chain problem for an incremental without its parent: %+v", r.Problems)
 	}
 }
