@@ -107,7 +107,7 @@ for cmd in "${CMDS[@]}"; do
 	done
 done
 
-objects=$("$WORK/walship-after" status --archive s3://bench 2>/dev/null | awk '$1 == "objects" { print $2 }')
+objects=$("$WORK/walship-after" status --archive s3://bench 2>/dev/null | awk '$1 == "objects" { sub(/,$/, "", $2); print $2 }')
 echo "before $(git rev-parse --short "$BEFORE"), after $(git rev-parse --short "$AFTER"); $SEGMENTS segments of 1 MiB (zstd) on 3 timelines, 3 backups, 2 slots: $objects objects; versitygw on 127.0.0.1; $(nproc) cores; seconds: median of $RUNS"
 echo
 echo "| command | commit | LIST pages | listings | prefixes listed twice | GET | HEAD | other | seconds |"
