@@ -19,6 +19,8 @@ RUNS=${RUNS:-3}
 BEFORE=${BEFORE:-db017df}
 AFTER=${AFTER:-HEAD}
 FULL=${FULL:-0}
+BEFORE_REV=$(git rev-parse --short "$BEFORE")
+AFTER_REV=$(git rev-parse --short "$AFTER")
 VGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
 [ -x "$VGW" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 
@@ -39,9 +41,9 @@ build() { # name commit: walship (and benchfill for AFTER) from the commit's tre
 	if [ "$1" = after ]; then (cd "$src" && go build -o "$WORK/benchfill" ./internal/benchfill); fi
 	rm -rf "$src"
 }
-echo "bench: building walship at $BEFORE and $AFTER" >&2
-build before "$BEFORE"
-build after "$AFTER"
+echo "bench: building walship at $BEFORE_REV and $AFTER_REV" >&2
+build before "$BEFORE_REV"
+build after "$AFTER_REV"
 
 mkdir -p "$WORK/s3/data" "$WORK/s3/meta"
 SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -108,7 +110,7 @@ for cmd in "${CMDS[@]}"; do
 done
 
 objects=$("$WORK/walship-after" status --archive s3://bench 2>/dev/null | awk '$1 == "objects" { sub(/,$/, "", $2); print $2 }')
-echo "before $(git rev-parse --short "$BEFORE"), after $(git rev-parse --short "$AFTER"); $SEGMENTS segments of 1 MiB (zstd) on 3 timelines, 3 backups, 2 slots: $objects objects; versitygw on 127.0.0.1; $(nproc) cores; seconds: median of $RUNS"
+echo "before $BEFORE_REV, after $AFTER_REV; $SEGMENTS segments of 1 MiB (zstd) on 3 timelines, 3 backups, 2 slots: $objects objects; versitygw on 127.0.0.1; $(nproc) cores; seconds: median of $RUNS"
 echo
 echo "| command | commit | LIST pages | listings | prefixes listed twice | GET | HEAD | other | seconds |"
 echo "|---|---|---|---|---|---|---|---|---|"
