@@ -109,8 +109,11 @@ func (a *Archive) GetSlot(ctx context.Context, name string) (Slot, error) {
 		return Slot{}, fmt.Errorf("read slot %s: %w", name, err)
 	}
 	var s Slot
-	if err := json.Unmarshal(b, &s); err != nil || s.Name != name {
-		return Slot{}, fmt.Errorf("%w: slot %s: %v", ErrDamaged, name, err)
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Slot{}, fmt.Errorf("%w: slot %s: %w", ErrDamaged, name, err)
+	}
+	if s.Name != name {
+		return Slot{}, fmt.Errorf("%w: slot %s: the object names slot %q", ErrDamaged, name, s.Name)
 	}
 	return s, nil
 }

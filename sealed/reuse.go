@@ -128,7 +128,7 @@ func (u *Unsealer) Unseal(obj, dst []byte) ([]byte, Header, error) {
 	case CodecZstd:
 		out, err = u.zst.DecodeAll(body, dst[:0])
 		if err != nil {
-			return nil, h, fmt.Errorf("%w: %v", ErrChecksum, err)
+			return nil, h, fmt.Errorf("%w: %v", ErrChecksum, err) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 		}
 	default:
 		r, err := NewReader(bytes.NewReader(obj))

@@ -426,7 +426,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 			if sr.src.err != nil {
 				return nil, sr.src.err
 			}
-			return nil, fmt.Errorf("%w: %v", ErrChecksum, err)
+			return nil, fmt.Errorf("%w: %v", ErrChecksum, err) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 		}
 		sr.body, sr.close = g, func() { _ = g.Close() }
 	}
@@ -470,7 +470,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if r.src.err != nil {
 			return n, r.src.err
 		}
-		return n, fmt.Errorf("%w: %v", ErrChecksum, err)
+		return n, fmt.Errorf("%w: %v", ErrChecksum, err) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 	}
 	return n, err
 }
@@ -533,14 +533,14 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 		} else {
 			free <- buf
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return finish(nil)
 		}
 		if err != nil {
 			if r.src.err != nil {
 				return finish(r.src.err)
 			}
-			return finish(fmt.Errorf("%w: %v", ErrChecksum, err))
+			return finish(fmt.Errorf("%w: %v", ErrChecksum, err)) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 		}
 	}
 }
