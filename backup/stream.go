@@ -48,7 +48,7 @@ type archiveState struct {
 // each file. Memory is bounded by the buffer pool whatever the database
 // size: nothing is staged on disk.
 type streamer struct {
-	ctx      context.Context
+	ctx      context.Context //nolint:containedctx // the pipeline's: a postgres.BackupHandler's callbacks take none, and any stage's failure cancels it
 	cancel   context.CancelCauseFunc
 	store    backends.Storage
 	id       string

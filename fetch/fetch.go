@@ -82,7 +82,7 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 		return err
 	}
 	defer rc.Close()
-	sr, err := sealed.NewReader(&ctxReader{ctx, rc})
+	sr, err := sealed.NewReader(backends.ContextReader(ctx, rc))
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
@@ -200,16 +200,4 @@ func (h *headCapture) Write(p []byte) (int, error) {
 		h.n += copy(h.b[h.n:], p)
 	}
 	return len(p), nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

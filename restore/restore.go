@@ -348,7 +348,7 @@ func fetchChunk(ctx context.Context, store backends.Storage, c manifest.Chunk, u
 // orderedReader reads the chunks in order as they arrive and returns each
 // buffer to the pool once read.
 type orderedReader struct {
-	ctx      context.Context
+	ctx      context.Context //nolint:containedctx // an io.Reader: Read takes no context, yet must stop waiting for a chunk once the restore ends
 	results  []chan chunkResult
 	pool     chan []byte
 	progress Progress
