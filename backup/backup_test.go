@@ -249,7 +249,7 @@ func TestPushThenRestore(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); err != nil {
 		t.Error(err)
 	}
-	if string(got(filepath.Join(dir, "backup_manifest"))) != string(srv.manifest) {
+	if got(filepath.Join(dir, "backup_manifest")) != string(srv.manifest) {
 		t.Error("backup_manifest differs from the server's")
 	}
 	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
