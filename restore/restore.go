@@ -55,8 +55,8 @@ type Options struct {
 	Log      *slog.Logger
 }
 
-// ErrDamaged: what restore read from the archive is intact as stored but
-// not what it must be: a backup that is not a PostgreSQL base backup
+// ErrDamaged is wrapped when what restore read from the archive is intact
+// as stored but not what it must be: a backup that is not a PostgreSQL base backup
 // walship wrote (a manifest without a base.tar, a chunk that is not tar, a
 // link, device or FIFO entry, a path outside the directory), or a history
 // file that does not parse. Fetching it again will not help: status 4,
