@@ -23,14 +23,14 @@ import (
 )
 
 var (
-	// ErrIncomplete: the server's data did not verify, or the WAL the backup
-	// needs did not reach the archive in time.
+	// ErrIncomplete is wrapped when the server's data did not verify, or
+	// the WAL the backup needs did not reach the archive in time.
 	ErrIncomplete = errors.New("backup incomplete")
-	// ErrLost: an object the backup wrote is no longer in the archive as
-	// it was stored (removed or changed while the backup ran).
+	// ErrLost is wrapped when an object the backup wrote is no longer in
+	// the archive as it was stored (removed or changed while the backup ran).
 	ErrLost = errors.New("backup data lost from the archive while the backup ran")
-	// ErrRunning: the backup has no manifest yet and a live lease: a
-	// backup push is writing it.
+	// ErrRunning is wrapped when the backup has no manifest yet and a live
+	// lease: a backup push is writing it.
 	ErrRunning = errors.New("backup is running")
 )
 

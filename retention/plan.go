@@ -20,7 +20,8 @@ import (
 	"github.com/walship/walship/segment"
 )
 
-// ErrNoPolicy: neither keep-last nor keep-within is set.
+// ErrNoPolicy is returned (or wrapped) when neither keep-last nor
+// keep-within is set.
 var ErrNoPolicy = errors.New("no retention policy: set keep-last and/or keep-within")
 
 // DefaultGrace protects objects written recently: an upload or a fetch may
