@@ -111,8 +111,8 @@ func holderGone(holder string) bool {
 	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
-// ErrHasDependants: the backup is the parent of incremental backups that
-// cannot be restored without it.
+// ErrHasDependants is returned by Remove for a backup that incremental backups
+// are built on and that cannot be restored without it.
 var ErrHasDependants = errors.New("backup has incremental backups built on it")
 
 // DeleteOptions say what Remove may do beyond deleting one finished backup.

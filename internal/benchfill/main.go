@@ -39,7 +39,7 @@ const (
 var backupAt = []float64{0.01, 0.5, 0.9, 0.95, 0.99}
 
 type filler struct {
-	ctx       context.Context
+	ctx       context.Context //nolint:containedctx // a one-shot command: main's context for its whole life
 	store     backends.Storage
 	n         uint64 // segments
 	timelines uint32
