@@ -38,7 +38,7 @@ var layers = map[string]struct {
 	"retention":            {walship: with(archiveDeps, "archive", "manifest", "catalog"), modules: compress},
 	"verify":               {walship: with(archiveDeps, "archive", "manifest", "catalog"), modules: compress},
 	"postgres":             {walship: []string{"segment"}, modules: pgx},
-	"backup":               {walship: with(archiveDeps, "archive", "manifest", "postgres"), modules: with(pgx, compress...)},
+	"backup":               {walship: with(archiveDeps, "archive", "manifest", "catalog", "postgres"), modules: with(pgx, compress...)},
 	"config":               {walship: []string{"segment", "sealed"}, modules: with(compress, "go.yaml.in/yaml/")},
 	"schedule":             {modules: []string{"github.com/robfig/cron/"}},
 }
