@@ -16,9 +16,9 @@ import (
 // VACUUM, then grown again; a table dropped, one created; a database
 // created, then dropped; changed blocks in a tablespace), an incremental,
 // more changes, a second incremental, more changes. The chain is restored
-// to a time between the two incrementals and to the end of the archive;
-// each copy is started and compared row for row with the primary as it was
-// at that point.
+// to a time and an LSN between the two incrementals, to the second's
+// consistent point and to the end of the archive; each copy is started and
+// compared row for row with the primary as it was at that point.
 func TestRestoreChain(t *testing.T) {
 	for _, major := range testenv.PGVersions(t) {
 		if major < 17 {
@@ -102,6 +102,7 @@ func restoreChainOn(t *testing.T, major int) {
 	primary.SQL(t, "UPDATE created SET i = i + 1 WHERE i % 5 = 0")
 	primary.SQL(t, "DROP DATABASE scratch")
 	commitBatch(t, primary, 4)
+	atI2 := chainState(t, primary)
 	i2 := pushBackup(t, w, env, target, "--incremental")
 	pgbenchRun(t, w, primary, 100)
 	commitBatch(t, primary, 5)
@@ -122,6 +123,20 @@ func restoreChainOn(t *testing.T, major int) {
 		c, log := restoreAndStart(t, w, target, "r-between", "--target-time", betweenAt.timeThen)
 		checkChainLog(t, log, i1, full.ID+","+i1.ID)
 		sameState(t, "restore to "+betweenAt.timeThen, chainState(t, c), between)
+		c.Stop()
+	})
+	t.Run("lsn between", func(t *testing.T) {
+		c, log := restoreAndStart(t, w, target, "r-lsn", "--target-lsn", betweenAt.lsn)
+		checkChainLog(t, log, i1, full.ID+","+i1.ID)
+		sameState(t, "restore to LSN "+betweenAt.lsn, chainState(t, c), between)
+		c.Stop()
+	})
+	// Recovery stops where the newest backup is consistent: the rebuilt
+	// files with the least WAL replayed over them.
+	t.Run("immediate", func(t *testing.T) {
+		c, log := restoreAndStart(t, w, target, "r-immediate", "--target-immediate")
+		checkChainLog(t, log, i2, full.ID+","+i1.ID+","+i2.ID)
+		sameState(t, "restore to the newest backup's consistent point", chainState(t, c), atI2)
 		c.Stop()
 	})
 	t.Run("end", func(t *testing.T) {

@@ -6,8 +6,8 @@ import (
 	"io"
 )
 
-// ErrNoFull: the chain holds the file only in incremental form, so the
-// blocks its incrementals do not carry are in no backup.
+// ErrNoFull is returned when the chain holds the file only in incremental
+// form, so the blocks its incrementals do not carry are in no backup.
 var ErrNoFull = errors.New("no backup of the chain holds the file in full")
 
 // Target is a relation file being rebuilt in place (an *os.File).

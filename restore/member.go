@@ -42,7 +42,7 @@ type member struct {
 	m       *manifest.Manifest
 	first   bool // the full backup the chain starts from
 	newest  bool
-	parent  *member
+	parent  *parentLabel       // nil for the full backup
 	files   map[string]*listed // by manifest path without INCREMENTAL.
 	dirs    map[string]bool    // directories its streams hold, by manifest path
 	skipped []string           // manifest prefixes of archives not restored
@@ -58,8 +58,12 @@ func loadMember(ctx context.Context, store backends.Storage, m *manifest.Manifes
 	if err != nil {
 		return nil, err
 	}
-	mb := &member{m: m, first: i == 0, newest: i == n-1, parent: parent,
+	mb := &member{m: m, first: i == 0, newest: i == n-1,
 		files: make(map[string]*listed, len(sm.Files)), dirs: map[string]bool{}}
+	if parent != nil {
+		// Only the parent's label is kept, so that its file list goes.
+		mb.parent = &parentLabel{id: parent.m.ID, label: parent.label}
+	}
 	if mb.first == m.Incremental() {
 		return nil, fmt.Errorf("%w: backup %s is %s but stands at place %d of its chain", ErrDamaged, m.ID, m.Kind(), i+1)
 	}
@@ -256,6 +260,12 @@ func (mb *member) patch(dst, mpath string, size int64, r io.Reader, src *sourceR
 	return int64(h.Length()) * incremental.BlockSize, nil
 }
 
+// parentLabel is what a member keeps of its parent.
+type parentLabel struct {
+	id    string
+	label label
+}
+
 // label is what a backup_label says about where its backup stands.
 type label struct {
 	start, from       segment.LSN
@@ -329,7 +339,7 @@ func (mb *member) checkLabel(b []byte) error {
 	p := mb.parent.label
 	if l.from != p.start || l.fromTLI != p.startTLI {
 		return fmt.Errorf("%w: it was taken from the backup starting at %s on timeline %d, but its parent %s starts at %s on timeline %d",
-			ErrDamaged, l.from, l.fromTLI, mb.parent.m.ID, p.start, p.startTLI)
+			ErrDamaged, l.from, l.fromTLI, mb.parent.id, p.start, p.startTLI)
 	}
 	return nil
 }
