@@ -40,13 +40,13 @@ const (
 )
 
 var (
-	// ErrLeaseHeld: another writer holds the lease.
+	// ErrLeaseHeld is wrapped when another writer holds the lease.
 	ErrLeaseHeld = errors.New("lease held by another writer")
-	// ErrLeaseLost: the lease expired or was removed while its holder
-	// worked: retention (or backup delete) may have removed what it
-	// protected.
+	// ErrLeaseLost is wrapped when the lease expired or was removed while
+	// its holder worked: retention (or backup delete) may have removed what
+	// it protected.
 	ErrLeaseLost = errors.New("lease lost")
-	// ErrLeaseDamaged: the lease object cannot be parsed.
+	// ErrLeaseDamaged is wrapped when the lease object cannot be parsed.
 	ErrLeaseDamaged = errors.New("lease is damaged")
 )
 
@@ -168,8 +168,10 @@ func (a *Archive) AcquireLease(ctx context.Context, key string, o LeaseOptions) 
 // Key is where the lease is stored.
 func (h *HeldLease) Key() string { return h.key }
 
-// TTL and Renew are the lease's settings after defaults.
-func (h *HeldLease) TTL() time.Duration   { return h.o.TTL }
+// TTL is how long the lease lasts without a renewal, after defaults.
+func (h *HeldLease) TTL() time.Duration { return h.o.TTL }
+
+// Renew is how often the lease is renewed, after defaults.
 func (h *HeldLease) Renew() time.Duration { return h.o.Renew }
 
 // check fails once the lease is lost or lapsed by our clock.

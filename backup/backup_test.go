@@ -209,9 +209,9 @@ func putWAL(t *testing.T, store backends.Storage, last uint64) {
 	}
 }
 
-func keysUnder(t *testing.T, store backends.Storage, prefix string) []string {
+func keysUnder(ctx context.Context, t *testing.T, store backends.Storage, prefix string) []string {
 	var keys []string
-	if err := store.List(context.Background(), prefix, func(o backends.ObjectInfo) error {
+	if err := store.List(ctx, prefix, func(o backends.ObjectInfo) error {
 		keys = append(keys, o.Key)
 		return nil
 	}); err != nil {
@@ -289,7 +289,7 @@ func TestPushThenRestore(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); err != nil {
 		t.Error(err)
 	}
-	if string(got(filepath.Join(dir, "backup_manifest"))) != string(srv.manifest) {
+	if got(filepath.Join(dir, "backup_manifest")) != string(srv.manifest) {
 		t.Error("backup_manifest differs from the server's")
 	}
 	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
@@ -316,7 +316,7 @@ func TestPushThenRestore(t *testing.T) {
 	if err := backup.Delete(ctx, store, m.ID); err != nil {
 		t.Fatal(err)
 	}
-	if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
+	if keys := keysUnder(ctx, t, store, manifest.Prefix); len(keys) != 0 {
 		t.Errorf("delete left %v", keys)
 	}
 	if _, err := manifest.Get(ctx, store, m.ID); !errors.Is(err, manifest.ErrNoBackup) {
@@ -367,7 +367,7 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
+			if keys := keysUnder(context.Background(), t, store, manifest.Prefix); len(keys) != 0 {
 				sort.Strings(keys)
 				t.Errorf("failed backup left %v", keys)
 			}

@@ -92,7 +92,7 @@ func TestIncrementalChain(t *testing.T) {
 	srv := server17(t, 11, "0/2000028")
 	var lease archive.Lease
 	srv.onBackup = func() {
-		id := onlyNewID(t, store, full.ID)
+		id := onlyNewID(ctx, t, store, full.ID)
 		lease, _, err = a.ReadLease(ctx, archive.BackupLeaseKey(id))
 	}
 	i1, err := backup.Push(ctx, a, srv, incrOptions(clk, ""))
@@ -140,9 +140,9 @@ func TestIncrementalChain(t *testing.T) {
 }
 
 // onlyNewID is the id of the one backup under backups/ other than old.
-func onlyNewID(t *testing.T, store backends.Storage, old ...string) string {
+func onlyNewID(ctx context.Context, t *testing.T, store backends.Storage, old ...string) string {
 	t.Helper()
-	for _, k := range keysUnder(t, store, manifest.Prefix) {
+	for _, k := range keysUnder(ctx, t, store, manifest.Prefix) {
 		id, _, _ := strings.Cut(strings.TrimPrefix(k, manifest.Prefix), "/")
 		if !slices.Contains(old, id) {
 			return id
@@ -195,7 +195,7 @@ func TestIncrementalRefusals(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			before := keysUnder(t, store, "")
+			before := keysUnder(ctx, t, store, "")
 			srv := server17(t, 11, "0/2000028")
 			o := incrOptions(clk, "")
 			tc.setup(srv, &o)
@@ -215,7 +215,7 @@ func TestIncrementalRefusals(t *testing.T) {
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error is not one line: %q", err)
 			}
-			after := keysUnder(t, store, "")
+			after := keysUnder(ctx, t, store, "")
 			sort.Strings(before)
 			sort.Strings(after)
 			if !slices.Equal(before, after) {
@@ -250,14 +250,14 @@ func TestIncrementalLabelChecked(t *testing.T) {
 		if !errors.Is(err, backup.ErrIncomplete) {
 			t.Fatalf("INCREMENTAL FROM %q: err = %v", from, err)
 		}
-		if id := onlyNewIDOrEmpty(t, store, full.ID); id != "" {
+		if id := onlyNewIDOrEmpty(ctx, t, store, full.ID); id != "" {
 			t.Errorf("INCREMENTAL FROM %q: the failed backup left %s", from, id)
 		}
 	}
 }
 
-func onlyNewIDOrEmpty(t *testing.T, store backends.Storage, old string) string {
-	for _, k := range keysUnder(t, store, manifest.Prefix) {
+func onlyNewIDOrEmpty(ctx context.Context, t *testing.T, store backends.Storage, old string) string {
+	for _, k := range keysUnder(ctx, t, store, manifest.Prefix) {
 		if id, _, _ := strings.Cut(strings.TrimPrefix(k, manifest.Prefix), "/"); id != old {
 			return id
 		}

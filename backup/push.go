@@ -152,7 +152,7 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*mani
 		err = context.Cause(pctx)
 	}
 	if err != nil {
-		cleanup(a.Storage(), id, s.keys(m), lease, o.Log)
+		cleanup(ctx, a.Storage(), id, s.keys(m), lease, o.Log)
 		return nil, err
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -216,7 +216,7 @@ func kind(parent *manifest.Manifest) string {
 func take(ctx context.Context, store backends.Storage, src Source, sys postgres.System, id string, began time.Time,
 	lease *archive.HeldLease, parent *manifest.Manifest, o Options) (*manifest.Manifest, *streamer, error) {
 	s := newStreamer(ctx, store, id, o)
-	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{
+	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{ //nolint:contextcheck // s.ctx is ctx plus the pipeline's cancel (newStreamer): a failing stage stops the stream
 		Label: o.Label, FastCheckpoint: o.FastCheckpoint, MaxRateKB: o.MaxRateKB, Incremental: parent != nil,
 	}, leasedStream{s, lease, sys.SegmentSize})
 	if err != nil {
@@ -526,8 +526,8 @@ func (s *streamer) keys(m *manifest.Manifest) []string {
 // then everything under its prefix (the id is the backup's own, claimed by
 // its lease), then the lease. If anything is left, the lease expires and
 // retention removes the rest as debris.
-func cleanup(store backends.Storage, id string, written []string, lease *archive.HeldLease, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+func cleanup(ctx context.Context, store backends.Storage, id string, written []string, lease *archive.HeldLease, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	keys := map[string]bool{}
 	for _, k := range written {

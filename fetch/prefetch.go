@@ -65,8 +65,8 @@ const (
 	defaultPrefetchBytes    = 256 << 20
 	defaultPrefetchParallel = 2
 	defaultPrefetchIdle     = time.Minute
-	prefetchRetryMin        = 500 * time.Millisecond
-	prefetchRetryMax        = 30 * time.Second
+	prefetchRetryFloor      = 500 * time.Millisecond
+	prefetchRetryCeiling    = 30 * time.Second
 	// prefetchWatch is how often the prefetcher looks at the data
 	// directory and the server.
 	prefetchWatch = 250 * time.Millisecond
@@ -335,7 +335,7 @@ func (p *Prefetcher) finished(r prefetched) {
 	if errors.Is(r.err, context.Canceled) || r.name.TLI != p.tli {
 		return
 	}
-	p.backoff = min(max(2*p.backoff, prefetchRetryMin), prefetchRetryMax)
+	p.backoff = min(max(2*p.backoff, prefetchRetryFloor), prefetchRetryCeiling)
 	if !p.hold.on || r.name.SegNo <= p.hold.seg || p.hold.last != p.last {
 		p.hold = prefetchHold{on: true, seg: r.name.SegNo, until: time.Now().Add(p.backoff), last: p.last}
 	}

@@ -14,16 +14,18 @@ import (
 )
 
 var (
-	// ErrUnreachable: no backup and archived WAL reach the target.
+	// ErrUnreachable is wrapped when no backup and archived WAL reach the
+	// target.
 	ErrUnreachable = errors.New("the archive cannot reach the recovery target")
-	// ErrUsage: the restore request itself is wrong (a bad target, a
-	// non-empty directory).
+	// ErrUsage is wrapped when the restore request itself is wrong (a bad
+	// target, a non-empty directory).
 	ErrUsage = errors.New("bad restore request")
 )
 
 // TargetKind is what a recovery stops at.
 type TargetKind int
 
+// The kinds of recovery target.
 const (
 	TargetEnd       TargetKind = iota // replay all the archived WAL
 	TargetTime                        // recovery_target_time

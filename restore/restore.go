@@ -55,8 +55,8 @@ type Options struct {
 	Log      *slog.Logger
 }
 
-// ErrDamaged: what restore read from the archive is intact as stored but
-// not what it must be: a backup that is not a PostgreSQL base backup
+// ErrDamaged is wrapped when what restore read from the archive is intact
+// as stored but not what it must be: a backup that is not a PostgreSQL base backup
 // walship wrote (a manifest without a base.tar, a chunk that is not tar, a
 // link, device or FIFO entry, a path outside the directory), or a history
 // file that does not parse. Fetching it again will not help: status 4,
@@ -356,7 +356,7 @@ func fetchChunk(ctx context.Context, store backends.Storage, c manifest.Chunk, u
 // orderedReader reads the chunks in order as they arrive and returns each
 // buffer to the pool once read.
 type orderedReader struct {
-	ctx      context.Context
+	ctx      context.Context //nolint:containedctx // an io.Reader: Read takes no context, yet must stop waiting for a chunk once the restore ends
 	results  []chan chunkResult
 	pool     chan []byte
 	progress Progress

@@ -197,7 +197,7 @@ func drainZeros(src *sourceReader, buf []byte) error {
 				return fmt.Errorf("backup tar stream has data after the end of the archive: %w", ErrDamaged)
 			}
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {

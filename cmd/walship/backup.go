@@ -127,9 +127,9 @@ func backupListCommand(env *appEnv) *cli.Command {
 				return writeJSON(env.stdout, l.Backups)
 			}
 			tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTART TIME\tSTOP TIME\tSTART LSN\tSTOP LSN\tTLI\tSIZE\tSTORED")
+			fmt.Fprintln(tw, "ID\tTYPE\tPARENT\tSTART TIME\tSTOP TIME\tSTART LSN\tSTOP LSN\tTLI\tSIZE\tSTORED")
 			for _, m := range l.Backups {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.StartTime.Format(time.RFC3339),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Kind(), dash(m.Parent), m.StartTime.Format(time.RFC3339),
 					m.StopTime.Format(time.RFC3339), m.StartLSN, m.StopLSN, m.Timeline, human(m.Size), human(m.StoredSize))
 			}
 			return tw.Flush()
@@ -163,22 +163,21 @@ func backupDeleteCommand(env *appEnv) *cli.Command {
 		Usage:     "delete a backup (complete or not): its manifest first, then its data",
 		ArgsUsage: "ID",
 		Flags: append(globalFlags(),
-			&cli.BoolFlag{Name: "force", Usage: "delete a backup that is still running (its push then fails)"}),
+			&cli.BoolFlag{Name: "force", Usage: "delete a backup that is still running (its push then fails)"},
+			&cli.BoolFlag{Name: "with-dependants", Usage: "also delete the incremental backups built on it (newest first)"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 1)
 			if err != nil {
 				return err
 			}
-			id := c.Args().First()
-			if !c.Bool("force") {
-				if err := backup.CheckNotRunning(c.Context, a, id, time.Now()); err != nil {
-					return &exitError{code: exitCode(opBackup, err), err: err}
-				}
+			done, err := backup.Remove(c.Context, a, c.Args().First(),
+				backup.DeleteOptions{Force: c.Bool("force"), WithDependants: c.Bool("with-dependants"), Now: time.Now()})
+			for _, id := range done {
+				env.logger().Info("backup deleted", "id", id)
 			}
-			if err := backup.Delete(c.Context, a.Storage(), id); err != nil {
+			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}
-			env.logger().Info("backup deleted", "id", id)
 			return nil
 		},
 	}

@@ -63,7 +63,7 @@ var commandBindings = map[string][]binding{
 		{"prefetch-bytes", func(cfg *config.Config, c *cli.Context, flag string) error {
 			b, err := config.ParseByteSize(c.String(flag))
 			if err != nil {
-				return fmt.Errorf("--prefetch-bytes: %v", err)
+				return fmt.Errorf("--prefetch-bytes: %w", err)
 			}
 			cfg.Fetch.PrefetchBytes = b
 			return nil

@@ -92,7 +92,6 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 	log := e.logger()
 	var jobs []schedule.Job
 	for _, j := range cfg.Schedule.Jobs {
-		j := j
 		var run func(ctx context.Context) error
 		switch j.Kind {
 		case "backup":
