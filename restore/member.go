@@ -192,7 +192,7 @@ func (mb *member) file(h *tar.Header, tr io.Reader, src *sourceReader, dst, mpat
 	f.seen = true
 	mb.sawDir(path.Dir(mpath))
 	crc := crc32.New(castagnoli)
-	r := io.Reader(io.TeeReader(tr, crc))
+	r := io.TeeReader(tr, crc)
 	var keep *bytes.Buffer
 	if mpath == "backup_label" || mpath == "global/pg_control" {
 		if h.Size > 64<<10 {
