@@ -6,7 +6,7 @@ import (
 	"io"
 )
 
-// ErrNoFull is returned when the chain holds the file only in incremental
+// ErrNoFull is wrapped when the chain holds the file only in incremental
 // form, so the blocks its incrementals do not carry are in no backup.
 var ErrNoFull = errors.New("no backup of the chain holds the file in full")
 
