@@ -64,6 +64,9 @@ type Lease struct {
 	// WAL is the first segment the holder needs kept (a backup's start
 	// segment) once it is known; retention keeps WAL from it on.
 	WAL string `json:"wal,omitempty"`
+	// Parent is the backup a running incremental backup is taken against:
+	// it, and the chain it stands on, must outlive the lease.
+	Parent string `json:"parent,omitempty"`
 }
 
 // Expires is when the lease stops protecting, given the modification time
@@ -109,6 +112,8 @@ type LeaseOptions struct {
 	TTL   time.Duration    // DefaultLeaseTTL
 	Renew time.Duration    // DefaultLeaseRenew; at most a third of TTL
 	Now   func() time.Time // the clock stamped into the lease; time.Now
+	// Parent is recorded in the lease (Lease.Parent).
+	Parent string
 }
 
 // LeaseMargin is the part of the TTL the holder does not count on: it
@@ -147,7 +152,7 @@ func (a *Archive) AcquireLease(ctx context.Context, key string, o LeaseOptions) 
 	host, _ := os.Hostname()
 	now := o.Now()
 	h := &HeldLease{a: a, key: key, o: o, lease: Lease{Kind: o.Kind, Holder: host + ":" + strconv.Itoa(os.Getpid()),
-		Token: hex.EncodeToString(tok[:]), TTL: Duration(o.TTL), Acquired: now.UTC(), Renewed: now.UTC()}}
+		Token: hex.EncodeToString(tok[:]), TTL: Duration(o.TTL), Acquired: now.UTC(), Renewed: now.UTC(), Parent: o.Parent}}
 	b, _ := json.MarshalIndent(h.lease, "", "  ")
 	err := a.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b)))
 	if errors.Is(err, backends.ErrExists) {

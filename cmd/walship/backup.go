@@ -14,6 +14,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/config"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 )
@@ -38,8 +39,14 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			"archive at its stored size, then writes the manifest that makes the backup exist. While it runs\n" +
 			"it holds a lease (backups/<id>/lease.json, renewed every minute, 10 minutes TTL) that retention\n" +
 			"honours. Prints the backup id on stdout; on failure it removes what it wrote.\n" +
-			"Exit statuses: 2 usage, 3 archive unreachable, or the backup's data or lease went from the archive\n" +
-			"while it ran (run it again), 4 data failed a checksum,\n" +
+			"--incremental (PostgreSQL 17+, summarize_wal = on; or backup.type: incremental) sends the parent's\n" +
+			"backup_manifest (UPLOAD_MANIFEST) and takes BASE_BACKUP INCREMENTAL: only the blocks changed since\n" +
+			"the parent. The parent is the newest complete backup, full or incremental, of this cluster and major\n" +
+			"whose WAL lies on the server's timeline history (the archived history files); --from ID names one.\n" +
+			"Exit statuses: 2 usage, or an incremental refused before anything is written (server older than 17,\n" +
+			"summarize_wal off, no backup that can be the parent, WAL summaries not reaching back to it),\n" +
+			"3 archive unreachable, or the backup's data or lease (or an incremental's parent) went from\n" +
+			"the archive while it ran (run it again), 4 data (or the parent's backup_manifest) failed a checksum,\n" +
 			"7 PostgreSQL: connection or server error, or the WAL did not reach the archive in --wal-timeout.",
 		Flags: append(globalFlags(),
 			&cli.StringFlag{Name: "pg", Usage: "connection string (no password: use PGPASSWORD or ~/.pgpass); default from PG* variables"},
@@ -48,6 +55,8 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "label", Usage: "backup label (default: walship <id>)"},
 			&cli.IntFlag{Name: "chunk-size-mb", Value: 16, Usage: "MiB of tar per archive object before compression"},
 			&cli.IntFlag{Name: "max-rate-kb", Usage: "limit the server's send rate, kB/s (0: no limit)"},
+			&cli.BoolFlag{Name: "incremental", Usage: "incremental backup against the newest backup that can serve (PostgreSQL 17+, summarize_wal on) [backup.type]"},
+			&cli.StringFlag{Name: "from", Usage: "with --incremental: the parent backup's id"},
 		),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 0)
@@ -65,6 +74,10 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
+			incremental := env.cfg.Backup.Type == config.BackupIncremental
+			if c.String("from") != "" && !incremental {
+				return usageErr("--from names an incremental backup's parent: add --incremental")
+			}
 			softMemoryLimit()
 			conn, err := postgres.Connect(c.Context, c.String("pg"))
 			if err != nil {
@@ -79,6 +92,7 @@ func backupPushCommand(env *appEnv) *cli.Command {
 				Compression: comp, WALTimeout: c.Duration("wal-timeout"), FastCheckpoint: ckpt == "fast",
 				Label: c.String("label"), ChunkSize: c.Int("chunk-size-mb") << 20, MaxRateKB: c.Int("max-rate-kb"),
 				Progress: newProgress(env.stderr, env.logger()), Log: env.logger(),
+				Incremental: incremental, From: c.String("from"),
 			})
 			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: fmt.Errorf("backup: %w", err)}

@@ -147,9 +147,18 @@ func (e *appEnv) restorePlan(ctx context.Context, a *archive.Archive, r restoreR
 		return nil, 0, err
 	}
 	b, log := plan.Backup, e.logger()
-	log.Info("restoring backup "+b.ID, "why", plan.Why, "target", r.target.String(), "timeline", plan.Timeline,
+	attrs := []any{"why", plan.Why, "target", r.target.String(), "timeline", plan.Timeline,
 		"backup_stop_lsn", b.StopLSN, "backup_stop_time", b.StopTime, "wal_from", plan.FirstWAL.String(inv.SegSize),
-		"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size)
+		"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size}
+	if len(plan.Chain) > 1 {
+		ids := make([]string, len(plan.Chain))
+		var bytes int64
+		for i, m := range plan.Chain {
+			ids[i], bytes = m.ID, bytes+m.Size
+		}
+		attrs = append(attrs, "chain", strings.Join(ids, ","), "chain_bytes", bytes)
+	}
+	log.Info("restoring backup "+b.ID, attrs...)
 	for _, n := range plan.Notes {
 		log.Warn(n)
 	}

@@ -232,3 +232,19 @@ func TestSpoolTakeMovesOnlyRegularFiles(t *testing.T) {
 		}
 	}
 }
+
+// An incremental backup whose parent is not in the archive cannot be
+// restored: status 6, naming the broken chain, and nothing written.
+func TestRestoreBrokenChainStatus(t *testing.T) {
+	arch := fsBackup(t, func(*tar.Writer) {}, func(m *manifest.Manifest) {
+		m.Type, m.Parent = manifest.TypeIncremental, "20251231T000000Z"
+	})
+	pgdata := filepath.Join(t.TempDir(), "pgdata")
+	code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", pgdata, "--backup", "20260101T000000Z")
+	if code != exitUnreachable || !strings.Contains(out, "chain broken") || !strings.Contains(out, "20251231T000000Z") {
+		t.Errorf("status %d, want %d naming the missing parent: %s", code, exitUnreachable, out)
+	}
+	if _, err := os.Stat(pgdata); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("left %s behind (%v)", pgdata, err)
+	}
+}
