@@ -247,6 +247,7 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 	for r := range results {
 		p.finished(r)
 	}
+	p.sawTakes(time.Now()) // the last look: what was taken is counted, not cleared
 	return why, nil
 }
 
