@@ -5,7 +5,7 @@
 // PostgreSQL names, verified end to end before it is renamed into place,
 // with the one retry policy; and the prefetcher the first fetch of a
 // recovery starts, which downloads the next segments into a spool (package
-// spool) that later fetches take from.
+// spool) that the restore_command's mv and later fetches take from.
 package fetch
 
 import (
