@@ -41,7 +41,12 @@ func TestAgentAdoptsWhatAnEarlierRunPlaced(t *testing.T) {
 			t.Fatal(err)
 		}
 		second, stop, done := run()
-		defer func() { stop(); <-done }()
+		defer func() {
+			stop()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}()
 		archivetest.Eventually(t, "the second agent polled", 10*time.Second, func() bool { return second.Stats().HeadSegment.Load() != 0 })
 		synctest.Wait()
 		dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
