@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/archive"
 	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/manifest"
 )
@@ -71,5 +72,31 @@ func TestRetentionKeepsWholeChains(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A running incremental's lease names its parent: that parent and its
+// chain are kept however old, or the new backup would complete orphaned.
+func TestRetentionKeepsTheParentOfARunningIncremental(t *testing.T) {
+	old := now.Add(-72 * time.Hour)
+	f1 := mkBackup("20261123T000000Z", 1, 2, old)
+	i1 := mkBackup("20261123T060000Z", 1, 4, old.Add(6*time.Hour))
+	i1.Type, i1.Parent = manifest.TypeIncremental, f1.ID
+	f2 := mkBackup("20261125T000000Z", 1, 8, old.Add(48*time.Hour))
+	running := "20261126T110000Z"
+	c := &catalog.Catalog{SegSize: segSize, Backups: []*manifest.Manifest{f1, i1, f2}, Leases: map[string]catalog.Lease{
+		running: {Lease: archive.Lease{Holder: "db1:42", TTL: archive.Duration(10 * time.Minute), Renewed: now, Parent: i1.ID}, Modified: now},
+	}}
+	for _, b := range c.Backups {
+		c.Objects = append(c.Objects, catalog.Object{Key: manifest.Key(b.ID), Size: 1, Modified: old})
+	}
+	c.Objects = append(c.Objects, catalog.Object{Key: archive.BackupLeaseKey(running), Size: 1, Modified: now})
+	p, err := Make(c, Policy{KeepLast: 1, Grace: time.Minute}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := strings.Join(p.KeptBackups, " ")
+	if !strings.Contains(kept, f1.ID) || !strings.Contains(kept, i1.ID) || !strings.Contains(kept, f2.ID) {
+		t.Errorf("kept %q: want F2 (the last chain) and I1 with F1 (the running incremental's parent chain)", kept)
 	}
 }

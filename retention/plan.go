@@ -92,9 +92,15 @@ func Make(c *catalog.Catalog, p Policy, now time.Time) (*Plan, error) {
 	backups := append([]*manifest.Manifest(nil), c.Backups...)
 	sort.SliceStable(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
 
-	pl := &planner{ss: c.SegSize, keptWhy: keptBackups(c, backups, p, now), byID: map[string]*manifest.Manifest{}}
+	pl := &planner{ss: c.SegSize, byID: map[string]*manifest.Manifest{}}
 	for _, b := range backups {
 		pl.byID[b.ID] = b
+	}
+	var running []guard
+	pl.running, pl.debris, running = incompleteBackups(c, pl.byID, p.Grace, now)
+	pl.keptWhy = keptBackups(c, backups, p, now)
+	keepRunningParents(c, pl.running, pl.byID, pl.keptWhy)
+	for _, b := range backups {
 		if why, ok := pl.keptWhy[b.ID]; ok {
 			plan.KeptBackups = append(plan.KeptBackups, b.ID)
 			pl.guards = append(pl.guards, guard{TLI: b.Timeline, SegNo: b.StartLSN.SegNo(pl.ss),
@@ -110,8 +116,6 @@ func Make(c *catalog.Catalog, p Policy, now time.Time) (*Plan, error) {
 	if pl.keepAllWAL != "" {
 		plan.Notes = append(plan.Notes, pl.keepAllWAL)
 	}
-	var running []guard
-	pl.running, pl.debris, running = incompleteBackups(c, pl.byID, p.Grace, now)
 	pl.guards = append(pl.guards, running...)
 	for id, why := range pl.running {
 		plan.RunningBackups = append(plan.RunningBackups, id)
@@ -282,6 +286,27 @@ func lastChains(c *catalog.Catalog, backups []*manifest.Manifest, n int, why map
 	for _, b := range backups {
 		if roots[rootOf[b.ID]] {
 			why[b.ID] = fmt.Sprintf("in one of the last %d backup chains", n)
+		}
+	}
+}
+
+// keepRunningParents keeps the chain a running incremental backup is taken
+// against (its lease names the parent): deleting it would leave the new
+// backup without a parent the moment it completes.
+func keepRunningParents(c *catalog.Catalog, running map[string]string, byID map[string]*manifest.Manifest, why map[string]string) {
+	for id := range running {
+		parent, ok := byID[c.Leases[id].Lease.Parent]
+		if !ok {
+			continue
+		}
+		chain, err := c.Chain(parent)
+		if err != nil {
+			chain = []*manifest.Manifest{parent}
+		}
+		for _, m := range chain {
+			if _, kept := why[m.ID]; !kept {
+				why[m.ID] = "in the chain running incremental backup " + id + " is taken against"
+			}
 		}
 	}
 }
