@@ -16,9 +16,12 @@ import (
 // VACUUM, then grown again; a table dropped, one created; a database
 // created, then dropped; changed blocks in a tablespace), an incremental,
 // more changes, a second incremental, more changes. The chain is restored
-// to a time and an LSN between the two incrementals, to the second's
-// consistent point and to the end of the archive; each copy is started and
-// compared row for row with the primary as it was at that point.
+// to a time, an LSN, a transaction and a restore point between the two
+// incrementals, to the second's consistent point and to the end of the
+// archive; each copy is started and compared row for row with the primary
+// as it was at that point. Then, on the same archive, the chain everywhere
+// else (chainops_test.go): a drill of the newest backup, backup list,
+// retention's plan, and backup delete of the chain's middle.
 func TestRestoreChain(t *testing.T) {
 	for _, major := range testenv.PGVersions(t) {
 		if major < 17 {
@@ -44,18 +47,33 @@ var chainTables = []string{
 	"SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
 }
 
+// pgbenchTables are the first of chainTables: the tables every primary of
+// archivingPrimary loaded with pgbench has.
+var pgbenchTables = chainTables[:6]
+
 // chainState answers chainTables on c.
 func chainState(t *testing.T, c *testenv.Cluster) []string {
 	t.Helper()
+	return stateOf(t, c, chainTables)
+}
+
+// stateOf answers queries on c.
+func stateOf(t *testing.T, c *testenv.Cluster, queries []string) []string {
+	t.Helper()
 	var out []string
-	for _, q := range chainTables {
+	for _, q := range queries {
 		out = append(out, c.SQL(t, q))
 	}
 	return out
 }
 
+// sameState compares answers to chainTables, or to as many of them as
+// want has (pgbenchTables).
 func sameState(t *testing.T, what string, got, want []string) {
 	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d answers, want %d", what, len(got), len(want))
+	}
 	for i := range want {
 		if got[i] != want[i] {
 			t.Errorf("%s differs from the primary:\n%s\nprimary  %s\nrestored %s", what, chainTables[i], want[i], got[i])
@@ -63,12 +81,73 @@ func sameState(t *testing.T, what string, got, want []string) {
 	}
 }
 
+// chainRig is a primary archiving into target and the chain taken of it:
+// full <- i1 <- i2, with the primary's state at the points restores go to.
+type chainRig struct {
+	w         *testenv.Workdir
+	target    archiveTarget
+	primary   *testenv.Cluster
+	env       []string // the primary's libpq settings and the archive's
+	full      *manifest.Manifest
+	i1, i2    *manifest.Manifest
+	betweenAt batch    // batch 2, committed between i1 and i2
+	between   []string // the state after batch 2 (and its restore point)
+	atI2      []string // the state at i2's start
+	end       []string // the state at the end of the archived WAL
+}
+
+// betweenPoint is the restore point created right after batch 2.
+const betweenPoint = "chain-between"
+
 func restoreChainOn(t *testing.T, major int) {
 	w := testenv.NewWorkdir(t)
 	w.Major = major
-	target := fsTarget(t, w)
+	r := buildChain(t, w, fsTarget(t, w))
+	full, i1, i2 := r.full, r.i1, r.i2
+	between := []struct {
+		name string
+		args []string
+	}{
+		{"between", []string{"--target-time", r.betweenAt.timeThen}},
+		{"lsn between", []string{"--target-lsn", r.betweenAt.lsn}},
+		{"xid between", []string{"--target-xid", r.betweenAt.xid}},
+		// A restore point's position is known only by replaying WAL:
+		// restore takes the newest backup unless told (and warns), as
+		// from full backups; here it is told the chain's middle.
+		{"name between", []string{"--target-name", betweenPoint, "--backup", i1.ID}},
+	}
+	for _, tc := range between {
+		t.Run(tc.name, func(t *testing.T) {
+			c, log := restoreAndStart(t, w, r.target, "r-"+strings.ReplaceAll(tc.name, " ", "-"), tc.args...)
+			checkChainLog(t, log, i1, full.ID+","+i1.ID)
+			sameState(t, fmt.Sprintf("restore to %v", tc.args), chainState(t, c), r.between)
+			c.Stop()
+		})
+	}
+	// Recovery stops where the newest backup is consistent: the rebuilt
+	// files with the least WAL replayed over them.
+	t.Run("immediate", func(t *testing.T) {
+		c, log := restoreAndStart(t, w, r.target, "r-immediate", "--target-immediate")
+		checkChainLog(t, log, i2, full.ID+","+i1.ID+","+i2.ID)
+		sameState(t, "restore to the newest backup's consistent point", chainState(t, c), r.atI2)
+		c.Stop()
+	})
+	t.Run("end", func(t *testing.T) {
+		c, log := restoreAndStart(t, w, r.target, "r-end")
+		checkChainLog(t, log, i2, full.ID+","+i1.ID+","+i2.ID)
+		sameState(t, "restore to the end", chainState(t, c), r.end)
+		restartPromoted(t, c, chainTables[0], r.end[0])
+		c.Stop()
+	})
+	chainEverywhere(t, r)
+}
+
+// buildChain starts a primary archiving into target and takes the chain,
+// with the changes described at TestRestoreChain.
+func buildChain(t *testing.T, w *testenv.Workdir, target archiveTarget) *chainRig {
+	t.Helper()
 	primary, _ := archivingPrimary(t, w, target)
-	env := pgEnv(primary, target.env)
+	r := &chainRig{w: w, target: target, primary: primary, env: pgEnv(primary, target.env)}
 	setSummarizeWAL(t, primary, "on")
 	w.Run(t, nil, primary.Tool("pgbench"), append(primary.ConnArgs(), "-i", "-s", "5", "-q", "postgres")...)
 	// shrunk: one row per block (as PostgreSQL's 011_ib_truncation.pl
@@ -78,7 +157,7 @@ func restoreChainOn(t *testing.T, major int) {
 		"INSERT INTO shrunk SELECT i, repeat('0123456789ABCDEF', 256) FROM generate_series(1, 40) i")
 	primary.SQL(t, "VACUUM shrunk")
 	primary.SQL(t, "CREATE TABLE dropped AS SELECT generate_series(1, 5000) i")
-	full := pushBackup(t, w, env, target)
+	r.full = pushBackup(t, w, r.env, target)
 
 	// Changes for the first incremental.
 	pgbenchRun(t, w, primary, 300)
@@ -89,12 +168,14 @@ func restoreChainOn(t *testing.T, major int) {
 	primary.SQL(t, "UPDATE spaced SET i = i WHERE i % 7 = 0")
 	primary.SQL(t, "CREATE DATABASE scratch")
 	commitBatch(t, primary, 1)
-	i1 := pushBackup(t, w, env, target, "--incremental")
+	r.i1 = pushBackup(t, w, r.env, target, "--incremental")
 
 	// A point between the two incrementals: recovery to the time after
-	// batch 2 stops before the next commit.
-	betweenAt := commitBatch(t, primary, 2)
-	between := chainState(t, primary)
+	// batch 2 stops before the next commit; to its xid, after it; to the
+	// restore point, right after it too.
+	r.betweenAt = commitBatch(t, primary, 2)
+	primary.SQL(t, "SELECT pg_create_restore_point('"+betweenPoint+"')")
+	r.between = chainState(t, primary)
 
 	// Changes for the second: shrunk grows again past its old length.
 	pgbenchRun(t, w, primary, 300)
@@ -102,50 +183,24 @@ func restoreChainOn(t *testing.T, major int) {
 	primary.SQL(t, "UPDATE created SET i = i + 1 WHERE i % 5 = 0")
 	primary.SQL(t, "DROP DATABASE scratch")
 	commitBatch(t, primary, 4)
-	atI2 := chainState(t, primary)
-	i2 := pushBackup(t, w, env, target, "--incremental")
+	r.atI2 = chainState(t, primary)
+	r.i2 = pushBackup(t, w, r.env, target, "--incremental")
 	pgbenchRun(t, w, primary, 100)
 	commitBatch(t, primary, 5)
-	end := chainState(t, primary)
+	r.end = chainState(t, primary)
 	switchAndWait(t, primary)
 
-	if i1.Parent != full.ID || i2.Parent != i1.ID || !i2.Incremental() {
-		t.Fatalf("chain: %s <- %s (%s) <- %s (%s)", full.ID, i1.ID, i1.Parent, i2.ID, i2.Parent)
+	if r.i1.Parent != r.full.ID || r.i2.Parent != r.i1.ID || !r.i2.Incremental() {
+		t.Fatalf("chain: %s <- %s (%s) <- %s (%s)", r.full.ID, r.i1.ID, r.i1.Parent, r.i2.ID, r.i2.Parent)
 	}
-	if n := incrementalFiles(t, target.store, i2.ID); n == 0 {
-		t.Fatalf("backup %s holds no INCREMENTAL file", i2.ID)
+	if n := incrementalFiles(t, target.store, r.i2.ID); n == 0 {
+		t.Fatalf("backup %s holds no INCREMENTAL file", r.i2.ID)
 	}
-	if between[0] == end[0] || between[7] != "30" || end[7] != "60" || !strings.Contains(between[10], "scratch") || strings.Contains(end[10], "scratch") {
-		t.Fatalf("the two points do not differ as the test means:\n%v\n%v", between, end)
+	b, e := r.between, r.end
+	if b[0] == e[0] || b[7] != "30" || e[7] != "60" || !strings.Contains(b[10], "scratch") || strings.Contains(e[10], "scratch") {
+		t.Fatalf("the two points do not differ as the test means:\n%v\n%v", b, e)
 	}
-
-	t.Run("between", func(t *testing.T) {
-		c, log := restoreAndStart(t, w, target, "r-between", "--target-time", betweenAt.timeThen)
-		checkChainLog(t, log, i1, full.ID+","+i1.ID)
-		sameState(t, "restore to "+betweenAt.timeThen, chainState(t, c), between)
-		c.Stop()
-	})
-	t.Run("lsn between", func(t *testing.T) {
-		c, log := restoreAndStart(t, w, target, "r-lsn", "--target-lsn", betweenAt.lsn)
-		checkChainLog(t, log, i1, full.ID+","+i1.ID)
-		sameState(t, "restore to LSN "+betweenAt.lsn, chainState(t, c), between)
-		c.Stop()
-	})
-	// Recovery stops where the newest backup is consistent: the rebuilt
-	// files with the least WAL replayed over them.
-	t.Run("immediate", func(t *testing.T) {
-		c, log := restoreAndStart(t, w, target, "r-immediate", "--target-immediate")
-		checkChainLog(t, log, i2, full.ID+","+i1.ID+","+i2.ID)
-		sameState(t, "restore to the newest backup's consistent point", chainState(t, c), atI2)
-		c.Stop()
-	})
-	t.Run("end", func(t *testing.T) {
-		c, log := restoreAndStart(t, w, target, "r-end")
-		checkChainLog(t, log, i2, full.ID+","+i1.ID+","+i2.ID)
-		sameState(t, "restore to the end", chainState(t, c), end)
-		restartPromoted(t, c, chainTables[0], end[0])
-		c.Stop()
-	})
+	return r
 }
 
 // checkChainLog checks restore said it restored backup m from chain.
