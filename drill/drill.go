@@ -36,6 +36,7 @@ type Options struct {
 // Result says how the drill went.
 type Result struct {
 	Backup   string        `json:"backup"`
+	Chain    []string      `json:"chain,omitempty"` // for an incremental: the backups restored, full first
 	Restore  time.Duration `json:"restore"`  // download and unpack
 	Recovery time.Duration `json:"recovery"` // start until it answered a query, promoted
 	Total    time.Duration `json:"total"`
@@ -68,6 +69,11 @@ func Run(ctx context.Context, a *archive.Archive, o Options) (Result, error) {
 		return res, err
 	}
 	res.Backup = plan.Backup.ID
+	if len(plan.Chain) > 1 {
+		for _, m := range plan.Chain {
+			res.Chain = append(res.Chain, m.ID)
+		}
+	}
 	dir, tsMap := scratchDirs(o.Scratch, plan)
 	defer func() {
 		_ = os.RemoveAll(dir)

@@ -62,6 +62,9 @@ func drillChain(t *testing.T, r *chainRig) {
 	if !strings.Contains(passed, "backup="+r.i2.ID) || !strings.Contains(passed, "PostgreSQL "+r.primary.SQL(t, "SHOW server_version")+", 3 databases") {
 		t.Fatalf("the drill did not pass on the newest backup %s (want its PostgreSQL and 3 databases):\n%s", r.i2.ID, errs)
 	}
+	if chain := r.full.ID + "," + r.i1.ID + "," + r.i2.ID; !strings.Contains(passed, "chain="+chain) {
+		t.Errorf("the drill's result does not name the chain %s: %s", chain, passed)
+	}
 	for _, m := range []*manifest.Manifest{r.full, r.i1, r.i2} {
 		if !strings.Contains(errs, `msg="backup of the chain applied" backup=`+m.ID+" type="+m.Kind()) {
 			t.Errorf("the drill did not apply %s %s of the chain:\n%s", m.Kind(), m.ID, errs)

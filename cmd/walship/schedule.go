@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -133,8 +134,12 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 				if err != nil {
 					return err
 				}
-				log.Info("restore drill passed", "backup", res.Backup, "restore_seconds", res.Restore.Seconds(),
-					"recovery_seconds", res.Recovery.Seconds(), "total_seconds", res.Total.Seconds(), "answer", res.Answer)
+				attrs := []any{"backup", res.Backup}
+				if len(res.Chain) > 0 {
+					attrs = append(attrs, "chain", strings.Join(res.Chain, ","))
+				}
+				log.Info("restore drill passed", append(attrs, "restore_seconds", res.Restore.Seconds(),
+					"recovery_seconds", res.Recovery.Seconds(), "total_seconds", res.Total.Seconds(), "answer", res.Answer)...)
 				return nil
 			}
 		}
