@@ -90,9 +90,9 @@ func assertPrefetcherGone(t *testing.T, pgdata, why string) {
 // walship restore writes, prefetch on by default: it reaches the target
 // with the right rows, segments come from the prefetch spool, and the
 // prefetcher is gone after promotion.
-func TestPrefetchPITR(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
+func TestPrefetchPITR(t *testing.T) { onFilesystem(t, prefetchPITR) }
+
+func prefetchPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
 	for n := 1; n <= 8; n++ {
@@ -123,8 +123,10 @@ func TestPrefetchPITR(t *testing.T) {
 // archive and replays past it to the target. A prefetcher's "not there"
 // never ends a point-in-time recovery early.
 func TestPrefetchBeliefNeverEndsRecovery(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
+	onFilesystem(t, prefetchBeliefNeverEndsRecovery)
+}
+
+func prefetchBeliefNeverEndsRecovery(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
 	var hidden string
