@@ -168,7 +168,7 @@ func (g *Agent) Run(ctx context.Context) error {
 	var pollDue time.Time // zero: poll at once
 	for {
 		g.refreshPosition(ctx)
-		g.tidySpool()
+		g.tidySpool(ctx)
 		now := time.Now()
 		if (!g.headOK || g.next > g.head) && len(g.inflight) == 0 && !now.Before(pollDue) {
 			before := g.polled
@@ -294,13 +294,13 @@ func (g *Agent) refreshPosition(ctx context.Context) {
 
 // tidySpool notes which placed files replay took, and removes files replay
 // no longer needs.
-func (g *Agent) tidySpool() {
+func (g *Agent) tidySpool(ctx context.Context) {
 	files, err := spool.Scan(g.o.Spool, g.segSize, false)
 	if errors.Is(err, os.ErrNotExist) {
 		// Someone removed the spool: start it again, empty, locked.
 		g.placed = map[uint64]bool{}
 		if err = os.MkdirAll(g.o.Spool, 0o700); err == nil {
-			g.relock()
+			g.relock(ctx)
 		}
 	}
 	if err != nil {

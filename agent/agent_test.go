@@ -117,7 +117,12 @@ func TestKnownAbsent(t *testing.T) {
 			PollMin: 100 * time.Millisecond, PollMax: 400 * time.Millisecond})
 		done := make(chan error, 1)
 		go func() { done <- ag.Run(ctx) }()
-		defer func() { cancel(); <-done }() // before the spool is removed
+		defer func() { // before the spool is removed
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent stopped with %v, want nil", err)
+			}
+		}()
 		now := time.Now()
 		archivetest.Eventually(t, "the agent to be caught up", 10*time.Second, func() bool {
 			return spool.KnownAbsent(spoolDir, archivetest.Seg(5), time.Now())

@@ -35,8 +35,8 @@ func (g *Agent) openSpool(ctx context.Context) error {
 }
 
 // relock takes the lock again in a spool that was removed and made anew.
-func (g *Agent) relock() {
-	f, err := spool.Lock(context.Background(), g.o.Spool)
+func (g *Agent) relock(ctx context.Context) {
+	f, err := spool.Lock(ctx, g.o.Spool)
 	if err != nil {
 		g.o.Log.Warn("cannot lock the spool made anew", "error", err)
 		return

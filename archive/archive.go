@@ -37,8 +37,10 @@ var (
 	ErrLocal = errors.New("local file error")
 )
 
-// Layout maps archived files to keys. Keys carry no codec suffix: each object
-// is sealed and says its own codec, so a reader never probes.
+// IdentityKey is where the archive's identity record is stored, the first
+// key of the archive's layout, which maps archived files to keys. Keys carry
+// no codec suffix: each object is sealed and says its own codec, so a reader
+// never probes.
 //
 //	identity.json                   which cluster, version, segment size,
 //	                                whether conditional writes are enforced

@@ -122,7 +122,7 @@ func (a *Archive) readCondRecord(ctx context.Context) (enforced, known bool, err
 	var rec condRecord
 	if err := json.Unmarshal(b, &rec); err != nil || rec.Format != 1 {
 		// Unreadable: probe again rather than trust it.
-		return false, false, nil
+		return false, false, nil //nolint:nilerr // an unreadable record is as good as none: probe again
 	}
 	return rec.Enforced, true, nil
 }

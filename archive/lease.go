@@ -40,13 +40,13 @@ const (
 )
 
 var (
-	// ErrLeaseHeld: another writer holds the lease.
+	// ErrLeaseHeld is wrapped when another writer holds the lease.
 	ErrLeaseHeld = errors.New("lease held by another writer")
-	// ErrLeaseLost: the lease expired or was removed while its holder
-	// worked: retention (or backup delete) may have removed what it
-	// protected.
+	// ErrLeaseLost is wrapped when the lease expired or was removed while
+	// its holder worked: retention (or backup delete) may have removed what
+	// it protected.
 	ErrLeaseLost = errors.New("lease lost")
-	// ErrLeaseDamaged: the lease object cannot be parsed.
+	// ErrLeaseDamaged is wrapped when the lease object cannot be parsed.
 	ErrLeaseDamaged = errors.New("lease is damaged")
 )
 
@@ -64,6 +64,9 @@ type Lease struct {
 	// WAL is the first segment the holder needs kept (a backup's start
 	// segment) once it is known; retention keeps WAL from it on.
 	WAL string `json:"wal,omitempty"`
+	// Parent is the backup a running incremental backup is taken against:
+	// it, and the chain it stands on, must outlive the lease.
+	Parent string `json:"parent,omitempty"`
 }
 
 // Expires is when the lease stops protecting, given the modification time
@@ -109,6 +112,8 @@ type LeaseOptions struct {
 	TTL   time.Duration    // DefaultLeaseTTL
 	Renew time.Duration    // DefaultLeaseRenew; at most a third of TTL
 	Now   func() time.Time // the clock stamped into the lease; time.Now
+	// Parent is recorded in the lease (Lease.Parent).
+	Parent string
 }
 
 // LeaseMargin is the part of the TTL the holder does not count on: it
@@ -147,7 +152,7 @@ func (a *Archive) AcquireLease(ctx context.Context, key string, o LeaseOptions) 
 	host, _ := os.Hostname()
 	now := o.Now()
 	h := &HeldLease{a: a, key: key, o: o, lease: Lease{Kind: o.Kind, Holder: host + ":" + strconv.Itoa(os.Getpid()),
-		Token: hex.EncodeToString(tok[:]), TTL: Duration(o.TTL), Acquired: now.UTC(), Renewed: now.UTC()}}
+		Token: hex.EncodeToString(tok[:]), TTL: Duration(o.TTL), Acquired: now.UTC(), Renewed: now.UTC(), Parent: o.Parent}}
 	b, _ := json.MarshalIndent(h.lease, "", "  ")
 	err := a.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b)))
 	if errors.Is(err, backends.ErrExists) {
@@ -163,8 +168,10 @@ func (a *Archive) AcquireLease(ctx context.Context, key string, o LeaseOptions) 
 // Key is where the lease is stored.
 func (h *HeldLease) Key() string { return h.key }
 
-// TTL and Renew are the lease's settings after defaults.
-func (h *HeldLease) TTL() time.Duration   { return h.o.TTL }
+// TTL is how long the lease lasts without a renewal, after defaults.
+func (h *HeldLease) TTL() time.Duration { return h.o.TTL }
+
+// Renew is how often the lease is renewed, after defaults.
 func (h *HeldLease) Renew() time.Duration { return h.o.Renew }
 
 // check fails once the lease is lost or lapsed by our clock.

@@ -99,7 +99,7 @@ func (a *Archive) check(ctx context.Context, p *pending) error {
 		}
 	case segment.KindHistory:
 		if _, err := segment.ParseHistory(f.TLI, raw); err != nil {
-			return fmt.Errorf("%s: %w: %v", path, segment.ErrBadHeader, err)
+			return fmt.Errorf("%s: %w: %w", path, segment.ErrBadHeader, err)
 		}
 		return a.requireIdentityIfAny(ctx)
 	case segment.KindBackupLabel:
@@ -211,7 +211,7 @@ func (a *Archive) requireIdentityIfAny(ctx context.Context) error {
 func (a *Archive) compareExisting(ctx context.Context, key string, want sealed.Header) error {
 	have, unreadable, err := a.readArchivedHeader(ctx, key)
 	if unreadable != nil {
-		return fmt.Errorf("%w: archived %s is unreadable (%v); refusing to overwrite it", ErrConflict, key, unreadable)
+		return fmt.Errorf("%w: archived %s is unreadable (%w); refusing to overwrite it", ErrConflict, key, unreadable)
 	}
 	if err != nil {
 		return fmt.Errorf("read archived %s to compare: %w", key, err)

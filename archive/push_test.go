@@ -31,7 +31,7 @@ func makeSegment(t *testing.T, dir, name string, sys uint64, mutate func([]byte)
 	return testenv.WriteSegment(t, dir, name, sys, mutate)
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func TestPushIdempotentAndConflict(t *testing.T) {
 	ctx := context.Background()

@@ -31,19 +31,19 @@ type localFile struct {
 func readLocal(path string, f segment.File) (localFile, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return localFile{}, fmt.Errorf("%w: %v", ErrLocal, err)
+		return localFile{}, fmt.Errorf("%w: %w", ErrLocal, err)
 	}
 	if !st.Mode().IsRegular() {
 		return localFile{}, notRegularFile(path, st.Mode())
 	}
 	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return localFile{}, fmt.Errorf("%w: %v", ErrLocal, err)
+		return localFile{}, fmt.Errorf("%w: %w", ErrLocal, err)
 	}
 	defer fh.Close()
 	st, err = fh.Stat()
 	if err != nil {
-		return localFile{}, fmt.Errorf("%w: %v", ErrLocal, err)
+		return localFile{}, fmt.Errorf("%w: %w", ErrLocal, err)
 	}
 	if !st.Mode().IsRegular() {
 		return localFile{}, notRegularFile(path, st.Mode())
@@ -68,11 +68,11 @@ func readLocal(path string, f segment.File) (localFile, error) {
 	if err == nil && int64(n) != size {
 		err = fmt.Errorf("%w: %s changed size while being read", ErrLocal, path)
 	} else if err != nil {
-		err = fmt.Errorf("%w: read %s: %v", ErrLocal, path, err)
+		err = fmt.Errorf("%w: read %s: %w", ErrLocal, path, err)
 	}
 	if err == nil {
 		if after, aerr := fh.Stat(); aerr != nil {
-			err = fmt.Errorf("%w: %v", ErrLocal, aerr)
+			err = fmt.Errorf("%w: %w", ErrLocal, aerr)
 		} else if s, ok := stampOf(after); ok != lf.stamped || s != lf.stamp {
 			err = fmt.Errorf("%w: %s changed while being read", ErrLocal, path)
 		}

@@ -17,11 +17,11 @@ import (
 )
 
 var (
-	// ErrNoSlot: no slot of that name.
+	// ErrNoSlot is wrapped when there is no slot of that name.
 	ErrNoSlot = errors.New("no such slot")
-	// ErrSlotExists: slot create of a name in use.
+	// ErrSlotExists is wrapped when slot create is given a name in use.
 	ErrSlotExists = errors.New("slot already exists")
-	// ErrBadSlot: the name or the position is not acceptable.
+	// ErrBadSlot is wrapped when a slot's name or position is not acceptable.
 	ErrBadSlot = errors.New("bad slot")
 )
 
@@ -50,8 +50,10 @@ type Slot struct {
 // Duration is a time.Duration that reads and writes as "24h0m0s" in JSON.
 type Duration time.Duration
 
+// MarshalText writes d as time.Duration's String does ("24h0m0s").
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
+// UnmarshalText reads what time.ParseDuration accepts.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	*d = Duration(v)
@@ -109,8 +111,11 @@ func (a *Archive) GetSlot(ctx context.Context, name string) (Slot, error) {
 		return Slot{}, fmt.Errorf("read slot %s: %w", name, err)
 	}
 	var s Slot
-	if err := json.Unmarshal(b, &s); err != nil || s.Name != name {
-		return Slot{}, fmt.Errorf("%w: slot %s: %v", ErrDamaged, name, err)
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Slot{}, fmt.Errorf("%w: slot %s: %w", ErrDamaged, name, err)
+	}
+	if s.Name != name {
+		return Slot{}, fmt.Errorf("%w: slot %s: the object names slot %q", ErrDamaged, name, s.Name)
 	}
 	return s, nil
 }

@@ -13,6 +13,7 @@ func stampOf(fi os.FileInfo) (fileStamp, bool) {
 		return fileStamp{}, false
 	}
 	return fileStamp{
+		//nolint:unconvert // Stat_t.Dev is a uint32 on linux/mips*
 		Dev: uint64(st.Dev), Ino: st.Ino, Mode: uint32(st.Mode), Size: st.Size,
 		MtimeNs: st.Mtim.Nano(), CtimeNs: st.Ctim.Nano(),
 	}, true

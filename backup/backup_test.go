@@ -46,6 +46,15 @@ type fakeServer struct {
 	failAfter   int // send this many bytes of base.tar, then fail (0: never)
 	piece       int
 	archiveMode string
+	// version is server_version_num (default 150010); summarizeWAL what
+	// SHOW summarize_wal says; uploaded the manifest UPLOAD_MANIFEST got;
+	// baseErr what BASE_BACKUP fails with before sending anything.
+	version      int
+	summarizeWAL string
+	uploaded     []byte
+	baseErr      error
+	calls        []string
+	onBackup     func() // called as BASE_BACKUP begins
 }
 
 type file struct {
@@ -67,7 +76,13 @@ func newFakeServer(t *testing.T, corrupt bool) *fakeServer {
 		{"global/pg_control", ctl},
 	}
 	spaceFiles := []file{{"PG_15_202209061/5/16385", big[:70000]}}
-	s := &fakeServer{start: 0x2000028, stop: 0x2000100, piece: 777, archiveMode: "on"}
+	return buildFakeServer(t, corrupt, baseFiles, spaceFiles)
+}
+
+// buildFakeServer makes a server that sends the files given and a
+// manifest describing them, starting at 0/2000028.
+func buildFakeServer(t *testing.T, corrupt bool, baseFiles, spaceFiles []file) *fakeServer {
+	s := &fakeServer{start: 0x2000028, stop: 0x2000100, piece: 777, archiveMode: "on", version: 150010, summarizeWAL: "off"}
 	s.base = mkTar(t, []string{"base", "base/1", "global", "pg_wal"}, baseFiles)
 	s.space = mkTar(t, []string{"PG_15_202209061", "PG_15_202209061/5"}, spaceFiles)
 	var entries []string
@@ -113,10 +128,35 @@ func mkTar(t *testing.T, dirs []string, files []file) []byte {
 }
 
 func (s *fakeServer) Identify(context.Context) (postgres.System, error) {
-	return postgres.System{SystemIdentifier: sysID, Timeline: 1, VersionNum: 150010, SegmentSize: segSize, BlockSize: 8192, ArchiveMode: s.archiveMode}, nil
+	return postgres.System{SystemIdentifier: sysID, Timeline: 1, XLogPos: 0x9000000, VersionNum: s.version, SegmentSize: segSize,
+		BlockSize: 8192, ArchiveMode: s.archiveMode}, nil
+}
+
+func (s *fakeServer) Show(_ context.Context, name string) (string, error) {
+	s.calls = append(s.calls, "SHOW "+name)
+	if name == "summarize_wal" && s.version >= 170000 {
+		return s.summarizeWAL, nil
+	}
+	return "", fmt.Errorf("%w: SHOW %s: unrecognized configuration parameter", postgres.ErrServer, name)
+}
+
+func (s *fakeServer) UploadManifest(_ context.Context, b []byte) error {
+	s.calls = append(s.calls, "UPLOAD_MANIFEST")
+	s.uploaded = append([]byte(nil), b...)
+	return nil
 }
 
 func (s *fakeServer) BaseBackup(ctx context.Context, o postgres.BackupOptions, h postgres.BackupHandler) (segment.LSN, uint32, error) {
+	s.calls = append(s.calls, fmt.Sprintf("BASE_BACKUP incremental=%v", o.Incremental))
+	if o.Incremental && s.uploaded == nil {
+		return 0, 0, fmt.Errorf("%w: must UPLOAD_MANIFEST before performing an incremental BASE_BACKUP", postgres.ErrServer)
+	}
+	if s.onBackup != nil {
+		s.onBackup()
+	}
+	if s.baseErr != nil {
+		return 0, 0, s.baseErr
+	}
 	send := func(data []byte, limit int) error {
 		for off := 0; off < len(data); off += s.piece {
 			if limit > 0 && off >= limit {
@@ -169,9 +209,9 @@ func putWAL(t *testing.T, store backends.Storage, last uint64) {
 	}
 }
 
-func keysUnder(t *testing.T, store backends.Storage, prefix string) []string {
+func keysUnder(ctx context.Context, t *testing.T, store backends.Storage, prefix string) []string {
 	var keys []string
-	if err := store.List(context.Background(), prefix, func(o backends.ObjectInfo) error {
+	if err := store.List(ctx, prefix, func(o backends.ObjectInfo) error {
 		keys = append(keys, o.Key)
 		return nil
 	}); err != nil {
@@ -249,7 +289,7 @@ func TestPushThenRestore(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); err != nil {
 		t.Error(err)
 	}
-	if string(got(filepath.Join(dir, "backup_manifest"))) != string(srv.manifest) {
+	if got(filepath.Join(dir, "backup_manifest")) != string(srv.manifest) {
 		t.Error("backup_manifest differs from the server's")
 	}
 	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
@@ -276,7 +316,7 @@ func TestPushThenRestore(t *testing.T) {
 	if err := backup.Delete(ctx, store, m.ID); err != nil {
 		t.Fatal(err)
 	}
-	if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
+	if keys := keysUnder(ctx, t, store, manifest.Prefix); len(keys) != 0 {
 		t.Errorf("delete left %v", keys)
 	}
 	if _, err := manifest.Get(ctx, store, m.ID); !errors.Is(err, manifest.ErrNoBackup) {
@@ -327,7 +367,7 @@ func TestPushFailuresLeaveNothing(t *testing.T) {
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if keys := keysUnder(t, store, manifest.Prefix); len(keys) != 0 {
+			if keys := keysUnder(context.Background(), t, store, manifest.Prefix); len(keys) != 0 {
 				sort.Strings(keys)
 				t.Errorf("failed backup left %v", keys)
 			}

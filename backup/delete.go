@@ -18,18 +18,19 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends"
+	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/manifest"
 )
 
 var (
-	// ErrIncomplete: the server's data did not verify, or the WAL the backup
-	// needs did not reach the archive in time.
+	// ErrIncomplete is wrapped when the server's data did not verify, or
+	// the WAL the backup needs did not reach the archive in time.
 	ErrIncomplete = errors.New("backup incomplete")
-	// ErrLost: an object the backup wrote is no longer in the archive as
-	// it was stored (removed or changed while the backup ran).
+	// ErrLost is wrapped when an object the backup wrote is no longer in
+	// the archive as it was stored (removed or changed while the backup ran).
 	ErrLost = errors.New("backup data lost from the archive while the backup ran")
-	// ErrRunning: the backup has no manifest yet and a live lease: a
-	// backup push is writing it.
+	// ErrRunning is wrapped when the backup has no manifest yet and a live
+	// lease: a backup push is writing it.
 	ErrRunning = errors.New("backup is running")
 )
 
@@ -108,4 +109,55 @@ func holderGone(holder string) bool {
 		return false
 	}
 	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
+// ErrHasDependants is returned by Remove for a backup that incremental backups
+// are built on and that cannot be restored without it.
+var ErrHasDependants = errors.New("backup has incremental backups built on it")
+
+// DeleteOptions say what Remove may do beyond deleting one finished backup.
+type DeleteOptions struct {
+	Force          bool // delete a backup that is still running (its push then fails)
+	WithDependants bool // also delete the incrementals built on it, newest first
+	Now            time.Time
+}
+
+// Remove deletes backup id after the checks an operator relies on: not a
+// running backup (unless Force), and not the parent of incrementals
+// (unless WithDependants, which deletes them first, newest first, so that
+// no incremental is ever left without its parent). It returns the ids
+// deleted, in order.
+func Remove(ctx context.Context, a *archive.Archive, id string, o DeleteOptions) ([]string, error) {
+	if err := manifest.ValidID(id); err != nil {
+		return nil, err
+	}
+	if !o.Force {
+		if err := CheckNotRunning(ctx, a, id, o.Now); err != nil {
+			return nil, err
+		}
+	}
+	c, err := catalog.Load(ctx, a, catalog.Backups)
+	if err != nil {
+		return nil, err
+	}
+	deps := c.Dependants(id)
+	if len(deps) > 0 && !o.WithDependants {
+		ids := make([]string, len(deps))
+		for i, d := range deps {
+			ids[i] = d.ID
+		}
+		return nil, fmt.Errorf("backup %s: %w (%s): they cannot be restored without it; delete them first, or pass --with-dependants to delete them too",
+			id, ErrHasDependants, strings.Join(ids, ", "))
+	}
+	var done []string
+	for i := len(deps) - 1; i >= 0; i-- {
+		if err := Delete(ctx, a.Storage(), deps[i].ID); err != nil {
+			return done, err
+		}
+		done = append(done, deps[i].ID)
+	}
+	if err := Delete(ctx, a.Storage(), id); err != nil {
+		return done, err
+	}
+	return append(done, id), nil
 }

@@ -73,9 +73,9 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-func onlyBackupID(t *testing.T, store backends.Storage) string {
+func onlyBackupID(ctx context.Context, t *testing.T, store backends.Storage) string {
 	t.Helper()
-	keys := keysUnder(t, store, manifest.Prefix)
+	keys := keysUnder(ctx, t, store, manifest.Prefix)
 	if len(keys) == 0 {
 		t.Fatal("nothing under backups/")
 	}
@@ -93,7 +93,7 @@ func TestPushHoldsLease(t *testing.T) {
 	var during archive.Lease
 	var duringErr error
 	store.onStat = func() {
-		id := onlyBackupID(t, store.Storage)
+		id := onlyBackupID(ctx, t, store.Storage)
 		during, _, duringErr = a.ReadLease(ctx, archive.BackupLeaseKey(id))
 	}
 	m, err := backup.Push(ctx, a, newFakeServer(t, false), options())
@@ -158,7 +158,7 @@ func TestPushRefusesLostData(t *testing.T) {
 			store := &hookStore{Storage: memory.New()}
 			putWAL(t, store.Storage, 3)
 			clk := &fakeClock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-			store.onStat = func() { tc.hit(t, store.Storage, clk, onlyBackupID(t, store.Storage)) }
+			store.onStat = func() { tc.hit(t, store.Storage, clk, onlyBackupID(context.Background(), t, store.Storage)) }
 			o := options()
 			o.Now = clk.Now
 			o.LeaseRenew = time.Hour // no background renewal during the test: the clock is fake
@@ -167,7 +167,7 @@ func TestPushRefusesLostData(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if keys := keysUnder(t, store.Storage, manifest.Prefix); len(keys) != 0 {
+			if keys := keysUnder(context.Background(), t, store.Storage, manifest.Prefix); len(keys) != 0 {
 				t.Errorf("failed backup left %v", keys)
 			}
 			for _, k := range store.puts {

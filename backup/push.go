@@ -23,6 +23,8 @@ import (
 // Source is the server a backup is taken from: a postgres.Conn.
 type Source interface {
 	Identify(ctx context.Context) (postgres.System, error)
+	Show(ctx context.Context, setting string) (string, error)
+	UploadManifest(ctx context.Context, manifest []byte) error
 	BaseBackup(ctx context.Context, o postgres.BackupOptions, h postgres.BackupHandler) (segment.LSN, uint32, error)
 }
 
@@ -61,6 +63,11 @@ type Options struct {
 	// the backup without a renewal, how often it is renewed. Defaults
 	// archive.DefaultLeaseTTL (10m) and archive.DefaultLeaseRenew (1m).
 	LeaseTTL, LeaseRenew time.Duration
+	// Incremental takes an incremental backup (PostgreSQL 17 and later,
+	// summarize_wal on) against From, or when From is empty against the
+	// newest complete backup that can serve (ChooseParent).
+	Incremental bool
+	From        string
 }
 
 func (o *Options) defaults() {
@@ -96,6 +103,10 @@ func (o *Options) defaults() {
 // LeaseRenew) that tells retention it is alive; a lost lease fails the
 // backup, since retention may have removed its data. On failure everything
 // under the backup's prefix is removed.
+//
+// An incremental backup is refused (ErrIncremental) before anything is
+// written when the server cannot take it; its lease names the parent, and
+// the parent must still be complete when the manifest is written.
 func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*manifest.Manifest, error) {
 	o.defaults()
 	if err := o.Compression.Validate(); err != nil {
@@ -108,26 +119,32 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*mani
 	if sys.ArchiveMode == "off" && !sys.InRecovery {
 		return nil, fmt.Errorf("%w: archive_mode is off on the server, so the WAL a backup needs would never reach the archive; set archive_mode = on and archive_command = 'walship push ... %%p'", postgres.ErrServer)
 	}
+	var parent *manifest.Manifest
+	if o.Incremental {
+		if parent, err = prepareIncremental(ctx, a, src, sys, o); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := a.ClaimIdentity(ctx, archive.Identity{
 		SystemIdentifier: sys.SystemIdentifier, PGVersion: sys.Major(), SegmentSize: sys.SegmentSize,
 	}); err != nil {
 		return nil, err
 	}
-	id, began, lease, err := claimID(ctx, a, o)
+	id, began, lease, err := claimID(ctx, a, o, parent)
 	if err != nil {
 		return nil, err
 	}
 	if o.Label == "" {
 		o.Label = "walship " + id
 	}
-	o.Log.Info("backup started", "id", id, "archive", a.Storage().String(), "system_identifier", sys.SystemIdentifier,
+	o.Log.Info("backup started", "id", id, "type", kind(parent), "archive", a.Storage().String(), "system_identifier", sys.SystemIdentifier,
 		"timeline", sys.Timeline, "from_standby", sys.InRecovery, "lease_ttl", lease.TTL(), "lease_renew", lease.Renew())
 	// Everything the backup does runs under pctx, which a lost lease
 	// cancels with ErrLeaseLost as its cause.
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	lease.Keep(pctx, cancel)
-	m, s, err := take(pctx, a.Storage(), src, sys, id, began, lease, o)
+	m, s, err := take(pctx, a.Storage(), src, sys, id, began, lease, parent, o)
 	if err == nil {
 		err = finish(pctx, a.Storage(), m, lease)
 	}
@@ -135,7 +152,7 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*mani
 		err = context.Cause(pctx)
 	}
 	if err != nil {
-		cleanup(a.Storage(), id, s.keys(m), lease, o.Log)
+		cleanup(ctx, a.Storage(), id, s.keys(m), lease, o.Log)
 		return nil, err
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -144,7 +161,7 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*mani
 		o.Log.Warn("backup complete, but its lease could not be removed (harmless: it expires, and goes with the backup)",
 			"id", id, "error", err)
 	}
-	o.Log.Info("backup complete", "id", id, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "bytes", m.Size,
+	o.Log.Info("backup complete", "id", id, "type", m.Kind(), "parent", m.Parent, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "bytes", m.Size,
 		"stored_bytes", m.StoredSize, "files", m.Files, "seconds", o.Now().Sub(began).Seconds())
 	return m, nil
 }
@@ -152,8 +169,11 @@ func Push(ctx context.Context, a *archive.Archive, src Source, o Options) (*mani
 // claimID picks the backup's id (its start time to the second) and takes
 // the lease on it, which also claims the id: a backup started in the same
 // second as another waits for the next one.
-func claimID(ctx context.Context, a *archive.Archive, o Options) (string, time.Time, *archive.HeldLease, error) {
+func claimID(ctx context.Context, a *archive.Archive, o Options, parent *manifest.Manifest) (string, time.Time, *archive.HeldLease, error) {
 	lo := archive.LeaseOptions{Kind: "backup push", TTL: o.LeaseTTL, Renew: o.LeaseRenew, Now: o.Now}
+	if parent != nil {
+		lo.Parent = parent.ID
+	}
 	began := o.Now()
 	for try := 0; ; try++ {
 		id := began.UTC().Format(manifest.IDLayout)
@@ -182,16 +202,27 @@ func claimID(ctx context.Context, a *archive.Archive, o Options) (string, time.T
 	}
 }
 
+// kind is the type of a backup taken against parent (nil: full).
+func kind(parent *manifest.Manifest) string {
+	if parent == nil {
+		return manifest.TypeFull
+	}
+	return manifest.TypeIncremental
+}
+
 // take streams the backup, verifies it, stores the server's manifest and
 // waits for its WAL. The streamer is returned even on failure: it knows
 // what was written.
 func take(ctx context.Context, store backends.Storage, src Source, sys postgres.System, id string, began time.Time,
-	lease *archive.HeldLease, o Options) (*manifest.Manifest, *streamer, error) {
+	lease *archive.HeldLease, parent *manifest.Manifest, o Options) (*manifest.Manifest, *streamer, error) {
 	s := newStreamer(ctx, store, id, o)
-	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{
-		Label: o.Label, FastCheckpoint: o.FastCheckpoint, MaxRateKB: o.MaxRateKB,
+	stop, stopTLI, err := src.BaseBackup(s.ctx, postgres.BackupOptions{ //nolint:contextcheck // s.ctx is ctx plus the pipeline's cancel (newStreamer): a failing stage stops the stream
+		Label: o.Label, FastCheckpoint: o.FastCheckpoint, MaxRateKB: o.MaxRateKB, Incremental: parent != nil,
 	}, leasedStream{s, lease, sys.SegmentSize})
 	if err != nil {
+		if parent != nil {
+			err = refusal(err, parent)
+		}
 		s.fail(err)
 	}
 	ferr := s.finish()
@@ -204,10 +235,13 @@ func take(ctx context.Context, store backends.Storage, src Source, sys postgres.
 		Format: manifest.Format, ID: id, Label: o.Label, PGVersion: sys.Major(), PGVersionNum: sys.VersionNum,
 		SystemIdentifier: sys.SystemIdentifier, SegmentSize: sys.SegmentSize, Timeline: s.startTLI,
 		StartLSN: s.start, StopLSN: stop, StopTimeline: stopTLI, FromStandby: sys.InRecovery,
-		Compression: o.Compression.Codec.String(),
+		Compression: o.Compression.Codec.String(), Type: kind(parent),
+	}
+	if parent != nil {
+		m.Parent = parent.ID
 	}
 	if err == nil {
-		err = complete(ctx, m, s, began, elapsed)
+		err = complete(ctx, m, s, began, elapsed, parent)
 	}
 	if err == nil {
 		err = putServerManifest(ctx, store, m, s.manifest.Bytes(), o.Compression)
@@ -253,6 +287,11 @@ func finish(ctx context.Context, store backends.Storage, m *manifest.Manifest, l
 	}
 	if err := confirmStored(ctx, store, m, lease.Key()); err != nil {
 		return err
+	}
+	if m.Incremental() {
+		if err := parentPresent(ctx, store, m.Parent); err != nil {
+			return err
+		}
 	}
 	left, err := lease.Remaining()
 	if err != nil {
@@ -329,7 +368,8 @@ func checkFreeID(ctx context.Context, store backends.Storage, id string) error {
 }
 
 // complete fills the manifest from what was received and verifies it.
-func complete(ctx context.Context, m *manifest.Manifest, s *streamer, began time.Time, elapsed time.Duration) error {
+// An incremental backup's label must say it was taken from parent.
+func complete(ctx context.Context, m *manifest.Manifest, s *streamer, began time.Time, elapsed time.Duration, parent *manifest.Manifest) error {
 	sm, err := manifest.ParseServer(s.manifest.Bytes())
 	if err != nil {
 		return err
@@ -371,6 +411,11 @@ func complete(ctx context.Context, m *manifest.Manifest, s *streamer, began time
 		return fmt.Errorf("%w: global/pg_control missing or from another cluster", ErrIncomplete)
 	}
 	m.NextXID = xid
+	if parent != nil {
+		if err := checkIncrementalLabel(label, parent); err != nil {
+			return err
+		}
+	}
 	// Stop time is this machine's clock when the server reported the stop
 	// position: the server offers no sub-second clock on a replication
 	// connection. A server clock visibly ahead (the label's start after our
@@ -481,8 +526,8 @@ func (s *streamer) keys(m *manifest.Manifest) []string {
 // then everything under its prefix (the id is the backup's own, claimed by
 // its lease), then the lease. If anything is left, the lease expires and
 // retention removes the rest as debris.
-func cleanup(store backends.Storage, id string, written []string, lease *archive.HeldLease, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+func cleanup(ctx context.Context, store backends.Storage, id string, written []string, lease *archive.HeldLease, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	keys := map[string]bool{}
 	for _, k := range written {

@@ -39,7 +39,7 @@ type archiveState struct {
 	seq     int
 	verifyQ chan *job
 	sum     *tarSummer
-	done    chan error
+	done    chan struct{} // closed when verify has read the archive
 }
 
 // streamer receives BASE_BACKUP's stream (it is a postgres.BackupHandler)
@@ -48,7 +48,7 @@ type archiveState struct {
 // each file. Memory is bounded by the buffer pool whatever the database
 // size: nothing is staged on disk.
 type streamer struct {
-	ctx      context.Context
+	ctx      context.Context //nolint:containedctx // the pipeline's: a postgres.BackupHandler's callbacks take none, and any stage's failure cancels it
 	cancel   context.CancelCauseFunc
 	store    backends.Storage
 	id       string
@@ -123,7 +123,7 @@ func (s *streamer) Archive(name, location string) error {
 	a := &archiveState{
 		entry:   manifest.Archive{Name: name, Location: location},
 		verifyQ: make(chan *job, 2),
-		done:    make(chan error, 1),
+		done:    make(chan struct{}),
 		sum:     &tarSummer{files: map[string]fileSum{}},
 	}
 	if name != "base.tar" {
@@ -274,7 +274,7 @@ func (s *streamer) verify(a *archiveState) {
 	if err != nil {
 		s.fail(err)
 	}
-	a.done <- err
+	close(a.done)
 }
 
 // finish waits for every stage. After a failure it still waits, so that no

@@ -146,7 +146,7 @@ func (c *Catalog) add(o backends.ObjectInfo) error {
 		}
 		n, err := k.File.SegNo(c.SegSize)
 		if err != nil {
-			return nil // not a segment of this archive's size: left alone
+			return nil //nolint:nilerr // not a segment of this archive's size: left alone, not a listing failure
 		}
 		if c.WAL[k.TLI] == nil {
 			c.WAL[k.TLI] = map[uint64]time.Time{}
@@ -156,7 +156,7 @@ func (c *Catalog) add(o backends.ObjectInfo) error {
 		c.HistoryFiles[k.TLI] = true
 	case archive.KeyBackup:
 		if manifest.ValidID(k.BackupID) != nil {
-			return nil
+			return nil //nolint:nilerr // a prefix walship did not make is no backup: left alone
 		}
 		if _, seen := c.backupKeys[k.BackupID]; !seen {
 			c.backupKeys[k.BackupID] = false

@@ -44,6 +44,7 @@ type Config struct {
 	Fetch     Fetch     `yaml:"fetch"`
 	Agent     Agent     `yaml:"agent"`
 	Push      Push      `yaml:"push"`
+	Backup    Backup    `yaml:"backup"`
 	Retention Retention `yaml:"retention"`
 	Schedule  Schedule  `yaml:"schedule"`
 }
@@ -63,6 +64,7 @@ type Job struct {
 	// backup
 	PG         string `yaml:"pg"`         // connection string (no password)
 	Checkpoint string `yaml:"checkpoint"` // fast or spread
+	Type       string `yaml:"type"`       // full or incremental; empty: backup.type
 	// verify
 	Quick bool `yaml:"quick"`
 	// drill
@@ -76,6 +78,20 @@ type Retention struct {
 	KeepLast   int           `yaml:"keep_last"`
 	KeepWithin time.Duration `yaml:"keep_within"`
 	Grace      time.Duration `yaml:"grace"`
+}
+
+// The backup types of backup.type and a backup job's type.
+const (
+	BackupFull        = "full"
+	BackupIncremental = "incremental"
+)
+
+// Backup holds backup push's settings.
+type Backup struct {
+	// Type is BackupFull or BackupIncremental: an incremental backup
+	// (PostgreSQL 17 and later, summarize_wal on) is taken against the
+	// newest complete backup that can serve as its parent.
+	Type string `yaml:"type"`
 }
 
 // Push holds walship push's settings.
@@ -151,6 +167,7 @@ func Default() Config {
 		Fetch:     defaultFetch(),
 		Agent:     Agent{Ahead: 16, Parallel: 4, PollMin: 500 * time.Millisecond, PollMax: 30 * time.Second, Heartbeat: time.Minute},
 		Retention: Retention{Grace: 10 * time.Minute},
+		Backup:    Backup{Type: BackupFull},
 		Schedule:  Schedule{StopTimeout: 10 * time.Minute}, StallTimeout: 30 * time.Second}
 }
 
@@ -230,6 +247,7 @@ const (
 	EnvTimeout          = "WALSHIP_TIMEOUT"
 	EnvStallTimeout     = "WALSHIP_STALL_TIMEOUT"
 	EnvPushParallel     = "WALSHIP_PUSH_PARALLEL"
+	EnvBackupType       = "WALSHIP_BACKUP_TYPE"
 )
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -258,6 +276,7 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	str(EnvS3SSE, &c.S3.SSE)
 	str(EnvS3SSEKMSKeyID, &c.S3.SSEKMSKeyID)
 	str(EnvSpool, &c.Spool)
+	str(EnvBackupType, &c.Backup.Type)
 	if err := c.Fetch.applyEnv(getenv); err != nil {
 		return err
 	}

@@ -60,6 +60,10 @@ func TestBadSettingsNameTheSetting(t *testing.T) {
 		{agent("hb", "agent:\n  heartbeat: 1ms\n"), nil, "agent.heartbeat"},
 		{filepath.Join(dir, "missing.yaml"), nil, "config"},
 		{agent("stop", "schedule:\n  stop_timeout: -5s\n"), nil, "schedule.stop_timeout"},
+		{"", map[string]string{EnvBackupType: "differential"}, "backup.type"},
+		{agent("btype", "backup:\n  type: incr\n"), nil, "backup.type"},
+		{agent("jobtype", "schedule:\n  jobs:\n    - name: b\n      cron: \"@daily\"\n      kind: backup\n      type: diff\n"), nil, "schedule.jobs[0].type"},
+		{agent("vtype", "schedule:\n  jobs:\n    - name: v\n      cron: \"@daily\"\n      kind: verify\n      type: full\n"), nil, "schedule.jobs[0].type"},
 		{agent("jobtimeout", "schedule:\n  jobs:\n    - name: v\n      cron: \"@daily\"\n      kind: verify\n      timeout: -1s\n"), nil, "schedule.jobs[0].timeout"},
 	}
 	for _, c := range cases {
@@ -102,5 +106,16 @@ func TestAgentSettingsFromYAML(t *testing.T) {
 	if c.Spool != "/var/spool/walship" || c.Agent.Slot != "dr1" || c.Agent.Ahead != 32 || c.Agent.PollMax != 2*time.Minute ||
 		c.Agent.Parallel != 4 || c.Agent.MetricsAddr != "127.0.0.1:9187" {
 		t.Fatalf("%+v", c)
+	}
+}
+
+func TestBackupType(t *testing.T) {
+	c, err := Load("", env(nil), nil)
+	if err != nil || c.Backup.Type != BackupFull {
+		t.Fatalf("default backup.type: %q, %v", c.Backup.Type, err)
+	}
+	c, err = Load("", env(map[string]string{EnvBackupType: "incremental"}), nil)
+	if err != nil || c.Backup.Type != BackupIncremental {
+		t.Fatalf("%s=incremental: %q, %v", EnvBackupType, c.Backup.Type, err)
 	}
 }

@@ -15,7 +15,8 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Schedule.Jobs) != 5 || c.Retention.KeepLast != 2 || c.Agent.Slot != "dr1" {
+	if len(c.Schedule.Jobs) != 6 || c.Retention.KeepLast != 2 || c.Agent.Slot != "dr1" || c.Backup.Type != BackupFull ||
+		c.Schedule.Jobs[1].Type != BackupIncremental {
 		t.Fatalf("%+v", c)
 	}
 }

@@ -24,7 +24,8 @@ type Fetch struct {
 	// PrefetchDir is the prefetcher's spool; empty means .walship-prefetch
 	// in the directory PostgreSQL restores into (pg_wal).
 	PrefetchDir string `yaml:"prefetch_dir"`
-	// PrefetchIdle: the prefetcher exits when no fetch came for this long.
+	// PrefetchIdle: the prefetcher exits when nothing was taken from its
+	// spool and no fetch came for this long.
 	PrefetchIdle time.Duration `yaml:"prefetch_idle"`
 	// PrefetchParallel is how many downloads the prefetcher runs at once.
 	PrefetchParallel int `yaml:"prefetch_parallel"`

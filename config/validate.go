@@ -20,6 +20,7 @@ func (c Config) Validate() error {
 		c.Agent.validate,
 		c.Schedule.validate,
 		c.Retention.validate,
+		c.Backup.validate,
 		c.S3.validateEndpoint,
 	} {
 		if err := check(); err != nil {
@@ -153,6 +154,18 @@ func (j Job) validate(where string) error {
 		return &Error{where + ".checkpoint", "want fast or spread"}
 	case j.Timeout < 0:
 		return &Error{where + ".timeout", fmt.Sprintf("%s: want 0 (none) or more", j.Timeout)}
+	case j.Type != "" && j.Kind != "backup":
+		return &Error{where + ".type", "only a backup job has a type"}
+	case j.Type != "" && j.Type != BackupFull && j.Type != BackupIncremental:
+		return &Error{where + ".type", fmt.Sprintf("%q: want full or incremental", j.Type)}
+	}
+	return nil
+}
+
+// validate checks the backup type.
+func (b Backup) validate() error {
+	if b.Type != BackupFull && b.Type != BackupIncremental {
+		return &Error{"backup.type", fmt.Sprintf("%q: want full or incremental", b.Type)}
 	}
 	return nil
 }

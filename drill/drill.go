@@ -131,7 +131,7 @@ func startServer(ctx context.Context, pgctl, dir string) error {
 	secs := strconv.Itoa(int(time.Until(deadline(ctx)).Seconds()))
 	if out, err := exec.CommandContext(ctx, pgctl, "-D", dir, "-l", dir+".log", "-w", "-t", secs, "start").CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(dir + ".log")
-		return fmt.Errorf("drill: PostgreSQL did not start: %v: %s %s", err, out, tail(string(log), 2000))
+		return fmt.Errorf("drill: PostgreSQL did not start: %w: %s %s", err, out, tail(string(log), 2000))
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,33 +89,104 @@ func assertPrefetcherGone(t *testing.T, pgdata, why string) {
 
 // TestPrefetchPITR: a point-in-time recovery with the restore_command
 // walship restore writes, prefetch on by default: it reaches the target
-// with the right rows, segments come from the prefetch spool, and the
-// prefetcher is gone after promotion.
+// with the right rows; once the prefetcher is ahead, segments are moved
+// from its spool by the restore_command's mv without starting walship
+// (and the prefetcher counts them taken); the prefetcher is gone after
+// promotion. The test's segments are nearly empty and replay outruns any
+// download, so PostgreSQL is held at a segment (batch 3's: by then it has
+// reached consistency, and pg_ctl start returns) until the prefetcher has
+// filled its spool: otherwise whether a segment is moved, or waited for
+// by walship fetch, is a matter of timing.
 func TestPrefetchPITR(t *testing.T) { onFilesystem(t, prefetchPITR) }
 
 func prefetchPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
-	for n := 1; n <= 8; n++ {
+	var held string
+	for n := 1; n <= 10; n++ {
+		if n == 3 {
+			// Held here, the server has reached consistency and
+			// pg_ctl start returns.
+			held = primary.SQL(t, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+		}
 		commitBatch(t, primary, n)
-		if n == 6 {
-			primary.SQL(t, "SELECT pg_create_restore_point('pf-6')")
+		if n == 8 {
+			primary.SQL(t, "SELECT pg_create_restore_point('pf-8')")
 		}
 		switchAndWait(t, primary)
 	}
-	c, _ := restoreAndStart(t, w, target, "pf", "--target-name", "pf-6")
-	if got := c.SQL(t, "SELECT count(*) FROM rows"); got != rowsUpTo(6) {
-		t.Fatalf("recovered %s rows, want %s (to the restore point after batch 6)", got, rowsUpTo(6))
+	c, flag := restoreHeldAt(t, w, target, "pf", held, "--target-name", "pf-8")
+	c.Env = target.env
+	c.Start(t)
+	testenv.WaitFor(t, "the prefetcher to place 6 segments", time.Minute, func() bool { return len(spoolSegments(prefetchSpoolOf(c.Data))) >= 6 })
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	conf, _ := os.ReadFile(filepath.Join(c.Data, "postgresql.auto.conf"))
-	if !strings.Contains(string(conf), " --prefetch 16 %f %p") {
-		t.Fatalf("restore wrote no prefetching restore_command:\n%s", conf)
-	}
-	if n := strings.Count(c.Log(), "fetched from the prefetch spool"); n < 4 {
-		t.Errorf("%d segments came from the prefetch spool, want at least 4 of the 8 or so replayed:\n%s", n, c.Log())
+	c.WaitSQL(t, "SELECT pg_is_in_recovery()", "f", 2*time.Minute)
+	if got := c.SQL(t, "SELECT count(*) FROM rows"); got != rowsUpTo(8) {
+		t.Fatalf("recovered %s rows, want %s (to the restore point after batch 8)", got, rowsUpTo(8))
 	}
 	assertPrefetcherGone(t, c.Data, "recovery ended")
-	restartPromoted(t, c, "SELECT count(*) FROM rows", rowsUpTo(6))
+	restored, fetched := restoredSegments(c.Log())
+	byMv := restored - fetched
+	taken := prefetcherTaken(t, c.Data)
+	t.Logf("%d segments restored: %d through walship fetch, %d by the restore_command's mv; the prefetcher saw %d taken", restored, fetched, byMv, taken)
+	if byMv < 5 || taken < byMv {
+		t.Errorf("%d of %d segments restored without walship fetch (want at least 5 of the 6 placed before the target, from the held one on, by mv), the prefetcher saw %d taken (want at least those):\n%s",
+			byMv, restored, taken, c.Log())
+	}
+	restartPromoted(t, c, "SELECT count(*) FROM rows", rowsUpTo(8))
+}
+
+// restoreHeldAt restores into a new directory, as restoreAndStart does,
+// and wraps the restore_command walship restore wrote in a script that
+// holds PostgreSQL's request for segment seg until the returned file
+// exists, then runs the command as written.
+func restoreHeldAt(t *testing.T, w *testenv.Workdir, target archiveTarget, name, seg string, args ...string) (*testenv.Cluster, string) {
+	t.Helper()
+	c := testenv.EmptyCluster(t, w, name)
+	mustWalship(t, w, target.env, append([]string{"restore", "--archive", target.url, "--pgdata", c.Data, "--archive-mode", "off",
+		"--tablespace-mapping", filepath.Join(w.Dir, "ts1") + "=" + filepath.Join(w.Dir, name+"-ts1")}, args...)...)
+	orig := restoreCommandOf(t, c.Data)
+	if !strings.Contains(orig, " --prefetch 16 %f %p") || !strings.Contains(orig, "mv -f pg_wal/.walship-prefetch/%f %p 2>/dev/null || ") {
+		t.Fatalf("restore wrote no prefetching, mv-first restore_command: %s", orig)
+	}
+	flag := filepath.Join(w.Dir, name+"-go-on")
+	wrapper := filepath.Join(w.Dir, name+"-hold.sh")
+	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = %s ]; then while [ ! -e %s ]; do sleep 0.05; done; fi\n%s\n",
+		seg, flag, strings.NewReplacer("%f", `"$1"`, "%p", `"$2"`).Replace(orig))
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w.Chown(t, wrapper)
+	c.Configure(t, map[string]string{"restore_command": wrapper + " %f %p"})
+	return c, flag
+}
+
+var (
+	restoredRe = regexp.MustCompile(`restored log file "[0-9A-F]{24}" from archive`)
+	fetchedRe  = regexp.MustCompile(`msg=(fetched|"fetched from the prefetch spool") file=[0-9A-F]{24} `)
+	takenRe    = regexp.MustCompile(`msg="prefetcher stopped" .*taken=([0-9]+) `)
+)
+
+// restoredSegments counts, in a server log, the segments PostgreSQL
+// restored through its restore_command, and those of them walship fetch
+// delivered (the rest the command's mv moved from the prefetch spool).
+func restoredSegments(log string) (restored, fetched int) {
+	return len(restoredRe.FindAllString(log, -1)), len(fetchedRe.FindAllString(log, -1))
+}
+
+// prefetcherTaken is the count of segments taken from its spool that the
+// prefetcher of pgdata logged when it stopped.
+func prefetcherTaken(t *testing.T, pgdata string) int {
+	t.Helper()
+	b, _ := os.ReadFile(filepath.Join(prefetchSpoolOf(pgdata), spool.LogFile))
+	m := takenRe.FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		t.Fatalf("the prefetcher logged no count of segments taken:\n%s", b)
+	}
+	n, _ := strconv.Atoi(string(m[len(m)-1][1]))
+	return n
 }
 
 // TestPrefetchBeliefNeverEndsRecovery: the prefetcher looks for a segment
@@ -156,24 +228,9 @@ func prefetchBeliefNeverEndsRecovery(t *testing.T, w *testenv.Workdir, target ar
 		t.Fatal(err)
 	}
 
-	c := testenv.EmptyCluster(t, w, "belief")
-	mustWalship(t, w, target.env, "restore", "--archive", target.url, "--pgdata", c.Data, "--archive-mode", "off",
-		"--tablespace-mapping", filepath.Join(w.Dir, "ts1")+"="+filepath.Join(w.Dir, "belief-ts1"), "--target-name", "pf-6")
 	// PostgreSQL is held before it asks for the hidden segment, around
 	// the restore_command walship restore wrote.
-	orig := restoreCommandOf(t, c.Data)
-	if !strings.Contains(orig, "--prefetch 16") {
-		t.Fatalf("restore wrote no prefetching restore_command: %s", orig)
-	}
-	flag := filepath.Join(w.Dir, "go-on")
-	wrapper := filepath.Join(w.Dir, "hold.sh")
-	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = %s ]; then while [ ! -e %s ]; do sleep 0.05; done; fi\nexec %s\n",
-		hidden, flag, strings.NewReplacer("%f", `"$1"`, "%p", `"$2"`).Replace(orig))
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	w.Chown(t, wrapper)
-	c.Configure(t, map[string]string{"restore_command": wrapper + " %f %p"})
+	c, flag := restoreHeldAt(t, w, target, "belief", hidden, "--target-name", "pf-6")
 	c.Env = append(slices.Clip(target.env), "WALSHIP_LOG_LEVEL=debug") // a copy: target.env is shared
 	c.Start(t)
 
@@ -201,8 +258,10 @@ func prefetchBeliefNeverEndsRecovery(t *testing.T, w *testenv.Workdir, target ar
 	if got := c.SQL(t, "SELECT count(*) FROM rows"); got != rowsUpTo(6) {
 		t.Fatalf("recovered %s rows, want %s: the recovery stopped before the target", got, rowsUpTo(6))
 	}
-	if !strings.Contains(c.Log(), "file="+hidden) {
-		t.Errorf("the server log shows no fetch of %s:\n%s", hidden, c.Log())
+	// Through walship fetch or, if the prefetcher placed it once it was
+	// back, by mv.
+	if !strings.Contains(c.Log(), `restored log file "`+hidden+`" from archive`) {
+		t.Errorf("the server log shows no restore of %s:\n%s", hidden, c.Log())
 	}
 	assertPrefetcherGone(t, c.Data, "recovery ended")
 }

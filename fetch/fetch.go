@@ -5,7 +5,7 @@
 // PostgreSQL names, verified end to end before it is renamed into place,
 // with the one retry policy; and the prefetcher the first fetch of a
 // recovery starts, which downloads the next segments into a spool (package
-// spool) that later fetches take from.
+// spool) that the restore_command's mv and later fetches take from.
 package fetch
 
 import (
@@ -82,7 +82,7 @@ func fetchOnce(ctx context.Context, a *archive.Archive, f segment.File, dest str
 		return err
 	}
 	defer rc.Close()
-	sr, err := sealed.NewReader(&ctxReader{ctx, rc})
+	sr, err := sealed.NewReader(backends.ContextReader(ctx, rc))
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
@@ -130,7 +130,7 @@ func getWithIdentity(ctx context.Context, a *archive.Archive, key string, res *R
 func writeVerified(sr *sealed.Reader, f segment.File, key, dest string, sysID uint64, sync bool, res *Result) error {
 	tmp, err := spool.CreateTemp(filepath.Dir(dest), filepath.Base(dest))
 	if err != nil {
-		return fmt.Errorf("%w: %v", archive.ErrLocal, err)
+		return fmt.Errorf("%w: %w", archive.ErrLocal, err)
 	}
 	tmpName := tmp.Name()
 	ok := false
@@ -145,7 +145,7 @@ func writeVerified(sr *sealed.Reader, f segment.File, key, dest string, sysID ui
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) && pe.Path == tmpName {
-			return fmt.Errorf("%w: write %s: %v", archive.ErrLocal, dest, err)
+			return fmt.Errorf("%w: write %s: %w", archive.ErrLocal, dest, err)
 		}
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return err
@@ -160,14 +160,14 @@ func writeVerified(sr *sealed.Reader, f segment.File, key, dest string, sysID ui
 	}
 	if sync {
 		if err := tmp.Sync(); err != nil {
-			return fmt.Errorf("%w: fsync %s: %v", archive.ErrLocal, dest, err)
+			return fmt.Errorf("%w: fsync %s: %w", archive.ErrLocal, dest, err)
 		}
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("%w: write %s: %v", archive.ErrLocal, dest, err)
+		return fmt.Errorf("%w: write %s: %w", archive.ErrLocal, dest, err)
 	}
 	if err := os.Rename(tmpName, dest); err != nil {
-		return fmt.Errorf("%w: rename into %s: %v", archive.ErrLocal, dest, err)
+		return fmt.Errorf("%w: rename into %s: %w", archive.ErrLocal, dest, err)
 	}
 	ok = true
 	return nil
@@ -182,7 +182,7 @@ func checkSegment(head []byte, f segment.File, key string, n int64, sysID uint64
 	}
 	if err := segment.CheckHeader(h, f, n, sysID); err != nil {
 		if h.SysID != sysID {
-			return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err)
+			return fmt.Errorf("%s: %w: %v", key, archive.ErrWrongCluster, err) //nolint:errorlint // err may wrap segment.ErrBadName (exit 2); this must stay exit 4
 		}
 		return fmt.Errorf("%s: %w", key, err)
 	}
@@ -200,16 +200,4 @@ func (h *headCapture) Write(p []byte) (int, error) {
 		h.n += copy(h.b[h.n:], p)
 	}
 	return len(p), nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

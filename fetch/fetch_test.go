@@ -27,7 +27,7 @@ var (
 	quick = fetch.Options{Attempts: 3}
 )
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func pushed(t *testing.T, store backends.Storage, names ...string) (*archive.Archive, string) {
 	t.Helper()
@@ -142,8 +142,8 @@ func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, backends.Ob
 
 func TestFetchTransportFailureIsRetriedAndNotAbsent(t *testing.T) {
 	store := &flaky{Storage: memory.New()}
-	a, _ := pushed(t, store.Storage, "000000010000000000000004")
-	a = archive.New(store, quiet())
+	pushed(t, store.Storage, "000000010000000000000004")
+	a := archive.New(store, quiet())
 	out := t.TempDir()
 	_, err := fetch.Fetch(context.Background(), a, "000000010000000000000004", filepath.Join(out, "x"), quick)
 	if err == nil || errors.Is(err, backends.ErrNotFound) {

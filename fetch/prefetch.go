@@ -3,6 +3,8 @@ package fetch
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,9 +33,15 @@ import (
 // ahead, each verified by Fetch (SHA-256 of the sealed object, page header,
 // the archive's cluster) before it is renamed under the segment's name, and
 // later fetches take them by rename through spool.Take, as from the
-// agent's spool. It exits when no fetch has come for a while, when the
-// data directory leaves recovery (recovery.signal and standby.signal gone:
-// PostgreSQL removes them at promotion) and when the server stops.
+// agent's spool, or, far more often, by the restore_command walship
+// restore writes, whose shell moves a placed segment with mv before it
+// would start walship at all (PrefetchMark). So the prefetcher learns what
+// PostgreSQL took from two places: the note every fetch writes, and the
+// spool itself: a segment it placed that is gone, and that it did not
+// remove, was taken. It exits when nothing was taken and no fetch came for
+// a while, when the data directory leaves recovery (recovery.signal and
+// standby.signal gone: PostgreSQL removes them at promotion) and when the
+// server stops.
 //
 // What the prefetcher did not download tells fetch nothing: a segment not
 // in its spool is fetched from the archive, and only the archive's own
@@ -53,7 +61,23 @@ const (
 	// inflightSuffix marks a segment the prefetcher is downloading:
 	// ".<name>.prefetching". A fetch for it waits for the download.
 	inflightSuffix = ".prefetching"
+	// markPrefix starts the name of the mark a running prefetcher keeps
+	// in its spool (PrefetchMark).
+	markPrefix = ".walship-prefetch-for-"
 )
+
+// PrefetchMark is the name of the file a prefetcher downloading from the
+// archive named archive keeps in its spool while it runs: written after
+// it checked the spool (spool.Check) and cleared what an earlier run left,
+// removed first when it stops. The restore_command walship restore writes
+// moves a segment out of the spool with mv only while the mark of its own
+// archive is there, which is how the shell keeps the rule fetch's Take
+// keeps by reading the state: take only what a prefetcher of this archive
+// placed. The name holds 64 bits of the archive name's SHA-256.
+func PrefetchMark(archive string) string {
+	sum := sha256.Sum256([]byte(archive))
+	return markPrefix + hex.EncodeToString(sum[:8])
+}
 
 // PrefetchWait is the longest a fetch waits for a segment the prefetcher
 // is downloading before it downloads the segment itself.
@@ -65,8 +89,8 @@ const (
 	defaultPrefetchBytes    = 256 << 20
 	defaultPrefetchParallel = 2
 	defaultPrefetchIdle     = time.Minute
-	prefetchRetryMin        = 500 * time.Millisecond
-	prefetchRetryMax        = 30 * time.Second
+	prefetchRetryFloor      = 500 * time.Millisecond
+	prefetchRetryCeiling    = 30 * time.Second
 	// prefetchWatch is how often the prefetcher looks at the data
 	// directory and the server.
 	prefetchWatch = 250 * time.Millisecond
@@ -86,15 +110,19 @@ type PrefetchOptions struct {
 	Ahead    int           // segments kept ready beyond the last one taken; default 16
 	MaxBytes int64         // bound on their bytes, in the spool and in flight; default 256 MiB
 	Parallel int           // downloads at once; default 2
-	Idle     time.Duration // exit when no fetch came for this long; default 1m
+	Idle     time.Duration // exit when nothing was taken and no fetch came for this long; default 1m
 	Log      *slog.Logger
 }
 
 // PrefetchStats are the prefetcher's counts; every field is atomic.
 type PrefetchStats struct {
 	Downloads atomic.Uint64 // segments placed in the spool
-	Missing   atomic.Uint64 // downloads the archive answered not-found
-	Failures  atomic.Uint64 // other failed downloads (damaged, unreachable)
+	// Taken counts placed segments that left the spool without the
+	// prefetcher removing them: moved by the restore_command's mv, or
+	// taken by a fetch.
+	Taken    atomic.Uint64
+	Missing  atomic.Uint64 // downloads the archive answered not-found
+	Failures atomic.Uint64 // other failed downloads (damaged, unreachable)
 }
 
 // Prefetcher keeps the next segments of a recovery in a spool.
@@ -115,11 +143,12 @@ type Prefetcher struct {
 	hold     prefetchHold
 	backoff  time.Duration
 
-	note    []byte    // the last note read
-	active  time.Time // when a fetch was last seen
-	watched time.Time
-	pmPID   int // the server's postmaster, from postmaster.pid
-	stop    string
+	note     []byte    // the last note read
+	active   time.Time // when a fetch or a take was last seen
+	takeSeen time.Time // when the prefetcher last found a placed segment taken
+	watched  time.Time
+	pmPID    int // the server's postmaster, from postmaster.pid
+	stop     string
 }
 
 // prefetchHold stops downloads at seg after a failure there, until a
@@ -159,9 +188,9 @@ func NewPrefetcher(a *archive.Archive, o PrefetchOptions) *Prefetcher {
 // Stats are the prefetcher's live counts.
 func (p *Prefetcher) Stats() *PrefetchStats { return &p.stats }
 
-// Run prefetches until the recovery ends, the server stops, no fetch came
-// for the idle time, or ctx ends; then it removes what it placed and
-// returns why it stopped. It returns an error only if it cannot start: no
+// Run prefetches until the recovery ends, the server stops, nothing was
+// taken and no fetch came for the idle time, or ctx ends; then it removes
+// what it placed and returns why it stopped. It returns an error only if it cannot start: no
 // archive, a spool that is not its user's own (spool.ErrOwner) or not
 // usable, another prefetcher or agent on the spool.
 func (p *Prefetcher) Run(ctx context.Context) (string, error) {
@@ -182,15 +211,24 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 	}
 	p.segSize, p.sysID = id.SegmentSize, id.SystemIdentifier
 	p.limit = uint64(max(1, min(int64(p.o.Ahead), p.o.MaxBytes/int64(p.segSize))))
+	// What an earlier run left (killed, it removed nothing) goes first,
+	// its mark with it: whatever archive that run read, no mv takes a
+	// file from this spool until this run has published its own mark.
 	p.clear()
+	mark := filepath.Join(p.o.Spool, PrefetchMark(p.o.Archive))
 	defer func() {
-		// Segments first: a fetch finds no file rather than a file it
-		// cannot check.
+		// The mark first (no mv takes a file any more), then the
+		// segments (a fetch finds no file rather than a file it cannot
+		// check), then the state.
+		_ = os.Remove(mark)
 		p.clear()
 		_ = os.Remove(filepath.Join(p.o.Spool, spool.StateFile))
 	}()
 	if err := spool.WriteState(p.o.Spool, spool.State{SegmentSize: p.segSize, SystemID: p.sysID, Archive: p.o.Archive}); err != nil {
 		return "", err
+	}
+	if err := os.WriteFile(mark, nil, 0o600); err != nil {
+		return "", fmt.Errorf("%w: prefetch mark: %w", archive.ErrLocal, err)
 	}
 	now := time.Now()
 	p.active = now
@@ -209,6 +247,7 @@ func (p *Prefetcher) Run(ctx context.Context) (string, error) {
 	for r := range results {
 		p.finished(r)
 	}
+	p.sawTakes(time.Now()) // the last look: what was taken is counted, not cleared
 	return why, nil
 }
 
@@ -217,6 +256,7 @@ func (p *Prefetcher) loop(ctx, dctx context.Context, wg *sync.WaitGroup, results
 	for {
 		now := time.Now()
 		p.readNote(now)
+		p.sawTakes(now)
 		if why := p.shouldStop(now); why != "" {
 			return why
 		}
@@ -248,7 +288,11 @@ type prefetchNote struct {
 }
 
 // readNote follows fetch's last note: a new note is activity; a segment
-// delivered moves the window after it.
+// delivered moves the window after it. A note written before the last
+// take the prefetcher saw does not move the window back: PostgreSQL asked
+// for that segment before it took a later one by mv (the prefetcher read
+// the two in the other order). Should it really have gone back, its next
+// fetches, written after, move the window.
 func (p *Prefetcher) readNote(now time.Time) {
 	b, err := os.ReadFile(filepath.Join(p.o.Spool, spool.NoteFile))
 	if err != nil || bytes.Equal(b, p.note) {
@@ -267,21 +311,57 @@ func (p *Prefetcher) readNote(now time.Time) {
 	if err != nil || !n.Delivered || (p.known && name.TLI == p.tli && name.SegNo == p.last) {
 		return
 	}
+	if p.known && name.TLI == p.tli && name.SegNo < p.last && !p.takeSeen.IsZero() && n.At <= p.takeSeen.UnixNano() {
+		return
+	}
 	p.tli, p.last, p.known = name.TLI, name.SegNo, true
 	p.tidy()
 }
 
+// sawTakes looks for the segments it placed that left the spool: taken
+// by the restore_command's mv, which starts no walship and writes no
+// note, or by a fetch. A take is activity and moves the window to the
+// highest segment taken. Only placed segments are looked at, and the
+// prefetcher's own removals (tidy, clear) drop a segment from placed as
+// they remove it: none of them is ever counted as a take.
+func (p *Prefetcher) sawTakes(now time.Time) {
+	moved := false
+	for n := range p.placed {
+		_, err := os.Lstat(filepath.Join(p.o.Spool, n.String(p.segSize)))
+		if !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		p.taken(n, now)
+		if n.TLI == p.tli && n.SegNo > p.last {
+			p.last, moved = n.SegNo, true
+		}
+	}
+	if moved {
+		p.tidy()
+	}
+}
+
+// taken counts placed segment n, found gone at now, as taken.
+func (p *Prefetcher) taken(n segment.Name, now time.Time) {
+	delete(p.placed, n)
+	p.stats.Taken.Add(1)
+	p.active, p.takeSeen = now, now
+}
+
 // tidy removes what PostgreSQL will not take from the spool any more:
 // segments up to the one it took last, on other timelines, or beyond the
-// window (it went back).
+// window (it went back). One that is gone already was taken (a fetch took
+// it, and its note moved the window past it).
 func (p *Prefetcher) tidy() {
 	for n := range p.placed {
 		if n.TLI == p.tli && n.SegNo > p.last && n.SegNo <= p.last+p.limit {
-			if _, err := os.Lstat(filepath.Join(p.o.Spool, n.String(p.segSize))); err == nil {
-				continue
-			}
+			continue
 		}
-		_ = os.Remove(filepath.Join(p.o.Spool, n.String(p.segSize)))
+		err := os.Remove(filepath.Join(p.o.Spool, n.String(p.segSize)))
+		if errors.Is(err, fs.ErrNotExist) {
+			p.taken(n, time.Now())
+			continue
+		}
 		delete(p.placed, n)
 	}
 }
@@ -335,7 +415,7 @@ func (p *Prefetcher) finished(r prefetched) {
 	if errors.Is(r.err, context.Canceled) || r.name.TLI != p.tli {
 		return
 	}
-	p.backoff = min(max(2*p.backoff, prefetchRetryMin), prefetchRetryMax)
+	p.backoff = min(max(2*p.backoff, prefetchRetryFloor), prefetchRetryCeiling)
 	if !p.hold.on || r.name.SegNo <= p.hold.seg || p.hold.last != p.last {
 		p.hold = prefetchHold{on: true, seg: r.name.SegNo, until: time.Now().Add(p.backoff), last: p.last}
 	}
@@ -356,7 +436,7 @@ func (p *Prefetcher) shouldStop(now time.Time) string {
 		return p.stop
 	}
 	if now.Sub(p.active) >= p.o.Idle {
-		return fmt.Sprintf("idle: no fetch for %s", p.o.Idle)
+		return fmt.Sprintf("idle: nothing taken and no fetch for %s", p.o.Idle)
 	}
 	if now.Sub(p.watched) < prefetchWatch {
 		return ""

@@ -49,11 +49,11 @@ func (s PrefetchSpool) Take(name, dest string) (bool, error) {
 func (s PrefetchSpool) take(name, dest string, wait time.Duration) (bool, error) {
 	f, err := segment.ParseFile(name)
 	if err != nil || f.Kind != segment.KindSegment {
-		return false, nil
+		return false, nil //nolint:nilerr // only segments are prefetched: the caller fetches anything else
 	}
 	st, err := spool.ReadState(s.Dir)
 	if err != nil || st.Archive != s.Archive {
-		return false, nil // no prefetcher of this archive published its state
+		return false, nil //nolint:nilerr // no prefetcher of this archive published its state: the caller fetches
 	}
 	if err := ownSpool(s.Dir); err != nil {
 		return false, err

@@ -45,12 +45,12 @@ const (
 type Status int
 
 const (
-	// Delivered: the complete, verified file is at dest.
+	// Delivered means the complete, verified file is at dest.
 	Delivered Status = iota
-	// Absent: the archive, or a live agent's last poll, confirmed that
-	// the file is not archived.
+	// Absent means the archive, or a live agent's last poll, confirmed
+	// that the file is not archived.
 	Absent
-	// Failed: anything else; Run's error says what.
+	// Failed is anything else; Run's error says what.
 	Failed
 )
 

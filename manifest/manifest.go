@@ -43,9 +43,9 @@ const (
 )
 
 var (
-	// ErrNoBackup: no complete backup with that id.
+	// ErrNoBackup is wrapped when there is no complete backup with that id.
 	ErrNoBackup = errors.New("no such backup")
-	// ErrBadID: the id is not one walship makes.
+	// ErrBadID is wrapped when an id is not one walship makes.
 	ErrBadID = errors.New("not a backup id")
 )
 

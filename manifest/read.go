@@ -77,7 +77,7 @@ func List(ctx context.Context, store backends.Storage) (Listing, error) {
 		k := archive.ParseKey(o.Key)
 		id, rest := k.BackupID, k.Object
 		if k.Kind != archive.KeyBackup || ValidID(id) != nil {
-			return nil
+			return nil //nolint:nilerr // a prefix walship did not make is no backup: skipped, not a listing failure
 		}
 		if _, seen := ids[id]; !seen {
 			ids[id] = false

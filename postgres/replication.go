@@ -4,6 +4,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -27,6 +28,18 @@ var ErrPassword = errors.New("connection string contains a password; use PGPASSW
 
 // ErrServer marks failures of the server or the connection to it.
 var ErrServer = errors.New("PostgreSQL")
+
+// ErrPrerequisite marks a server's refusal because something the command
+// needs is not in place (SQLSTATE 55000, object_not_in_prerequisite_state):
+// for an incremental BASE_BACKUP, WAL summaries that do not reach back to
+// the parent, or a parent not on the server's timeline history.
+var ErrPrerequisite = errors.New("not in prerequisite state")
+
+const sqlstatePrerequisite = "55000"
+
+// MinIncrementalVersion is the first server that takes incremental base
+// backups (UPLOAD_MANIFEST, BASE_BACKUP INCREMENTAL).
+const MinIncrementalVersion = 170000
 
 // Conn is a physical replication connection.
 type Conn struct {
@@ -190,6 +203,21 @@ func (c *Conn) query(ctx context.Context, sql string) ([][]string, error) {
 	return out, nil
 }
 
+// UploadManifest sends a prior backup's backup_manifest for the
+// incremental BASE_BACKUP that follows on this connection: UPLOAD_MANIFEST
+// switches to COPY IN, the manifest goes as CopyData and CopyDone, and the
+// server answers CommandComplete once it has parsed it. The server keeps
+// it for the rest of the session.
+func (c *Conn) UploadManifest(ctx context.Context, manifest []byte) error {
+	if _, err := c.pc.CopyFrom(ctx, bytes.NewReader(manifest), "UPLOAD_MANIFEST"); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: UPLOAD_MANIFEST: %w", ErrServer, context.Cause(ctx))
+		}
+		return fmt.Errorf("%w: UPLOAD_MANIFEST: %w", ErrServer, err)
+	}
+	return nil
+}
+
 // Tablespace is one entry of BASE_BACKUP's tablespace list. The main data
 // directory has OID 0 and an empty location.
 type Tablespace struct {
@@ -220,6 +248,9 @@ type BackupOptions struct {
 	FastCheckpoint bool
 	// MaxRateKB limits the server's send rate in kB/s; 0 is unlimited.
 	MaxRateKB int
+	// Incremental asks for an incremental backup (PostgreSQL 17+)
+	// against the manifest UploadManifest sent on this connection.
+	Incremental bool
 }
 
 // BaseBackup runs BASE_BACKUP and streams it into h. It asks for a manifest
@@ -237,6 +268,9 @@ func (c *Conn) BaseBackup(ctx context.Context, o BackupOptions, h BackupHandler)
 	}
 	if o.MaxRateKB > 0 {
 		opts = append(opts, "MAX_RATE "+strconv.Itoa(o.MaxRateKB))
+	}
+	if o.Incremental {
+		opts = append(opts, "INCREMENTAL")
 	}
 	fe := c.pc.Frontend()
 	fe.Send(&pgproto3.Query{String: "BASE_BACKUP (" + strings.Join(opts, ", ") + ")"})
@@ -310,7 +344,11 @@ func (s *streamState) handle(msg pgproto3.BackendMessage) (bool, error) {
 	case *pgproto3.CopyDone:
 		s.inCopy = false
 	case *pgproto3.ErrorResponse:
-		return false, fmt.Errorf("%w: BASE_BACKUP: %w", ErrServer, pgconn.ErrorResponseToPgError(m))
+		err := pgconn.ErrorResponseToPgError(m)
+		if m.Code == sqlstatePrerequisite {
+			return false, fmt.Errorf("%w: BASE_BACKUP: %w: %w", ErrServer, ErrPrerequisite, err)
+		}
+		return false, fmt.Errorf("%w: BASE_BACKUP: %w", ErrServer, err)
 	case *pgproto3.ReadyForQuery:
 		return true, nil
 	case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/walship/walship/segment"
@@ -143,5 +144,22 @@ func TestStreamStateRefusals(t *testing.T) {
 	}
 	if _, _, err := s.stopPosition(); !errors.Is(err, ErrServer) {
 		t.Errorf("no stop position: %v", err)
+	}
+}
+
+// The server's refusal for a missing prerequisite (SQLSTATE 55000: WAL
+// summaries that do not reach back, for an incremental) is marked, with
+// its message and detail kept; other errors are not.
+func TestPrerequisiteError(t *testing.T) {
+	s := &streamState{h: &recorder{}}
+	_, err := s.handle(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "55000",
+		Message: "WAL summaries are required on timeline 1 from 0/2000028 to 0/5000028, but no summaries for that timeline and LSN range exist"})
+	var pe *pgconn.PgError
+	if !errors.Is(err, ErrPrerequisite) || !errors.Is(err, ErrServer) || !errors.As(err, &pe) || pe.Code != "55000" {
+		t.Errorf("55000: %v", err)
+	}
+	_, err = s.handle(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "58P01", Message: "could not open file"})
+	if errors.Is(err, ErrPrerequisite) || !errors.Is(err, ErrServer) {
+		t.Errorf("58P01: %v", err)
 	}
 }

@@ -14,16 +14,18 @@ import (
 )
 
 var (
-	// ErrUnreachable: no backup and archived WAL reach the target.
+	// ErrUnreachable is wrapped when no backup and archived WAL reach the
+	// target.
 	ErrUnreachable = errors.New("the archive cannot reach the recovery target")
-	// ErrUsage: the restore request itself is wrong (a bad target, a
-	// non-empty directory).
+	// ErrUsage is wrapped when the restore request itself is wrong (a bad
+	// target, a non-empty directory).
 	ErrUsage = errors.New("bad restore request")
 )
 
 // TargetKind is what a recovery stops at.
 type TargetKind int
 
+// The kinds of recovery target.
 const (
 	TargetEnd       TargetKind = iota // replay all the archived WAL
 	TargetTime                        // recovery_target_time
@@ -107,7 +109,11 @@ func (t Target) String() string {
 
 // Plan is the chosen backup and what recovery will read.
 type Plan struct {
-	Backup    *manifest.Manifest
+	Backup *manifest.Manifest
+	// Chain is what restoring Backup takes: its full backup and the
+	// incrementals to it, oldest first, Backup last ([Backup] for a full
+	// backup). The WAL recovery needs is Backup's alone.
+	Chain     []*manifest.Manifest
 	Timeline  uint32 // the resolved target timeline
 	Why       string
 	Notes     []string
@@ -139,7 +145,7 @@ func Choose(c *catalog.Catalog, t Target, backupID string) (*Plan, error) {
 	if len(cands) == 0 {
 		return nil, fmt.Errorf("%w: the archive holds no complete backup", ErrUnreachable)
 	}
-	var reasons []string
+	var reasons, broken []string
 	early, other := 0, 0
 	for i := len(cands) - 1; i >= 0; i-- {
 		b := cands[i]
@@ -149,12 +155,16 @@ func Choose(c *catalog.Catalog, t Target, backupID string) (*Plan, error) {
 			if backupID == "latest" && i != len(cands)-1 {
 				return nil, fmt.Errorf("%w: the latest backup %s cannot serve: %s", ErrUnreachable, cands[len(cands)-1].ID, reasons[0])
 			}
+			p.Notes = append(p.Notes, broken...)
 			return p, nil
 		}
 		switch kind {
 		case tooLate:
 			early++
 		case elsewhere:
+		case brokenChain:
+			other++
+			broken = append(broken, "newer backup "+b.ID+" was passed over: "+why)
 		default:
 			other++
 		}
@@ -171,13 +181,18 @@ func Choose(c *catalog.Catalog, t Target, backupID string) (*Plan, error) {
 type refusal int
 
 const (
-	cannot    refusal = iota // the WAL is missing, or the timeline unknown
-	tooLate                  // the backup is consistent only after the target
-	elsewhere                // the backup is on a timeline the target's path does not pass
+	cannot      refusal = iota // the WAL is missing, or the timeline unknown
+	tooLate                    // the backup is consistent only after the target
+	elsewhere                  // the backup is on a timeline the target's path does not pass
+	brokenChain                // an incremental whose chain of parents cannot be restored
 )
 
 // try checks one backup.
 func try(c *catalog.Catalog, b *manifest.Manifest, t Target) (p *Plan, kind refusal, why string) {
+	chain, err := chainOf(c, b)
+	if err != nil {
+		return nil, brokenChain, err.Error()
+	}
 	tli, err := c.TargetTimeline(b, t.Timeline)
 	if err != nil {
 		return nil, cannot, err.Error()
@@ -195,7 +210,7 @@ func try(c *catalog.Catalog, b *manifest.Manifest, t Target) (p *Plan, kind refu
 	if b.StopLSN <= b.StartLSN {
 		stop = start
 	}
-	p = &Plan{Backup: b, Timeline: tli}
+	p = &Plan{Backup: b, Chain: chain, Timeline: tli}
 	need := stop // the last segment that must be present
 	switch t.Kind {
 	case TargetLSN:
@@ -249,6 +264,22 @@ func try(c *catalog.Catalog, b *manifest.Manifest, t Target) (p *Plan, kind refu
 	}
 	p.FirstWAL, p.LastWAL, p.Segments = path.At(start), path.At(need), int(need-start+1)
 	return p, cannot, ""
+}
+
+// chainOf resolves b's chain (catalog.Chain) and refuses one whose
+// members could not be combined: another major or segment size than b's.
+func chainOf(c *catalog.Catalog, b *manifest.Manifest) ([]*manifest.Manifest, error) {
+	chain, err := c.Chain(b)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range chain {
+		if m.PGVersionNum/10000 != b.PGVersionNum/10000 || m.SegmentSize != b.SegmentSize {
+			return nil, fmt.Errorf("%w: backup %s (PostgreSQL %s) is in the chain of %s (PostgreSQL %s), which is another server version or segment size",
+				catalog.ErrBrokenChain, m.ID, m.PGVersion, b.ID, b.PGVersion)
+		}
+	}
+	return chain, nil
 }
 
 // xidAtOrAfter compares a target xid with a backup's next xid. A 32-bit

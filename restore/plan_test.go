@@ -166,3 +166,56 @@ func TestTargetCheck(t *testing.T) {
 		}
 	}
 }
+
+// An incremental backup is chosen like a full one, with its chain; WAL is
+// needed from its own start. A broken chain is a refusal with its reason.
+func TestChooseChain(t *testing.T) {
+	chained := func() *catalog.Catalog {
+		inv := inventory()
+		b := inv.Backups
+		b[1].Type, b[1].Parent = manifest.TypeIncremental, "B1" // B2 from B1
+		b[3].Type, b[3].Parent = manifest.TypeIncremental, "B2" // B3 from B2
+		return inv
+	}
+	ids := func(ms []*manifest.Manifest) string {
+		var s []string
+		for _, m := range ms {
+			s = append(s, m.ID)
+		}
+		return strings.Join(s, " ")
+	}
+	p, err := Choose(chained(), Target{}, "")
+	if err != nil || p.Backup.ID != "B3" || ids(p.Chain) != "B1 B2 B3" || p.FirstWAL.String(mib16) != "000000020000000000000009" {
+		t.Fatalf("end of archive: %+v, %v", p, err)
+	}
+	p, err = Choose(chained(), Target{Kind: TargetLSN, LSN: lsn("0/6000000")}, "")
+	if err != nil || p.Backup.ID != "B2" || ids(p.Chain) != "B1 B2" {
+		t.Fatalf("lsn after B2: %+v, %v", p, err)
+	}
+	if p, err := Choose(inventory(), Target{}, ""); err != nil || ids(p.Chain) != "B3" {
+		t.Fatalf("a full backup's chain is itself: %+v, %v", p, err)
+	}
+
+	// B2 gone: B3 cannot be restored; asked for, it is refused with the
+	// reason; otherwise the planner passes over it, and says so.
+	broken := chained()
+	broken.Backups = append(broken.Backups[:1:1], broken.Backups[2:]...)
+	if _, err := Choose(broken, Target{}, "B3"); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "chain broken") ||
+		!strings.Contains(err.Error(), "B2") {
+		t.Fatalf("broken chain asked for: %v", err)
+	}
+	if _, err := Choose(broken, Target{}, "latest"); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("broken latest: %v", err)
+	}
+	p, err = Choose(broken, Target{}, "")
+	if err != nil || p.Backup.ID != "B1" || len(p.Notes) != 1 || !strings.Contains(p.Notes[0], "B3 was passed over") {
+		t.Fatalf("broken chain passed over: %+v, %v", p, err)
+	}
+
+	// A chain across server versions is refused.
+	mixed := chained()
+	mixed.Backups[0].PGVersionNum, mixed.Backups[3].PGVersionNum = 160004, 170002
+	if _, err := Choose(mixed, Target{}, "B3"); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "another server version") {
+		t.Fatalf("mixed versions: %v", err)
+	}
+}

@@ -55,8 +55,8 @@ type Options struct {
 	Log      *slog.Logger
 }
 
-// ErrDamaged: what restore read from the archive is intact as stored but
-// not what it must be: a backup that is not a PostgreSQL base backup
+// ErrDamaged is wrapped when what restore read from the archive is intact
+// as stored but not what it must be: a backup that is not a PostgreSQL base backup
 // walship wrote (a manifest without a base.tar, a chunk that is not tar, a
 // link, device or FIFO entry, a path outside the directory), or a history
 // file that does not parse. Fetching it again will not help: status 4,
@@ -82,8 +82,9 @@ func CheckTarget(dir string) error {
 
 // Restore writes the plan's backup into o.PGData (and its tablespaces into
 // their directories), verifying every chunk, then the recovery settings, so
-// that starting PostgreSQL completes the recovery. On failure it removes
-// what it wrote.
+// that starting PostgreSQL completes the recovery. An incremental backup
+// is rebuilt from its chain (chain.go). On failure it removes what it
+// wrote.
 func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err error) {
 	if o.Parallel <= 0 {
 		o.Parallel = runtime.GOMAXPROCS(0)
@@ -94,6 +95,15 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	m := p.Backup
 	if o.PGData == "" || !filepath.IsAbs(o.PGData) {
 		return fmt.Errorf("%w: the data directory %q must be an absolute path", ErrUsage, o.PGData)
+	}
+	if o.Progress == nil {
+		o.Progress = noProgress{}
+	}
+	if m.Incremental() {
+		if len(p.Chain) < 2 || p.Chain[len(p.Chain)-1] != m {
+			return fmt.Errorf("%w: backup %s is incremental and the plan holds no chain for it", ErrUnreachable, m.ID)
+		}
+		return restoreChain(ctx, a, p, o)
 	}
 	if err := checkArchives(m); err != nil {
 		return err
@@ -111,12 +121,10 @@ func Restore(ctx context.Context, a *archive.Archive, p *Plan, o Options) (err e
 	if err := td.prepare(m, dirs); err != nil {
 		return err
 	}
-	if o.Progress == nil {
-		o.Progress = noProgress{}
-	}
 	o.Progress.Phase("restoring files", m.Size)
 	for _, ar := range m.Archives {
-		if err := extractArchive(ctx, a.Storage(), ar, dirs[ar.Name], o); err != nil {
+		dir := dirs[ar.Name]
+		if err := extractArchive(ctx, a.Storage(), ar, o, func(r io.Reader) error { return untar(r, dir) }); err != nil {
 			o.Progress.End(err)
 			return err
 		}
@@ -229,9 +237,9 @@ type chunkResult struct {
 
 // extractArchive downloads an archive's chunks, o.Parallel at once, each
 // worker with its own decoder and download buffer, verifies each against
-// the manifest and unpacks the tar stream into dir. Decompressed chunks
-// wait in a pool of o.Parallel+1 buffers, which bounds memory.
-func extractArchive(ctx context.Context, store backends.Storage, ar manifest.Archive, dir string, o Options) error {
+// the manifest and hands the tar stream, in order, to unpack. Decompressed
+// chunks wait in a pool of o.Parallel+1 buffers, which bounds memory.
+func extractArchive(ctx context.Context, store backends.Storage, ar manifest.Archive, o Options, unpack func(io.Reader) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make([]chan chunkResult, len(ar.Chunks))
@@ -301,7 +309,7 @@ func extractArchive(ctx context.Context, store backends.Storage, ar manifest.Arc
 		}()
 	}
 	r := &orderedReader{ctx: ctx, results: results, pool: pool, progress: o.Progress}
-	return untar(r, dir)
+	return unpack(r)
 }
 
 // maxChunk bounds the decoder's memory: the largest chunk, and at least
@@ -348,7 +356,7 @@ func fetchChunk(ctx context.Context, store backends.Storage, c manifest.Chunk, u
 // orderedReader reads the chunks in order as they arrive and returns each
 // buffer to the pool once read.
 type orderedReader struct {
-	ctx      context.Context
+	ctx      context.Context //nolint:containedctx // an io.Reader: Read takes no context, yet must stop waiting for a chunk once the restore ends
 	results  []chan chunkResult
 	pool     chan []byte
 	progress Progress

@@ -117,7 +117,7 @@ func untar(r io.Reader, dir string) error {
 				return createErr(h.Name, err)
 			}
 		case tar.TypeReg:
-			if err := writeFile(dst, h.Name, mode|0o600, tr, src, buf); err != nil {
+			if err := writeFile(dst, h.Name, mode|0o600, os.O_EXCL, tr, src, buf); err != nil {
 				return err
 			}
 		default:
@@ -150,14 +150,16 @@ func createErr(name string, err error) error {
 	return fmt.Errorf("%w: %w", archive.ErrLocal, err)
 }
 
-func writeFile(dst, name string, mode os.FileMode, tr io.Reader, src *sourceReader, buf []byte) error {
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+// writeFile writes the tar entry tr to dst, created with mode; flag is
+// os.O_EXCL for a new file, os.O_TRUNC to replace one.
+func writeFile(dst, name string, mode os.FileMode, flag int, tr io.Reader, src *sourceReader, buf []byte) error {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|flag, mode)
 	if errors.Is(err, os.ErrNotExist) {
 		// A stream without the directory entry first: make it.
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return createErr(name, err)
 		}
-		f, err = os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+		f, err = os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|flag, mode)
 	}
 	if err != nil {
 		return createErr(name, err)
@@ -195,7 +197,7 @@ func drainZeros(src *sourceReader, buf []byte) error {
 				return fmt.Errorf("backup tar stream has data after the end of the archive: %w", ErrDamaged)
 			}
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {

@@ -107,7 +107,8 @@ func TestPlanIncompleteWithoutLeaseUsesNewestObject(t *testing.T) {
 			objs = append(objs, o)
 		}
 	}
-	inv.Objects = append(objs, catalog.Object{Key: manifest.Prefix + "20261126T020000Z/base.tar.00002", Size: 10, Modified: now.Add(-time.Minute)})
+	objs = append(objs, catalog.Object{Key: manifest.Prefix + "20261126T020000Z/base.tar.00002", Size: 10, Modified: now.Add(-time.Minute)})
+	inv.Objects = objs
 	p, err := Make(inv, Policy{KeepLast: 1, Grace: 10 * time.Minute}, now)
 	if err != nil {
 		t.Fatal(err)

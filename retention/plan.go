@@ -20,7 +20,8 @@ import (
 	"github.com/walship/walship/segment"
 )
 
-// ErrNoPolicy: neither keep-last nor keep-within is set.
+// ErrNoPolicy is returned (or wrapped) when neither keep-last nor
+// keep-within is set.
 var ErrNoPolicy = errors.New("no retention policy: set keep-last and/or keep-within")
 
 // DefaultGrace protects objects written recently: an upload or a fetch may
@@ -91,9 +92,15 @@ func Make(c *catalog.Catalog, p Policy, now time.Time) (*Plan, error) {
 	backups := append([]*manifest.Manifest(nil), c.Backups...)
 	sort.SliceStable(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
 
-	pl := &planner{ss: c.SegSize, keptWhy: keptBackups(backups, p, now), byID: map[string]*manifest.Manifest{}}
+	pl := &planner{ss: c.SegSize, byID: map[string]*manifest.Manifest{}}
 	for _, b := range backups {
 		pl.byID[b.ID] = b
+	}
+	var running []guard
+	pl.running, pl.debris, running = incompleteBackups(c, pl.byID, p.Grace, now)
+	pl.keptWhy = keptBackups(c, backups, p, now)
+	keepRunningParents(c, pl.running, pl.byID, pl.keptWhy)
+	for _, b := range backups {
 		if why, ok := pl.keptWhy[b.ID]; ok {
 			plan.KeptBackups = append(plan.KeptBackups, b.ID)
 			pl.guards = append(pl.guards, guard{TLI: b.Timeline, SegNo: b.StartLSN.SegNo(pl.ss),
@@ -109,8 +116,6 @@ func Make(c *catalog.Catalog, p Policy, now time.Time) (*Plan, error) {
 	if pl.keepAllWAL != "" {
 		plan.Notes = append(plan.Notes, pl.keepAllWAL)
 	}
-	var running []guard
-	pl.running, pl.debris, running = incompleteBackups(c, pl.byID, p.Grace, now)
 	pl.guards = append(pl.guards, running...)
 	for id, why := range pl.running {
 		plan.RunningBackups = append(plan.RunningBackups, id)
@@ -232,12 +237,9 @@ func incompleteBackups(c *catalog.Catalog, complete map[string]*manifest.Manifes
 
 // keptBackups applies the policy to backups (oldest first) and says why
 // each kept one is kept.
-func keptBackups(backups []*manifest.Manifest, p Policy, now time.Time) map[string]string {
+func keptBackups(c *catalog.Catalog, backups []*manifest.Manifest, p Policy, now time.Time) map[string]string {
 	why := map[string]string{}
-	n := len(backups)
-	for i := max(0, n-p.KeepLast); i < n && p.KeepLast > 0; i++ {
-		why[backups[i].ID] = fmt.Sprintf("one of the last %d", p.KeepLast)
-	}
+	lastChains(c, backups, p.KeepLast, why)
 	if p.KeepWithin > 0 {
 		cutoff := now.Add(-p.KeepWithin)
 		window := fmt.Sprintf("restores to any moment of the last %s", p.KeepWithin)
@@ -259,7 +261,74 @@ func keptBackups(backups []*manifest.Manifest, p Policy, now time.Time) map[stri
 			}
 		}
 	}
+	keepChains(c, backups, why)
 	return why
+}
+
+// lastChains keeps the newest n chains: a chain is a full backup with
+// every incremental built on it, and counts once however many
+// incrementals it has. Chains are ordered by their newest member. A
+// backup whose chain is broken counts for nothing: it cannot be restored.
+func lastChains(c *catalog.Catalog, backups []*manifest.Manifest, n int, why map[string]string) {
+	roots := map[string]bool{}
+	rootOf := map[string]string{}
+	for i := len(backups) - 1; i >= 0; i-- {
+		chain, err := c.Chain(backups[i])
+		if err != nil {
+			continue
+		}
+		root := chain[0].ID
+		rootOf[backups[i].ID] = root
+		if len(roots) < n {
+			roots[root] = true
+		}
+	}
+	for _, b := range backups {
+		if roots[rootOf[b.ID]] {
+			why[b.ID] = fmt.Sprintf("in one of the last %d backup chains", n)
+		}
+	}
+}
+
+// keepRunningParents keeps the chain a running incremental backup is taken
+// against (its lease names the parent): deleting it would leave the new
+// backup without a parent the moment it completes.
+func keepRunningParents(c *catalog.Catalog, running map[string]string, byID map[string]*manifest.Manifest, why map[string]string) {
+	for id := range running {
+		parent, ok := byID[c.Leases[id].Lease.Parent]
+		if !ok {
+			continue
+		}
+		chain, err := c.Chain(parent)
+		if err != nil {
+			chain = []*manifest.Manifest{parent}
+		}
+		for _, m := range chain {
+			if _, kept := why[m.ID]; !kept {
+				why[m.ID] = "in the chain running incremental backup " + id + " is taken against"
+			}
+		}
+	}
+}
+
+// keepChains keeps every backup a kept incremental is built on: an
+// incremental without its whole chain restores nothing.
+func keepChains(c *catalog.Catalog, backups []*manifest.Manifest, why map[string]string) {
+	for i := len(backups) - 1; i >= 0; i-- {
+		b := backups[i]
+		if _, kept := why[b.ID]; !kept || !b.Incremental() {
+			continue
+		}
+		chain, err := c.Chain(b)
+		if err != nil {
+			continue // its own reason stands; the parts it has are kept below if anything needs them
+		}
+		for _, m := range chain[:len(chain)-1] {
+			if _, ok := why[m.ID]; !ok {
+				why[m.ID] = "in the chain of kept incremental backup " + b.ID
+			}
+		}
+	}
 }
 
 // decide keeps or deletes one object (before the grace period).

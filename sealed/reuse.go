@@ -124,11 +124,11 @@ func (u *Unsealer) Unseal(obj, dst []byte) ([]byte, Header, error) {
 	var out []byte
 	switch h.Codec {
 	case CodecNone:
-		out = append(dst[:0], body...)
+		out = append(dst[:0], body...) //nolint:gocritic // into dst's storage on purpose, as Unseal promises
 	case CodecZstd:
 		out, err = u.zst.DecodeAll(body, dst[:0])
 		if err != nil {
-			return nil, h, fmt.Errorf("%w: %v", ErrChecksum, err)
+			return nil, h, fmt.Errorf("%w: %v", ErrChecksum, err) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 		}
 	default:
 		r, err := NewReader(bytes.NewReader(obj))

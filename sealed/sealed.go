@@ -19,8 +19,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// A sealed object is how walship stores every file: a fixed header, then the
-// compressed bytes. The header makes the object self-describing, so a reader
+// HeaderSize is the length of a sealed object's header. A sealed object is
+// how walship stores every file: a fixed header, then the compressed bytes. The header makes the object self-describing, so a reader
 // never guesses the codec from a key suffix or probes one extension after
 // another, and it carries the SHA-256 of the original bytes, so integrity is
 // checked end to end by walship rather than trusted to a transport.
@@ -124,7 +124,7 @@ func (c Compression) Validate() error {
 	return nil
 }
 
-// SealedHeader is the decoded header of a sealed object.
+// Header is the decoded header of a sealed object.
 type Header struct {
 	Version uint8
 	Codec   Codec
@@ -142,7 +142,7 @@ func (h Header) marshal(b []byte) {
 	binary.BigEndian.PutUint32(b[48:], crc32.Checksum(b[:48], crcTable))
 }
 
-// ParseSealedHeader decodes and checks a sealed header.
+// ParseHeader decodes and checks a sealed header.
 func ParseHeader(b []byte) (Header, error) {
 	if len(b) < HeaderSize || string(b[0:4]) != sealedMagic {
 		return Header{}, ErrNotSealed
@@ -164,7 +164,7 @@ func ParseHeader(b []byte) (Header, error) {
 	return h, nil
 }
 
-// ReadSealedHeader reads just the header from the start of an object.
+// ReadHeader reads just the header from the start of an object.
 func ReadHeader(r io.Reader) (Header, error) {
 	var b [HeaderSize]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
@@ -176,7 +176,7 @@ func ReadHeader(r io.Reader) (Header, error) {
 	return ParseHeader(b[:])
 }
 
-// Sealed is a sealed object in memory: the header, then the compressed
+// Object is a sealed object in memory: the header, then the compressed
 // frames in order. It is kept in pieces so that no copy of the whole object
 // is ever made; Reader presents it as one stream.
 type Object struct {
@@ -426,7 +426,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 			if sr.src.err != nil {
 				return nil, sr.src.err
 			}
-			return nil, fmt.Errorf("%w: %v", ErrChecksum, err)
+			return nil, fmt.Errorf("%w: %v", ErrChecksum, err) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 		}
 		sr.body, sr.close = g, func() { _ = g.Close() }
 	}
@@ -470,7 +470,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if r.src.err != nil {
 			return n, r.src.err
 		}
-		return n, fmt.Errorf("%w: %v", ErrChecksum, err)
+		return n, fmt.Errorf("%w: %v", ErrChecksum, err) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 	}
 	return n, err
 }
@@ -533,14 +533,14 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 		} else {
 			free <- buf
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return finish(nil)
 		}
 		if err != nil {
 			if r.src.err != nil {
 				return finish(r.src.err)
 			}
-			return finish(fmt.Errorf("%w: %v", ErrChecksum, err))
+			return finish(fmt.Errorf("%w: %v", ErrChecksum, err)) //nolint:errorlint // codec error is damage only; wrapped, its io.EOF would read as end of stream
 		}
 	}
 }

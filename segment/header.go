@@ -88,7 +88,7 @@ func ParseHeader(b []byte) (Header, error) {
 		return h, fmt.Errorf("%w: first page lacks the long header flag", ErrBadHeader)
 	}
 	if err := ValidSegmentSize(uint64(h.SegSize)); err != nil {
-		return h, fmt.Errorf("%w: %v", ErrBadHeader, err)
+		return h, fmt.Errorf("%w: %w", ErrBadHeader, err)
 	}
 	if h.BlockSize < 1024 || h.BlockSize > 65536 || h.BlockSize&(h.BlockSize-1) != 0 {
 		return h, fmt.Errorf("%w: WAL block size %d", ErrBadHeader, h.BlockSize)

@@ -102,6 +102,8 @@ func Alive(spool string) bool {
 	return errors.Is(err, syscall.EWOULDBLOCK)
 }
 
+// OwnedByMe reports whether fi, a spool or a file in it, belongs to this
+// process's effective user (also true when fi carries no owner).
 func OwnedByMe(fi fs.FileInfo) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return !ok || st.Uid == uint32(os.Geteuid())

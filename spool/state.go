@@ -42,8 +42,8 @@ const (
 // not used.
 const trustPolls = 2
 
-// ErrOwner: the spool is not the agent's own: another user owns it, or
-// others may write into it.
+// ErrOwner is wrapped when the spool is not the agent's own: another user
+// owns it, or others may write into it.
 var ErrOwner = errors.New("spool refused")
 
 // State is published in the spool: where to resume, the archive's
@@ -82,7 +82,7 @@ func ReadState(spool string) (State, error) {
 	return st, nil
 }
 
-// trusted reports whether the published poll may answer at now.
+// Trusted reports whether the published poll may answer at now.
 func (st State) Trusted(now time.Time) bool {
 	if st.Head == "" || st.Interval <= 0 || now.Before(st.Polled) {
 		return false

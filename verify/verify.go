@@ -1,8 +1,9 @@
 // Package verify proves an archive whole: every object's checksum (or,
 // quick, its presence), the continuity of WAL from each backup's start to
 // the head through the timeline history, the history files recovery needs
-// to reach every archived timeline, and each backup's manifest against its
-// chunks.
+// to reach every archived timeline, each backup's manifest against its
+// chunks, and each incremental backup's chain back to a full backup. It
+// reads the archive through package catalog.
 package verify
 
 import (
@@ -25,7 +26,7 @@ import (
 
 // Problem is one thing wrong with the archive.
 type Problem struct {
-	Kind   string `json:"kind"` // gap, history, missing, size, checksum, unreadable
+	Kind   string `json:"kind"` // gap, history, chain, missing, size, checksum, unreadable
 	Key    string `json:"key,omitempty"`
 	Detail string `json:"detail"`
 }
@@ -104,6 +105,9 @@ func backupProblems(c *catalog.Catalog, b *manifest.Manifest, sizes map[string]i
 		default:
 			want[ch.Key] = ch.SHA256
 		}
+	}
+	if _, err := c.Chain(b); err != nil {
+		r.add("chain", manifest.Key(b.ID), err.Error())
 	}
 	missing, gap, last, err := c.MissingWAL(b)
 	switch {

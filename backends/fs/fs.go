@@ -174,7 +174,7 @@ func (s *Storage) write(ctx context.Context, key, dst string, body io.ReadSeeker
 	if _, err := body.Seek(0, io.SeekStart); err != nil {
 		return time.Time{}, fmt.Errorf("fs put %q: rewind body: %w", key, err)
 	}
-	n, err := io.Copy(tmp, &ctxReader{ctx: ctx, r: io.LimitReader(body, size+1)})
+	n, err := io.Copy(tmp, backends.ContextReader(ctx, io.LimitReader(body, size+1)))
 	if err != nil {
 		return time.Time{}, classify(fmt.Errorf("fs put %q: %w", key, err))
 	}
@@ -376,17 +376,4 @@ func classify(err error) error {
 		return backends.Permanent(err)
 	}
 	return err
-}
-
-// ctxReader is r, failing once ctx ends: a Read has no context argument.
-type ctxReader struct {
-	ctx context.Context //nolint:containedctx // an io.Reader can only hold its context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backup"
+	"github.com/walship/walship/config"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/postgres"
 )
@@ -38,8 +39,14 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			"archive at its stored size, then writes the manifest that makes the backup exist. While it runs\n" +
 			"it holds a lease (backups/<id>/lease.json, renewed every minute, 10 minutes TTL) that retention\n" +
 			"honours. Prints the backup id on stdout; on failure it removes what it wrote.\n" +
-			"Exit statuses: 2 usage, 3 archive unreachable, or the backup's data or lease went from the archive\n" +
-			"while it ran (run it again), 4 data failed a checksum,\n" +
+			"--incremental (PostgreSQL 17+, summarize_wal = on; or backup.type: incremental) sends the parent's\n" +
+			"backup_manifest (UPLOAD_MANIFEST) and takes BASE_BACKUP INCREMENTAL: only the blocks changed since\n" +
+			"the parent. The parent is the newest complete backup, full or incremental, of this cluster and major\n" +
+			"whose WAL lies on the server's timeline history (the archived history files); --from ID names one.\n" +
+			"Exit statuses: 2 usage, or an incremental refused before anything is written (server older than 17,\n" +
+			"summarize_wal off, no backup that can be the parent, WAL summaries not reaching back to it),\n" +
+			"3 archive unreachable, or the backup's data or lease (or an incremental's parent) went from\n" +
+			"the archive while it ran (run it again), 4 data (or the parent's backup_manifest) failed a checksum,\n" +
 			"7 PostgreSQL: connection or server error, or the WAL did not reach the archive in --wal-timeout.",
 		Flags: append(globalFlags(),
 			&cli.StringFlag{Name: "pg", Usage: "connection string (no password: use PGPASSWORD or ~/.pgpass); default from PG* variables"},
@@ -48,6 +55,8 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			&cli.StringFlag{Name: "label", Usage: "backup label (default: walship <id>)"},
 			&cli.IntFlag{Name: "chunk-size-mb", Value: 16, Usage: "MiB of tar per archive object before compression"},
 			&cli.IntFlag{Name: "max-rate-kb", Usage: "limit the server's send rate, kB/s (0: no limit)"},
+			&cli.BoolFlag{Name: "incremental", Usage: "incremental backup against the newest backup that can serve (PostgreSQL 17+, summarize_wal on) [backup.type]"},
+			&cli.StringFlag{Name: "from", Usage: "with --incremental: the parent backup's id"},
 		),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 0)
@@ -65,6 +74,10 @@ func backupPushCommand(env *appEnv) *cli.Command {
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
+			incremental := env.cfg.Backup.Type == config.BackupIncremental
+			if c.String("from") != "" && !incremental {
+				return usageErr("--from names an incremental backup's parent: add --incremental")
+			}
 			softMemoryLimit()
 			conn, err := postgres.Connect(c.Context, c.String("pg"))
 			if err != nil {
@@ -79,6 +92,7 @@ func backupPushCommand(env *appEnv) *cli.Command {
 				Compression: comp, WALTimeout: c.Duration("wal-timeout"), FastCheckpoint: ckpt == "fast",
 				Label: c.String("label"), ChunkSize: c.Int("chunk-size-mb") << 20, MaxRateKB: c.Int("max-rate-kb"),
 				Progress: newProgress(env.stderr, env.logger()), Log: env.logger(),
+				Incremental: incremental, From: c.String("from"),
 			})
 			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: fmt.Errorf("backup: %w", err)}
@@ -113,9 +127,9 @@ func backupListCommand(env *appEnv) *cli.Command {
 				return writeJSON(env.stdout, l.Backups)
 			}
 			tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTART TIME\tSTOP TIME\tSTART LSN\tSTOP LSN\tTLI\tSIZE\tSTORED")
+			fmt.Fprintln(tw, "ID\tTYPE\tPARENT\tSTART TIME\tSTOP TIME\tSTART LSN\tSTOP LSN\tTLI\tSIZE\tSTORED")
 			for _, m := range l.Backups {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.StartTime.Format(time.RFC3339),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Kind(), dash(m.Parent), m.StartTime.Format(time.RFC3339),
 					m.StopTime.Format(time.RFC3339), m.StartLSN, m.StopLSN, m.Timeline, human(m.Size), human(m.StoredSize))
 			}
 			return tw.Flush()
@@ -149,22 +163,21 @@ func backupDeleteCommand(env *appEnv) *cli.Command {
 		Usage:     "delete a backup (complete or not): its manifest first, then its data",
 		ArgsUsage: "ID",
 		Flags: append(globalFlags(),
-			&cli.BoolFlag{Name: "force", Usage: "delete a backup that is still running (its push then fails)"}),
+			&cli.BoolFlag{Name: "force", Usage: "delete a backup that is still running (its push then fails)"},
+			&cli.BoolFlag{Name: "with-dependants", Usage: "also delete the incremental backups built on it (newest first)"}),
 		Action: func(c *cli.Context) error {
 			a, err := env.openArchive(c, 1)
 			if err != nil {
 				return err
 			}
-			id := c.Args().First()
-			if !c.Bool("force") {
-				if err := backup.CheckNotRunning(c.Context, a, id, time.Now()); err != nil {
-					return &exitError{code: exitCode(opBackup, err), err: err}
-				}
+			done, err := backup.Remove(c.Context, a, c.Args().First(),
+				backup.DeleteOptions{Force: c.Bool("force"), WithDependants: c.Bool("with-dependants"), Now: time.Now()})
+			for _, id := range done {
+				env.logger().Info("backup deleted", "id", id)
 			}
-			if err := backup.Delete(c.Context, a.Storage(), id); err != nil {
+			if err != nil {
 				return &exitError{code: exitCode(opBackup, err), err: err}
 			}
-			env.logger().Info("backup deleted", "id", id)
 			return nil
 		},
 	}

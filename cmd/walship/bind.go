@@ -63,7 +63,7 @@ var commandBindings = map[string][]binding{
 		{"prefetch-bytes", func(cfg *config.Config, c *cli.Context, flag string) error {
 			b, err := config.ParseByteSize(c.String(flag))
 			if err != nil {
-				return fmt.Errorf("--prefetch-bytes: %v", err)
+				return fmt.Errorf("--prefetch-bytes: %w", err)
 			}
 			cfg.Fetch.PrefetchBytes = b
 			return nil
@@ -84,6 +84,13 @@ var commandBindings = map[string][]binding{
 		{"poll-max", dur(func(c *config.Config) *time.Duration { return &c.Agent.PollMax })},
 		{"heartbeat", dur(func(c *config.Config) *time.Duration { return &c.Agent.Heartbeat })},
 	},
+	"backup push": {{"incremental", func(cfg *config.Config, c *cli.Context, flag string) error {
+		cfg.Backup.Type = config.BackupFull
+		if c.Bool(flag) {
+			cfg.Backup.Type = config.BackupIncremental
+		}
+		return nil
+	}}},
 	"retention plan":  retentionBindings,
 	"retention apply": retentionBindings,
 }

@@ -64,6 +64,8 @@ func TestFlagsBindToSettings(t *testing.T) {
 		{"retention apply --archive /a --keep-within 48h", func(c *config.Config) {
 			c.Archive, c.Retention.KeepWithin = "/a", 48*time.Hour
 		}},
+		{"backup push --archive /a --incremental", func(c *config.Config) { c.Archive, c.Backup.Type = "/a", config.BackupIncremental }},
+		{"backup push --archive /a --incremental=false", func(c *config.Config) { c.Archive = "/a" }},
 		{"status --archive /a --timeout 0s --stall-timeout 2s", func(c *config.Config) {
 			zero := time.Duration(0)
 			c.Archive, c.Timeout, c.StallTimeout = "/a", &zero, 2*time.Second

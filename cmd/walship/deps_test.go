@@ -19,6 +19,7 @@ var layers = map[string]struct {
 	modules []string
 }{
 	"segment":              {},
+	"incremental":          {},
 	"sealed":               {modules: compress},
 	"backends":             {},
 	"backends/memory":      {walship: []string{"backends"}},
@@ -32,12 +33,12 @@ var layers = map[string]struct {
 	"spool":                {walship: with(archiveDeps, "archive"), modules: compress},
 	"fetch":                {walship: with(archiveDeps, "archive", "spool"), modules: compress},
 	"agent":                {walship: with(archiveDeps, "archive", "manifest", "catalog", "spool", "fetch"), modules: compress},
-	"restore":              {walship: with(archiveDeps, "archive", "manifest", "catalog"), modules: with(compress, "golang.org/x/sys")},
-	"drill":                {walship: with(archiveDeps, "archive", "manifest", "catalog", "restore"), modules: with(compress, "golang.org/x/sys")},
+	"restore":              {walship: with(archiveDeps, "archive", "manifest", "catalog", "incremental"), modules: with(compress, "golang.org/x/sys")},
+	"drill":                {walship: with(archiveDeps, "archive", "manifest", "catalog", "restore", "incremental"), modules: with(compress, "golang.org/x/sys")},
 	"retention":            {walship: with(archiveDeps, "archive", "manifest", "catalog"), modules: compress},
 	"verify":               {walship: with(archiveDeps, "archive", "manifest", "catalog"), modules: compress},
 	"postgres":             {walship: []string{"segment"}, modules: pgx},
-	"backup":               {walship: with(archiveDeps, "archive", "manifest", "postgres"), modules: with(pgx, compress...)},
+	"backup":               {walship: with(archiveDeps, "archive", "manifest", "catalog", "postgres"), modules: with(pgx, compress...)},
 	"config":               {walship: []string{"segment", "sealed"}, modules: with(compress, "go.yaml.in/yaml/")},
 	"schedule":             {modules: []string{"github.com/robfig/cron/"}},
 }
@@ -150,7 +151,9 @@ func TestLayersPromises(t *testing.T) {
 			}
 		}
 	}
-	if r := layers["segment"]; len(r.walship)+len(r.modules) != 0 {
-		t.Error("segment must import only the standard library")
+	for _, pure := range []string{"segment", "incremental"} {
+		if r := layers[pure]; len(r.walship)+len(r.modules) != 0 {
+			t.Errorf("%s must import only the standard library", pure)
+		}
 	}
 }

@@ -81,7 +81,7 @@ func exitCode(o op, err error) int {
 		return exitArchive
 	case errors.Is(err, config.ErrInvalid), errors.Is(err, segment.ErrBadName), errors.Is(err, backends.ErrBadKey),
 		errors.Is(err, manifest.ErrBadID), errors.Is(err, postgres.ErrPassword), errors.Is(err, restore.ErrUsage),
-		errors.Is(err, backup.ErrRunning):
+		errors.Is(err, backup.ErrRunning), errors.Is(err, backup.ErrHasDependants), errors.Is(err, backup.ErrIncremental):
 		return exitUsage
 	case errors.Is(err, restore.ErrUnreachable):
 		return exitUnreachable

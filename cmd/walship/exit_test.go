@@ -43,6 +43,7 @@ func TestExitCode(t *testing.T) {
 		{opFetch, backends.Permanent(errors.New("AccessDenied")), exitArchive},
 		{opBackup, wrap(postgres.ErrServer), exitPostgres},
 		{opBackup, wrap(backup.ErrIncomplete), exitPostgres},
+		{opBackup, wrap(fmt.Errorf("%w: %w", backup.ErrIncremental, postgres.ErrServer)), exitUsage},
 		{opBackup, wrap(postgres.ErrPassword), exitUsage},
 		{opBackup, wrap(manifest.ErrBadID), exitUsage},
 		{opBackup, wrap(manifest.ErrNoBackup), exitAbsent},

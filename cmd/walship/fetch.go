@@ -34,14 +34,15 @@ func fetchCommand(env *appEnv) *cli.Command {
 			"PostgreSQL stops instead of ending recovery early.\n" +
 			"During a recovery (recovery.signal or standby.signal in the working directory) without --spool,\n" +
 			"the first segment fetched from the archive starts a background prefetcher that downloads the\n" +
-			"next --prefetch segments into DEST's directory/.walship-prefetch; later fetches take them from\n" +
-			"there. It exits when recovery ends, the server stops, or no fetch came for --prefetch-idle.",
+			"next --prefetch segments into DEST's directory/.walship-prefetch; the restore_command walship\n" +
+			"restore writes moves them from there with mv, later fetches take them too. It exits when\n" +
+			"recovery ends, the server stops, or nothing was taken and no fetch came for --prefetch-idle.",
 		Flags: append(globalFlags(),
 			&cli.StringFlag{Name: "spool", Usage: "take the file from walship agent's spool when it is there [$WALSHIP_SPOOL]"},
 			&cli.IntFlag{Name: "prefetch", Usage: "segments a background prefetcher keeps ready during a recovery; 0 for none (default 16) [$WALSHIP_FETCH_PREFETCH]"},
 			&cli.StringFlag{Name: "prefetch-bytes", Usage: "bound on the bytes of those segments (default 256MiB) [$WALSHIP_FETCH_PREFETCH_BYTES]"},
 			&cli.StringFlag{Name: "prefetch-dir", Usage: "the prefetcher's spool, absolute (default DEST's directory/.walship-prefetch) [$WALSHIP_FETCH_PREFETCH_DIR]"},
-			&cli.DurationFlag{Name: "prefetch-idle", Usage: "the prefetcher exits when no fetch came for this long (default 1m) [$WALSHIP_FETCH_PREFETCH_IDLE]"},
+			&cli.DurationFlag{Name: "prefetch-idle", Usage: "the prefetcher exits when nothing was taken and no fetch came for this long (default 1m) [$WALSHIP_FETCH_PREFETCH_IDLE]"},
 			&cli.IntFlag{Name: "prefetch-parallel", Usage: "downloads the prefetcher runs at once (default 2) [$WALSHIP_FETCH_PREFETCH_PARALLEL]"},
 			// The detached prefetcher itself: walship fetch --prefetch-run DATADIR.
 			&cli.StringFlag{Name: "prefetch-run", Hidden: true},
@@ -260,7 +261,7 @@ func runPrefetcher(c *cli.Context, env *appEnv) error {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	s := p.Stats()
-	env.log.Info("prefetcher stopped", "why", why, "downloads", s.Downloads.Load(), "missing", s.Missing.Load(),
+	env.log.Info("prefetcher stopped", "why", why, "downloads", s.Downloads.Load(), "taken", s.Taken.Load(), "missing", s.Missing.Load(),
 		"failures", s.Failures.Load(), "peak_rss_kib", ru.Maxrss)
 	return nil
 }

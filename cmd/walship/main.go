@@ -196,7 +196,7 @@ type appEnv struct {
 	daemon bool
 	// timeout bounds the command (0: none); deadline is its context.
 	timeout  time.Duration
-	deadline context.Context
+	deadline context.Context //nolint:containedctx // one command's bounded context, kept to ask after it returns whether the timeout ended it
 	release  context.CancelFunc
 	expired  chan struct{} // closed when the deadline passes
 	command  string        // the bounded command's full name

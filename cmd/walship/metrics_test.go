@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 )
@@ -15,7 +16,7 @@ func TestMetricSetExposition(t *testing.T) {
 	s.gauge("walship_schedule_last_success_timestamp_seconds", "When.", func() float64 { return 1764636000.25 }, "job", "drill")
 	n = 16777216 // read at scrape time, not at registration
 	rec := httptest.NewRecorder()
-	s.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	want := "# HELP walship_agent_lag_bytes Bytes not replayed.\n" +
 		"# TYPE walship_agent_lag_bytes gauge\n" +
 		"walship_agent_lag_bytes 1.6777216e+07\n" +

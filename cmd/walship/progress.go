@@ -33,11 +33,11 @@ func (p *progress) Phase(name string, total int64) {
 	p.End(nil)
 	p.phase, p.total, p.done, p.began = name, total, 0, time.Now()
 	if p.tty {
-		max := total
-		if max <= 0 {
-			max = -1
+		limit := total
+		if limit <= 0 {
+			limit = -1 // unknown: a spinner
 		}
-		p.bar = progressbar.NewOptions64(max,
+		p.bar = progressbar.NewOptions64(limit,
 			progressbar.OptionSetWriter(p.w), progressbar.OptionSetDescription(name),
 			progressbar.OptionShowBytes(true), progressbar.OptionShowCount(),
 			progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond),

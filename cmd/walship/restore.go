@@ -13,6 +13,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/catalog"
 	"github.com/walship/walship/config"
+	"github.com/walship/walship/fetch"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/segment"
 )
@@ -147,9 +148,18 @@ func (e *appEnv) restorePlan(ctx context.Context, a *archive.Archive, r restoreR
 		return nil, 0, err
 	}
 	b, log := plan.Backup, e.logger()
-	log.Info("restoring backup "+b.ID, "why", plan.Why, "target", r.target.String(), "timeline", plan.Timeline,
+	attrs := []any{"why", plan.Why, "target", r.target.String(), "timeline", plan.Timeline,
 		"backup_stop_lsn", b.StopLSN, "backup_stop_time", b.StopTime, "wal_from", plan.FirstWAL.String(inv.SegSize),
-		"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size)
+		"wal_checked_to", plan.LastWAL.String(inv.SegSize), "bytes", b.Size}
+	if len(plan.Chain) > 1 {
+		ids := make([]string, len(plan.Chain))
+		var bytes int64
+		for i, m := range plan.Chain {
+			ids[i], bytes = m.ID, bytes+m.Size
+		}
+		attrs = append(attrs, "chain", strings.Join(ids, ","), "chain_bytes", bytes)
+	}
+	log.Info("restoring backup "+b.ID, attrs...)
 	for _, n := range plan.Notes {
 		log.Warn(n)
 	}
@@ -287,8 +297,50 @@ func (e *appEnv) restoreCommandLine() (string, error) {
 		// symlink named like the segment (a directory renamed onto
 		// RECOVERYXLOG stops the standby for good).
 		line = spoolTake(spool) + line
+	} else if e.cfg.Fetch.Prefetch > 0 {
+		line = prefetchTake(e.cfg.Fetch.PrefetchDir, archiveName(e.cfg)) + line
 	}
 	return line, nil
+}
+
+// prefetchTake is the shell that renames a segment the prefetcher placed
+// in its spool (dir, or pg_wal/.walship-prefetch) to %p, followed by "|| "
+// for what runs when it cannot: walship fetch, which then takes from the
+// spool itself, or downloads, and whose note and the take both tell the
+// prefetcher how far PostgreSQL got. It saves starting walship for nearly
+// every segment (docs/BENCHMARKS.md).
+//
+// The mv keeps the rules of fetch's own take from that spool, by these
+// tests or by what makes them needless:
+//   - Only what a prefetcher of this archive placed: the spool holds the
+//     mark of the archive this command reads (fetch.PrefetchMark), which
+//     a prefetcher writes only after it checked the spool and removed
+//     what an earlier run left, and removes before anything else when it
+//     stops. Without the mark (none runs, or it reads another archive)
+//     walship fetch answers. What it cannot rule out is in
+//     docs/RELIABILITY.md.
+//   - Only a spool that is the server user's own: -O (owned by the
+//     effective user; a /bin/sh without it fails the test and walship
+//     fetch answers). The default spool is inside pg_wal, which only the
+//     server's user may write into; the prefetcher creates it 0700 and
+//     refuses to run in one group or others may write into.
+//   - Only verified files: a file is under a segment's name there only
+//     after the prefetcher downloaded it under a dot name, checked its
+//     SHA-256, page header and cluster, fsynced it and renamed it, so what
+//     fetch's take checks again (size, header) holds already; only the
+//     server's user could change it since.
+//   - Only a regular file, never a directory or a symlink (spoolTake).
+//   - Never a source of "absent": anything the tests or mv refuse falls
+//     through to walship fetch, which asks the archive.
+//
+// PostgreSQL runs restore_command in the data directory with %p under
+// pg_wal, where fetch puts the default spool (DEST's directory).
+func prefetchTake(dir, archiveName string) string {
+	if dir == "" {
+		dir = "pg_wal/" + fetch.PrefetchDirName
+	}
+	d := shellQuote(dir)
+	return "[ -O " + d + " ] && [ -f " + d + "/" + fetch.PrefetchMark(archiveName) + " ] && " + spoolTake(dir)
 }
 
 // prefetchArgs are fetch's prefetch flags for a recovery without walship

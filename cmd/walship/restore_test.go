@@ -17,6 +17,8 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/backends/fs"
+	"github.com/walship/walship/config"
+	"github.com/walship/walship/fetch"
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
 	"github.com/walship/walship/segment"
@@ -230,5 +232,146 @@ func TestSpoolTakeMovesOnlyRegularFiles(t *testing.T) {
 		if moved || !strings.Contains(string(out), "fallback") {
 			t.Errorf("%s in the spool: moved=%v, output %q; want the fallback", kind, moved, out)
 		}
+	}
+}
+
+// An incremental backup whose parent is not in the archive cannot be
+// restored: status 6, naming the broken chain, and nothing written.
+func TestRestoreBrokenChainStatus(t *testing.T) {
+	arch := fsBackup(t, func(*tar.Writer) {}, func(m *manifest.Manifest) {
+		m.Type, m.Parent = manifest.TypeIncremental, "20251231T000000Z"
+	})
+	pgdata := filepath.Join(t.TempDir(), "pgdata")
+	code, out := runIn(t, t.TempDir(), nil, "restore", "--archive", arch, "--pgdata", pgdata, "--backup", "20260101T000000Z")
+	if code != exitUnreachable || !strings.Contains(out, "chain broken") || !strings.Contains(out, "20251231T000000Z") {
+		t.Errorf("status %d, want %d naming the missing parent: %s", code, exitUnreachable, out)
+	}
+	if _, err := os.Stat(pgdata); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("left %s behind (%v)", pgdata, err)
+	}
+}
+
+// restoreCommandIn reads the restore_command restore wrote into pgdata.
+func restoreCommandIn(t *testing.T, pgdata string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(pgdata, "postgresql.auto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "restore_command = '"); ok {
+			return strings.ReplaceAll(strings.TrimSuffix(v, "'"), "''", "'")
+		}
+	}
+	t.Fatalf("no restore_command in:\n%s", b)
+	return ""
+}
+
+// The restore_command walship restore writes for a recovery without the
+// agent moves a segment out of the prefetcher's spool with mv before it
+// starts walship: exactly this shell, and, run by /bin/sh in a data
+// directory as PostgreSQL runs it, only a regular file, only while the
+// mark of this archive's prefetcher is there, only from a spool of this
+// user; everything else falls through to walship fetch. With --prefetch 0
+// there is no mv.
+func TestRestoreCommandTakesPrefetchedByMv(t *testing.T) {
+	const seg = "000000010000000000000007"
+	arch := fsBackup(t, func(*tar.Writer) {}, nil)
+	pgdata := filepath.Join(t.TempDir(), "pgdata")
+	if code, out := runIn(t, t.TempDir(), fetchEnv(nil), "restore", "--archive", arch, "--pgdata", pgdata, "--target-immediate"); code != 0 {
+		t.Fatalf("restore: status %d: %s", code, out)
+	}
+	line := restoreCommandIn(t, pgdata)
+	const dir = "pg_wal/.walship-prefetch"
+	mark := fetch.PrefetchMark("file://" + arch)
+	want := "[ -O " + dir + " ] && [ -f " + dir + "/" + mark + " ] && [ -f " + dir + "/%f ] && [ ! -h " + dir + "/%f ] && mv -f " +
+		dir + "/%f %p 2>/dev/null || "
+	exe, _ := os.Executable()
+	if line != want+exe+" fetch --archive "+arch+" --prefetch 16 %f %p" {
+		t.Fatalf("restore_command\n%s\nwant\n%s<walship> fetch --archive %s --prefetch 16 %%f %%p", line, want, arch)
+	}
+
+	for _, kind := range []string{"placed", "no mark", "another archive's mark", "none", "dir", "symlink", "spool of another user"} {
+		t.Run(kind, func(t *testing.T) {
+			data := t.TempDir() // the data directory, where PostgreSQL runs restore_command
+			sp := filepath.Join(data, dir)
+			if err := os.MkdirAll(sp, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			m := filepath.Join(sp, mark)
+			switch kind {
+			case "another archive's mark":
+				m = filepath.Join(sp, fetch.PrefetchMark("file:///elsewhere"))
+			case "no mark":
+				m = ""
+			}
+			if m != "" {
+				if err := os.WriteFile(m, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p := filepath.Join(sp, seg)
+			switch kind {
+			case "dir":
+				if err := os.Mkdir(p, 0o700); err != nil {
+					t.Fatal(err)
+				}
+			case "symlink":
+				if err := os.Symlink("/etc/passwd", p); err != nil {
+					t.Fatal(err)
+				}
+			case "none":
+			default:
+				if err := os.WriteFile(p, []byte("wal"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if kind == "spool of another user" {
+				if os.Geteuid() != 0 {
+					t.Skip("needs root to give the spool to another user")
+				}
+				if err := os.Chown(sp, 65534, 65534); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The shell as written, walship fetch replaced by an echo.
+			sh := strings.NewReplacer("%f", seg, "%p", "pg_wal/RECOVERYXLOG").Replace(want + "echo fallback")
+			cmd := exec.Command("/bin/sh", "-c", sh)
+			cmd.Dir = data
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+			got, rerr := os.ReadFile(filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
+			if kind == "placed" {
+				if rerr != nil || string(got) != "wal" || strings.Contains(string(out), "fallback") {
+					t.Fatalf("a placed segment was not moved (%v), output %q", rerr, out)
+				}
+				if _, err := os.Lstat(p); err == nil {
+					t.Fatal("the segment is still in the spool after mv")
+				}
+				return
+			}
+			if rerr == nil || !strings.Contains(string(out), "fallback") {
+				t.Fatalf("moved %q, output %q; want nothing moved and walship fetch run", got, out)
+			}
+		})
+	}
+
+	off := filepath.Join(t.TempDir(), "pgdata")
+	if code, out := runIn(t, t.TempDir(), fetchEnv(map[string]string{config.EnvFetchPrefetch: "0"}), "restore", "--archive", arch, "--pgdata", off, "--target-immediate"); code != 0 {
+		t.Fatalf("restore with prefetch off: status %d: %s", code, out)
+	}
+	if line := restoreCommandIn(t, off); strings.Contains(line, "mv") || !strings.HasPrefix(line, exe+" fetch ") {
+		t.Errorf("with prefetch off restore wrote %q, want walship fetch alone", line)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "pf dir")
+	abs := filepath.Join(t.TempDir(), "pgdata")
+	if code, out := runIn(t, t.TempDir(), fetchEnv(map[string]string{config.EnvFetchPrefetchDir: elsewhere}), "restore", "--archive", arch, "--pgdata", abs, "--target-immediate"); code != 0 {
+		t.Fatalf("restore with a prefetch dir: status %d: %s", code, out)
+	}
+	q := "'" + elsewhere + "'"
+	if line := restoreCommandIn(t, abs); !strings.HasPrefix(line, "[ -O "+q+" ] && [ -f "+q+"/"+mark+" ] && [ -f "+q+"/%f ] && ") {
+		t.Errorf("with --prefetch-dir restore wrote %q, want the mv from that directory", line)
 	}
 }

@@ -23,12 +23,13 @@ func scheduleCommand(env *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:  "schedule",
 		Usage: "run the jobs of the config file's schedule: section from their cron expressions (a daemon)",
-		Description: "Job kinds: backup (backup push), retention (retention apply with the retention: policy),\n" +
-			"verify (verify, or --quick with quick: true), drill (restore the newest backup into a scratch\n" +
-			"directory, start PostgreSQL on a scratch port with recovery_target = immediate, check that it\n" +
-			"answers a query, clean up). A job never runs twice at once; a failing job is logged and\n" +
-			"counted and the daemon goes on; SIGTERM lets the running job finish (schedule.stop_timeout).\n" +
-			"`walship schedule run JOB` runs one job once. Exit statuses: 0 stopped; 2 usage; run: the job's.",
+		Description: "Job kinds: backup (backup push; type: full or incremental, default backup.type),\n" +
+			"retention (retention apply with the retention: policy), verify (verify, or --quick with\n" +
+			"quick: true), drill (restore the newest backup into a scratch directory, start PostgreSQL on\n" +
+			"a scratch port with recovery_target = immediate, check that it answers a query, clean up).\n" +
+			"A job never runs twice at once; a failing job is logged and counted and the daemon goes on;\n" +
+			"SIGTERM lets the running job finish (schedule.stop_timeout). `walship schedule run JOB` runs\n" +
+			"one job once. Exit statuses: 0 stopped; 2 usage; run: the job's.",
 		Flags: globalFlags(),
 		Subcommands: []*cli.Command{{
 			Name: "run", Usage: "run one job once, now", ArgsUsage: "JOB", Flags: globalFlags(),
@@ -91,7 +92,6 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 	log := e.logger()
 	var jobs []schedule.Job
 	for _, j := range cfg.Schedule.Jobs {
-		j := j
 		var run func(ctx context.Context) error
 		switch j.Kind {
 		case "backup":
@@ -101,7 +101,12 @@ func (e *appEnv) scheduler(c *cli.Context, nargs int) (*schedule.Scheduler, conf
 					return err
 				}
 				defer conn.Close(context.WithoutCancel(ctx))
-				_, err = backup.Push(ctx, a, conn, backup.Options{Compression: comp, FastCheckpoint: j.Checkpoint == "fast", Log: log})
+				typ := j.Type
+				if typ == "" {
+					typ = cfg.Backup.Type
+				}
+				_, err = backup.Push(ctx, a, conn, backup.Options{Compression: comp, FastCheckpoint: j.Checkpoint == "fast", Log: log,
+					Incremental: typ == config.BackupIncremental})
 				return err
 			}
 		case "retention":
