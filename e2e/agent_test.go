@@ -81,26 +81,18 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 	testenv.WaitFor(t, what, timeout, cond)
 }
 
-// TestAgentFollower: an archive-only standby fed by walship agent under
+// agentFollower: an archive-only standby fed by walship agent under
 // continuous load; the agent is killed and restarted; a segment the
-// standby needs is deleted and the agent reports the rebuild.
-// On the filesystem the standby's restore_command is walship fetch with
-// WALSHIP_SPOOL in its environment; on S3 it is what restore --spool writes
-// (mv from the spool, else walship fetch).
-func TestAgentFollowerFilesystem(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	agentFollower(t, w, fsTarget(t, w), false)
-}
-
-func TestAgentFollowerS3(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	agentFollower(t, w, s3Target(t), true)
-}
-
-func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget, restoreSpool bool) {
+// standby needs is deleted and the agent reports the rebuild
+// (TestPGVersions runs it on every major). On the filesystem the standby's
+// restore_command is walship fetch with WALSHIP_SPOOL in its environment;
+// on S3 it is what restore --spool writes (mv from the spool, else walship
+// fetch).
+func agentFollower(t *testing.T, w *testenv.Workdir, target archiveTarget) {
+	restoreSpool := strings.HasPrefix(target.url, "s3://")
 	env := target.env
 	primary, _ := archivingPrimary(t, w, target)
-	pgbench := filepath.Join(primary.Bin, "pgbench")
+	pgbench := primary.Tool("pgbench")
 	w.Run(t, nil, pgbench, append(primary.ConnArgs(), "-i", "-s", "2", "-q", "postgres")...)
 	id := strings.TrimSpace(mustWalship(t, w, pgEnv(primary, env), "backup", "push", "--archive", target.url, "--checkpoint", "fast"))
 	mustWalship(t, w, env, "slot", "create", "--archive", target.url, "--ttl", "1h", "dr1")

@@ -1,7 +1,9 @@
-// Package e2e runs walship against real PostgreSQL 15 and a real S3 server:
-// a primary archiving with archive_command under pgbench load, and an
-// archive-only standby replaying everything through restore_command. The
-// key scenarios also run on PostgreSQL 16, 17 and 18 (versions_test.go).
+// Package e2e runs walship against real PostgreSQL and a real S3 server.
+// The end-to-end tier (versions_test.go's matrix: archiving under load and
+// replay through walship fetch, backup and each kind of PITR target, a
+// standby fed by the agent, a timeline switch, drills) runs on every
+// supported major, 15 to 18; the other tests run on PostgreSQL 15. Every
+// test that starts a server names its major (PG15, PG18, ...).
 package e2e
 
 import (
@@ -45,16 +47,25 @@ func s3Target(t *testing.T) archiveTarget {
 	return archiveTarget{url: a.URL, env: a.Env, store: a.Store}
 }
 
-// onFilesystem runs test with a new work directory and an archive in it.
+// defaultMajor names the subtest of a test that runs on DefaultPGMajor
+// alone: the major it ran on is in every end-to-end test's name.
+var defaultMajor = fmt.Sprintf("PG%d", testenv.DefaultPGMajor)
+
+// onFilesystem runs test on DefaultPGMajor, as subtest PG15, with a new
+// work directory and an archive in it.
 func onFilesystem(t *testing.T, test func(*testing.T, *testenv.Workdir, archiveTarget)) {
-	w := testenv.NewWorkdir(t)
-	test(t, w, fsTarget(t, w))
+	t.Run(defaultMajor, func(t *testing.T) {
+		w := testenv.NewWorkdir(t)
+		test(t, w, fsTarget(t, w))
+	})
 }
 
-// onS3 runs test with a new work directory and an archive in a new bucket
-// of the shared versitygw.
+// onS3 runs test on DefaultPGMajor, as subtest PG15, with a new work
+// directory and an archive in a new bucket of the shared versitygw.
 func onS3(t *testing.T, test func(*testing.T, *testenv.Workdir, archiveTarget)) {
-	test(t, testenv.NewWorkdir(t), s3Target(t))
+	t.Run(defaultMajor, func(t *testing.T) {
+		test(t, testenv.NewWorkdir(t), s3Target(t))
+	})
 }
 
 // replayFromArchive starts standby as an archive-only standby of target
@@ -76,10 +87,9 @@ func replayFromArchive(t *testing.T, w *testenv.Workdir, standby *testenv.Cluste
 	standby.WaitSQL(t, "SELECT pg_last_wal_replay_lsn() >= '"+lsn+"'::pg_lsn", "t", timeout)
 }
 
-func TestArchiveAndReplayFilesystem(t *testing.T) { onFilesystem(t, archiveAndReplay) }
-
-func TestArchiveAndReplayS3(t *testing.T) { onS3(t, archiveAndReplay) }
-
+// archiveAndReplay: a primary archiving with archive_command under pgbench
+// load, and an archive-only standby replaying everything through
+// restore_command (TestPGVersions runs it on every major).
 func archiveAndReplay(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary := testenv.InitDB(t, w, "primary")
 	primary.Env = target.env

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,10 +171,8 @@ func restartPromoted(t *testing.T, c *testenv.Cluster, query, want string) {
 	}
 }
 
-func TestBackupAndPITRFilesystem(t *testing.T) { onFilesystem(t, backupAndPITR) }
-
-func TestBackupAndPITRS3(t *testing.T) { onS3(t, backupAndPITR) }
-
+// backupAndPITR: a base backup, restores to each kind of target, a standby
+// restored from the archive (TestPGVersions runs it on every major).
 func backupAndPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	out := mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
@@ -228,9 +228,6 @@ func backupAndPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	}
 }
 
-// TestTimelineRestore promotes a standby that archives into the same
-// archive, writes on timeline 2, and restores along the history; then
-// checks restore's refusals on the same archive.
 // promotedStandby makes a primary archiving into target, its backup (id)
 // and batches 1 and 2 of rows, and a standby restored from that backup
 // (tablespace ts1 mapped to sb-ts1) that replays both batches from the
@@ -259,16 +256,20 @@ func promotedStandby(t *testing.T, w *testenv.Workdir, target archiveTarget) (sb
 	return sb, id
 }
 
-func TestTimelineRestore(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
-	archiveDir := strings.TrimPrefix(target.url, "file://")
+// timelineRestore promotes a standby that archives into the same archive,
+// writes on timeline 2, and restores along the history; then checks
+// restore's refusals on the same archive (TestPGVersions runs it on every
+// major).
+func timelineRestore(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	sb, id := promotedStandby(t, w, target)
 	b3 := commitBatch(t, sb, 3)
 	commitBatch(t, sb, 4)
 	switchAndWait(t, sb)
-	if _, err := os.Stat(filepath.Join(archiveDir, "history", "00000002.history")); err != nil {
+	if _, err := target.store.Stat(context.Background(), "history/00000002.history"); err != nil {
 		t.Fatalf("timeline 2's history file is not archived: %v", err)
+	}
+	if tli := sb.SQL(t, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"); tli != "00000002" {
+		t.Fatalf("the promoted standby writes on timeline %s, want 00000002", tli)
 	}
 
 	if got := restoreAndCount(t, w, target, "r-tl2", "--target-lsn", b3.lsn); got != rowsUpTo(3) {
@@ -280,7 +281,7 @@ func TestTimelineRestore(t *testing.T) {
 
 	refuse := func(t *testing.T, want int, dir string, args ...string) string {
 		t.Helper()
-		_, errs, code := runWalship(t, w, nil, append([]string{"restore", "--archive", target.url, "--pgdata", dir,
+		_, errs, code := runWalship(t, w, target.env, append([]string{"restore", "--archive", target.url, "--pgdata", dir,
 			"--tablespace-mapping", filepath.Join(w.Dir, "ts1") + "=" + dir + "-ts"}, args...)...)
 		if code != want {
 			t.Fatalf("restore %v: exit %d, want %d\n%s", args, code, want, errs)
@@ -331,21 +332,12 @@ func TestTimelineRestore(t *testing.T) {
 		gone(t, dir, dir+"-ts")
 	})
 	t.Run("corrupted chunk", func(t *testing.T) {
-		chunk := filepath.Join(archiveDir, "backups", id, "base.tar.00000")
-		orig, err := os.ReadFile(chunk)
-		if err != nil {
-			t.Fatal(err)
-		}
+		chunk := "backups/" + id + "/base.tar.00000"
+		orig := getObject(t, target, chunk)
 		bad := bytes.Clone(orig)
 		bad[len(bad)/2] ^= 0x40
-		if err := os.WriteFile(chunk, bad, 0o640); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if err := os.WriteFile(chunk, orig, 0o640); err != nil {
-				t.Errorf("restore the corrupted chunk: %v", err)
-			}
-		}()
+		putObject(t, target, chunk, bad)
+		defer putObject(t, target, chunk, orig)
 		dir := filepath.Join(w.Dir, "corrupt")
 		msg := refuse(t, 4, dir, "--target-lsn", b3.lsn)
 		if !strings.Contains(msg, "base.tar.00000") {
@@ -355,12 +347,35 @@ func TestTimelineRestore(t *testing.T) {
 	})
 }
 
+// getObject reads key from the archive behind walship's back.
+func getObject(t *testing.T, target archiveTarget, key string) []byte {
+	t.Helper()
+	r, _, err := target.store.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// putObject replaces key in the archive behind walship's back.
+func putObject(t *testing.T, target archiveTarget, key string, b []byte) {
+	t.Helper()
+	if err := target.store.Put(context.Background(), key, bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
 // TestBackupFromStandby takes the backup from a streaming standby: the
 // stop segment reaches the archive only after the primary switches, which
 // backup push waits for.
-func TestBackupFromStandby(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
+func TestBackupFromStandby(t *testing.T) { onFilesystem(t, backupFromStandby) }
+
+func backupFromStandby(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	commitBatch(t, primary, 1)
 

@@ -97,9 +97,9 @@ func assertPrefetcherGone(t *testing.T, pgdata, why string) {
 // reached consistency, and pg_ctl start returns) until the prefetcher has
 // filled its spool: otherwise whether a segment is moved, or waited for
 // by walship fetch, is a matter of timing.
-func TestPrefetchPITR(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
+func TestPrefetchPITR(t *testing.T) { onFilesystem(t, prefetchPITR) }
+
+func prefetchPITR(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
 	var held string
@@ -195,8 +195,10 @@ func prefetcherTaken(t *testing.T, pgdata string) int {
 // archive and replays past it to the target. A prefetcher's "not there"
 // never ends a point-in-time recovery early.
 func TestPrefetchBeliefNeverEndsRecovery(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
+	onFilesystem(t, prefetchBeliefNeverEndsRecovery)
+}
+
+func prefetchBeliefNeverEndsRecovery(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	primary, _ := archivingPrimary(t, w, target)
 	mustWalship(t, w, pgEnv(primary, target.env), "backup", "push", "--archive", target.url, "--checkpoint", "fast")
 	var hidden string

@@ -414,9 +414,9 @@ func retentionAfterPromotion(t *testing.T, w *testenv.Workdir, target archiveTar
 // (as the README advises) starts a new archive on timeline 2, which never
 // gets 00000002.history. Backups of it are taken, verify and status are
 // clean, and restores start and hold every row.
-func TestRestoreTimeline2FreshArchive(t *testing.T) {
-	w := testenv.NewWorkdir(t)
-	target := fsTarget(t, w)
+func TestRestoreTimeline2FreshArchive(t *testing.T) { onFilesystem(t, restoreTimeline2FreshArchive) }
+
+func restoreTimeline2FreshArchive(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	c := testenv.InitDB(t, w, "promoted")
 	c.Configure(t, map[string]string{"wal_level": "replica", "archive_mode": "off"})
 	c.Start(t)

