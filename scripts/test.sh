@@ -213,4 +213,7 @@ fuzz ./sealed FuzzUnseal
 fuzz ./backup FuzzParseServerManifest
 fuzz ./backup FuzzNextXIDFromControl
 fuzz ./restore FuzzUntar
+fuzz ./archive FuzzParseKey
+fuzz ./incremental FuzzReadHeader
+fuzz ./incremental FuzzRebuild
 tier "all tiers passed in ${SECONDS}s"

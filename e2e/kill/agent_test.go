@@ -295,6 +295,7 @@ func killAgent(t *testing.T, w *testenv.Workdir, tg target) {
 // follows (has polled the archive: a SIGTERM during its start is another
 // matter, see RELIABILITY.md), and leaves a spool of verified segments.
 func (f *follower) restart(ctx context.Context, c *tally, killedOut string) {
+	began := time.Now().Add(-time.Second) // the slot's heartbeat is stamped to the second on some stores
 	pr := f.agent()
 	done, err := start(pr)
 	if err != nil {
@@ -305,6 +306,17 @@ func (f *follower) restart(ctx context.Context, c *tally, killedOut string) {
 	}
 	if !waitUntil(10*time.Second, func() bool { return strings.Contains(pr.output(), "polled head") }) {
 		c.violation("the restarted agent never polled the archive:\n%s", lastLines(pr.output(), 30))
+	}
+	// The sweep of a killed writer's temporary files runs after a run's
+	// first successful write (backends/fs): wait for the restarted agent's
+	// first heartbeat, or a SIGTERM right after its poll stops it before
+	// it ever wrote, and the debris check below would judge a promise
+	// nobody made.
+	if !waitUntil(10*time.Second, func() bool {
+		s, err := f.a.GetSlot(ctx, "dr1")
+		return err == nil && s.Heartbeat.After(began)
+	}) {
+		c.violation("the restarted agent never wrote its slot:\n%s", lastLines(pr.output(), 30))
 	}
 	if err := stop(pr, done); err != nil {
 		c.violation("restarted agent stopped by SIGTERM: %v\n%s", err, lastLines(pr.output(), 30))
