@@ -233,7 +233,7 @@ echo "database: pgbench -s $SCALE, $((DB17BYTES / 1000000)) MB (17) / $((DBBYTES
 printf 'load average (1, 5, 15 min):'
 for i in "${!LOADS[@]}"; do if [ "$i" -lt "$ROUNDS" ]; then printf ' round %s start %s;' $((i + 1)) "${LOADS[$i]}"; else printf ' end %s\n' "${LOADS[$i]}"; fi; done
 echo
-echo "| workload | op | walship s | pgBackRest s | walship stored MB | pgBackRest stored MB | walship read MB | pgBackRest read MB | walship peak RSS MiB | pgBackRest peak RSS MiB |"
+echo "| workload | op | walship s | pgBackRest s | walship stored MB | pgBackRest stored MB | walship sent MB | pgBackRest delta MB | walship peak RSS MiB | pgBackRest peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for wl in $WORKLOADS; do
 	for op in full incr1 incr2 restore-full restore-chain; do
