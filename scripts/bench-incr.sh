@@ -120,9 +120,10 @@ timed() {
 	CUR_RSS=$(tail -1 "$WORK/rss")
 	CUR_LABELS=("${labels[@]}")
 }
-# record STORED RAW: appends the last timed step with its sizes (bytes; -
-# for a restore) to RES.
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${CUR_LABELS[@]}" "$ROUND" "$CUR_US" "$CUR_RSS" "$1" "$2" >>"$RES"; }
+# record STORED RAW [STREAM]: appends the last timed step with its sizes
+# (bytes; - for a restore) and the seconds walship spent receiving the
+# server's stream (its log's "receiving backup done"; - if none) to RES.
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${CUR_LABELS[@]}" "$ROUND" "$CUR_US" "$CUR_RSS" "$1" "$2" "${3:--}" >>"$RES"; }
 
 PGENV=(env PGHOST="$WORK" PGPORT="$P17" PGUSER=postgres)
 # ws_backup WORKLOAD OP [--incremental]: a walship backup; checks the
@@ -137,7 +138,7 @@ ws_backup() {
 	if [ $# -gt 0 ] && { [ "$typ" != incremental ] || [ "$parent" != "$WS_LAST" ]; }; then
 		echo "bench: walship backup $id: type $typ parent $parent, expected incremental of $WS_LAST" >&2; exit 1
 	fi
-	record "$stored" "$raw"
+	record "$stored" "$raw" "$(sed -n 's/.*receiving backup done.* seconds=\([0-9.]*\).*/\1/p' "$WORK/err")"
 	WS_LAST=$id
 	[ $# -gt 0 ] || WS_FULL=$id
 }
@@ -157,6 +158,7 @@ br_backup() {
 # restore_of TOOL WORKLOAD OP ID: a timed restore of backup ID into WORK/r.
 restore_of() {
 	run rm -rf "$WORK/r"
+	sync # untimed: no step pays for an earlier one's writeback
 	if [ "$1" = walship ]; then
 		timed walship "$2" "$3" "$W" restore --archive "$ARCH" --pgdata "$WORK/r" --backup "$4" --archive-mode off
 	else
@@ -202,6 +204,7 @@ chain() {
 		check_restore "$tool" # round 1 restores the chain last: WORK/r is it
 	fi
 	run rm -rf "$WORK/r"
+	sync
 }
 
 build walship
@@ -258,6 +261,7 @@ for wl in $WORKLOADS; do
 		done
 	done
 done
+echo "- walship seconds receiving the server's stream (of the times above): $(for wl in $WORKLOADS; do for op in full incr1 incr2; do printf '%s %s: %s; ' "$wl" "$op" "$(runs walship "$wl" $op 9 2 1)"; done; done)"
 echo
 echo "Ratios of medians:"
 for wl in $WORKLOADS; do
