@@ -37,8 +37,8 @@ type Options struct {
 type Result struct {
 	Backup   string        `json:"backup"`
 	Chain    []string      `json:"chain,omitempty"` // for an incremental: the backups restored, full first
-	Restore  time.Duration `json:"restore"`  // download and unpack
-	Recovery time.Duration `json:"recovery"` // start until it answered a query, promoted
+	Restore  time.Duration `json:"restore"`         // download and unpack
+	Recovery time.Duration `json:"recovery"`        // start until it answered a query, promoted
 	Total    time.Duration `json:"total"`
 	Answer   string        `json:"answer"`
 }
