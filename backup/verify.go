@@ -4,13 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"path"
-	"strings"
 
 	"github.com/walship/walship/manifest"
 	"github.com/walship/walship/sealed"
@@ -29,13 +27,9 @@ type fileSum struct {
 func checkServer(m *manifest.Server, got map[string]fileSum) error {
 	seen := 0
 	for _, f := range m.Files {
-		p := f.Path
-		if f.EncodedPath != "" {
-			b, err := hex.DecodeString(f.EncodedPath)
-			if err != nil {
-				return fmt.Errorf("server backup_manifest: bad Encoded-Path: %w", err)
-			}
-			p = string(b)
+		p, err := f.Name()
+		if err != nil {
+			return err
 		}
 		s, ok := got[p]
 		if !ok {
@@ -45,7 +39,7 @@ func checkServer(m *manifest.Server, got map[string]fileSum) error {
 		if s.size != f.Size {
 			return fmt.Errorf("%w: %s: received %d bytes, server's manifest says %d", ErrIncomplete, p, s.size, f.Size)
 		}
-		if f.Algorithm == "CRC32C" && !crcMatches(s.crc32, f.Checksum) {
+		if f.CRCMismatch(s.crc32) {
 			return fmt.Errorf("%w: %s: CRC-32C differs from the server's manifest", sealed.ErrChecksum, p)
 		}
 	}
@@ -61,23 +55,11 @@ func checkServer(m *manifest.Server, got map[string]fileSum) error {
 
 func lists(m *manifest.Server, p string) bool {
 	for _, f := range m.Files {
-		if f.Path == p {
-			return true
-		}
-		if b, err := hex.DecodeString(f.EncodedPath); err == nil && string(b) == p {
+		if name, err := f.Name(); f.Path == p || (err == nil && name == p) {
 			return true
 		}
 	}
 	return false
-}
-
-// crcMatches compares a CRC with the manifest's hex, which is the value's
-// bytes in the server's memory order: accept either byte order.
-func crcMatches(c uint32, want string) bool {
-	var le, be [4]byte
-	binary.LittleEndian.PutUint32(le[:], c)
-	binary.BigEndian.PutUint32(be[:], c)
-	return strings.EqualFold(want, hex.EncodeToString(le[:])) || strings.EqualFold(want, hex.EncodeToString(be[:]))
 }
 
 // tarSummer reads one tar stream and records each regular file's size and

@@ -3,6 +3,7 @@ package manifest
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -14,14 +15,8 @@ import (
 
 // Server is the part of PostgreSQL's backup_manifest walship checks.
 type Server struct {
-	Version int `json:"PostgreSQL-Backup-Manifest-Version"`
-	Files   []struct {
-		Path        string `json:"Path"`
-		EncodedPath string `json:"Encoded-Path"`
-		Size        int64  `json:"Size"`
-		Algorithm   string `json:"Checksum-Algorithm"`
-		Checksum    string `json:"Checksum"`
-	} `json:"Files"`
+	Version   int          `json:"PostgreSQL-Backup-Manifest-Version"`
+	Files     []ServerFile `json:"Files"`
 	WALRanges []struct {
 		Timeline uint32 `json:"Timeline"`
 		Start    string `json:"Start-LSN"`
@@ -70,4 +65,40 @@ func (m *Server) Ranges() ([]WALRange, error) {
 		out[i], out[j] = out[j], out[i]
 	}
 	return out, nil
+}
+
+// ServerFile is one file the server's backup_manifest lists.
+type ServerFile struct {
+	Path        string `json:"Path"`
+	EncodedPath string `json:"Encoded-Path"` // hex, for a name that is not UTF-8
+	Size        int64  `json:"Size"`
+	Algorithm   string `json:"Checksum-Algorithm"`
+	Checksum    string `json:"Checksum"`
+}
+
+// Name is the file's path in the data directory, decoded from
+// Encoded-Path when the server wrote one.
+func (f ServerFile) Name() (string, error) {
+	if f.EncodedPath == "" {
+		return f.Path, nil
+	}
+	b, err := hex.DecodeString(f.EncodedPath)
+	if err != nil {
+		return "", fmt.Errorf("server backup_manifest: bad Encoded-Path: %w", err)
+	}
+	return string(b), nil
+}
+
+// CRCMismatch reports whether the file's checksum is a CRC-32C that c
+// does not match. The manifest writes the value's bytes in the server's
+// memory order, so either byte order is accepted; another algorithm (or
+// none) is not checked here.
+func (f ServerFile) CRCMismatch(c uint32) bool {
+	if f.Algorithm != "CRC32C" {
+		return false
+	}
+	var le, be [4]byte
+	binary.LittleEndian.PutUint32(le[:], c)
+	binary.BigEndian.PutUint32(be[:], c)
+	return !strings.EqualFold(f.Checksum, hex.EncodeToString(le[:])) && !strings.EqualFold(f.Checksum, hex.EncodeToString(be[:]))
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -31,8 +30,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type listed struct {
 	incremental bool // the backup holds it as INCREMENTAL.<name>
 	size        int64
-	algorithm   string
-	checksum    string
+	file        manifest.ServerFile // its checksum
 	seen        bool
 	want        int64 // its size once written
 }
@@ -68,15 +66,11 @@ func loadMember(ctx context.Context, store backends.Storage, m *manifest.Manifes
 		return nil, fmt.Errorf("%w: backup %s is %s but stands at place %d of its chain", ErrDamaged, m.ID, m.Kind(), i+1)
 	}
 	for _, f := range sm.Files {
-		p := f.Path
-		if f.EncodedPath != "" {
-			b, err := hex.DecodeString(f.EncodedPath)
-			if err != nil {
-				return nil, fmt.Errorf("%w: backup %s: server manifest has a bad Encoded-Path: %w", ErrDamaged, m.ID, err)
-			}
-			p = string(b)
+		p, err := f.Name()
+		if err != nil {
+			return nil, fmt.Errorf("%w: backup %s: %w", ErrDamaged, m.ID, err)
 		}
-		e := &listed{size: f.Size, algorithm: f.Algorithm, checksum: f.Checksum, want: f.Size}
+		e := &listed{size: f.Size, file: f, want: f.Size}
 		if rel, ok := incremental.Name(p); ok && incrementalDir(p) {
 			p, e.incremental = rel, true
 		}
@@ -210,7 +204,7 @@ func (mb *member) file(h *tar.Header, tr io.Reader, src *sourceReader, dst, mpat
 	if err != nil {
 		return err
 	}
-	if f.algorithm == "CRC32C" && !crcMatches(crc.Sum32(), f.checksum) {
+	if f.file.CRCMismatch(crc.Sum32()) {
 		return fmt.Errorf("%w: %s: CRC-32C differs from its server manifest", sealed.ErrChecksum, mpath)
 	}
 	switch mpath {
@@ -342,13 +336,4 @@ func (mb *member) checkLabel(b []byte) error {
 			ErrDamaged, l.from, l.fromTLI, mb.parent.id, p.start, p.startTLI)
 	}
 	return nil
-}
-
-// crcMatches compares a CRC with the manifest's hex, which is the value's
-// bytes in the server's memory order: either byte order is accepted.
-func crcMatches(c uint32, want string) bool {
-	var le, be [4]byte
-	binary.LittleEndian.PutUint32(le[:], c)
-	binary.BigEndian.PutUint32(be[:], c)
-	return strings.EqualFold(want, hex.EncodeToString(le[:])) || strings.EqualFold(want, hex.EncodeToString(be[:]))
 }
