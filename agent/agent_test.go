@@ -319,8 +319,7 @@ func TestAgentHungPollGoesStale(t *testing.T) {
 		})
 		// Alive and polling, backing off to pollMax: trusted throughout.
 		for i := 0; i < 300; i++ {
-			time.Sleep(time.Second)
-			synctest.Wait()
+			archivetest.Advance(time.Second)
 			if !spool.KnownAbsent(spoolDir, archivetest.Seg(10), time.Now()) {
 				t.Fatalf("a live agent's poll was not trusted %s after it caught up", time.Since(start))
 			}
@@ -332,8 +331,7 @@ func TestAgentHungPollGoesStale(t *testing.T) {
 			if time.Since(hung) > 2*pollMax {
 				t.Fatalf("a hung agent's poll was trusted %s after it hung, beyond two poll intervals", time.Since(hung))
 			}
-			time.Sleep(time.Second)
-			synctest.Wait()
+			archivetest.Advance(time.Second)
 		}
 		if ag.Stats().LastPoll.Load() == polls {
 			t.Fatal("the agent did not poll (and hang) after the store hung: the staleness was not tested")

@@ -58,7 +58,7 @@ func TestPrefetchSeesTakesByRename(t *testing.T) {
 		r.start(2, fetch.PrefetchOptions{Ahead: 4, Parallel: 2, Idle: time.Minute})
 		archivetest.Eventually(t, "3 to 6 prefetched", 10*time.Second, func() bool { return r.hasAll(3, 6) })
 		for i, n := range []uint64{3, 4, 5, 6} {
-			time.Sleep(45 * time.Second)
+			archivetest.Advance(45 * time.Second)
 			r.mv(n)
 			archivetest.Eventually(t, "the window to move past the segment taken", 10*time.Second, func() bool { return r.hasAll(n+1, n+4) })
 			if !r.spool.Running() {
@@ -105,15 +105,14 @@ func TestPrefetchTakesAndNotesInEitherOrder(t *testing.T) {
 		r.start(2, fetch.PrefetchOptions{Ahead: 4, Parallel: 1})
 		archivetest.Eventually(t, "3 to 6 prefetched", 10*time.Second, func() bool { return r.hasAll(3, 6) })
 		before := time.Now().UnixNano()
-		time.Sleep(time.Second)
+		archivetest.Advance(time.Second)
 		if took, err := r.spool.Take(archivetest.Seg(3), r.dest); !took || err != nil {
 			t.Fatalf("take 3: %v %v", took, err)
 		}
 		r.mv(4)
 		archivetest.Eventually(t, "the window to move to 5..8", 10*time.Second, func() bool { return r.hasAll(5, 8) })
 		r.writeNote(3, before) // fetch's note of 3, read only now
-		time.Sleep(time.Second)
-		synctest.Wait()
+		archivetest.Advance(time.Second)
 		if !r.hasAll(5, 8) || r.p.Stats().Downloads.Load() != 6 {
 			t.Fatalf("after a stale note of 3 the spool holds %v after %d downloads; want 5 to 8 after 6",
 				archivetest.SpoolNames(t, r.spool.Dir), r.p.Stats().Downloads.Load())

@@ -248,8 +248,7 @@ func TestPrefetchBeliefIsNeverAbsent(t *testing.T) {
 		if r.p.Stats().Missing.Load() != missing {
 			t.Fatal("the prefetcher looked again meanwhile: the test did not hold its belief")
 		}
-		time.Sleep(100 * time.Millisecond)
-		synctest.Wait()
+		archivetest.Advance(100 * time.Millisecond)
 		if got := archivetest.SpoolNames(t, r.spool.Dir); !got[archivetest.Seg(6)] || !got[archivetest.Seg(9)] {
 			t.Fatalf("after 5 was taken the spool holds %v, want 6 to 9", got)
 		}
@@ -269,8 +268,7 @@ func TestPrefetchStops(t *testing.T) {
 			r := newPrefetchRig(t, mem, mem, 2, 6)
 			r.start(2, fetch.PrefetchOptions{Idle: time.Minute})
 			for i := 0; i < 4; i++ {
-				time.Sleep(45 * time.Second)
-				synctest.Wait()
+				archivetest.Advance(45 * time.Second)
 				if !r.spool.Running() {
 					t.Fatalf("the prefetcher stopped %ds in although a fetch came every 45s", 45*(i+1))
 				}

@@ -63,6 +63,16 @@ func SpoolNames(t *testing.T, dir string) map[string]bool {
 // step is how far Eventually moves the bubble's clock between looks.
 const step = time.Millisecond
 
+// Advance moves a synctest bubble's fake clock on by d and lets every
+// goroutine of the bubble run until it is durably blocked again: the
+// way a test inside a bubble lets time pass. No real time is spent, so no
+// load can change what the test sees. Call it from the bubble's root
+// goroutine only (synctest.Wait's rule).
+func Advance(d time.Duration) {
+	time.Sleep(d) // the bubble's fake clock: returns when the bubble reaches that time
+	synctest.Wait()
+}
+
 // Eventually waits, inside a synctest bubble, until cond holds: it lets
 // every goroutine of the bubble run until it is durably blocked
 // (synctest.Wait), looks, and otherwise advances the bubble's fake clock
