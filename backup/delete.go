@@ -123,9 +123,10 @@ type DeleteOptions struct {
 }
 
 // Remove deletes backup id after the checks an operator relies on: not a
-// running backup (unless Force), and not the parent of incrementals
-// (unless WithDependants, which deletes them first, newest first, so that
-// no incremental is ever left without its parent). It returns the ids
+// running backup, nor the parent a running incremental is taken against
+// (unless Force), and not the parent of incrementals (unless
+// WithDependants, which deletes them first, newest first, so that no
+// incremental is ever left without its parent). It returns the ids
 // deleted, in order.
 func Remove(ctx context.Context, a *archive.Archive, id string, o DeleteOptions) ([]string, error) {
 	if err := manifest.ValidID(id); err != nil {
@@ -136,9 +137,17 @@ func Remove(ctx context.Context, a *archive.Archive, id string, o DeleteOptions)
 			return nil, err
 		}
 	}
-	c, err := catalog.Load(ctx, a, catalog.Backups)
+	c, err := catalog.Load(ctx, a, catalog.Backups|catalog.Leases)
 	if err != nil {
 		return nil, err
+	}
+	if !o.Force {
+		for other, l := range c.Leases {
+			if live, _ := l.Live(o.Now); live && l.Lease.Parent == id {
+				return nil, fmt.Errorf("backup %s: %w: incremental backup %s is being taken against it (lease held by %s); wait for it, or use --force",
+					id, ErrHasDependants, other, l.Lease.Holder)
+			}
+		}
 	}
 	deps := c.Dependants(id)
 	if len(deps) > 0 && !o.WithDependants {

@@ -52,3 +52,34 @@ func TestRemoveRefusesOrphaningIncrementals(t *testing.T) {
 		t.Fatalf("delete of a lone full: %v, %v", done, err)
 	}
 }
+
+// The parent a running incremental backup is taken against (its live
+// lease names it) is not deleted under it, unless forced.
+func TestRemoveRefusesTheParentOfARunningIncremental(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	a := archive.New(store, slog.New(slog.DiscardHandler))
+	if _, err := a.ClaimIdentity(ctx, archive.Identity{SystemIdentifier: 9, PGVersion: "17", SegmentSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	full := &manifest.Manifest{Format: manifest.Format, ID: "20261201T000000Z", SystemIdentifier: 9, SegmentSize: 1 << 20}
+	if err := putManifest(ctx, store, full); err != nil {
+		t.Fatal(err)
+	}
+	held, err := a.AcquireLease(ctx, archive.BackupLeaseKey("20261201T010000Z"), archive.LeaseOptions{Kind: "backup push", Parent: full.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Remove(ctx, a, full.ID, DeleteOptions{Now: time.Now()}); !errors.Is(err, ErrHasDependants) {
+		t.Fatalf("delete of a running incremental's parent: %v, want ErrHasDependants", err)
+	}
+	if _, err := manifest.Get(ctx, store, full.ID); err != nil {
+		t.Fatalf("the refused delete removed it: %v", err)
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := Remove(ctx, a, full.ID, DeleteOptions{Now: time.Now()}); err != nil || len(done) != 1 {
+		t.Fatalf("delete once the incremental ended: %v, %v", done, err)
+	}
+}
