@@ -51,6 +51,13 @@ func TestChain(t *testing.T) {
 			t.Errorf("%s: %v", b.ID, err)
 		}
 	}
+	// A parent started in the same second (backup_label's resolution) is
+	// a parent.
+	same := mk("S1", 3, "F2")
+	c.Backups = append(c.Backups, same)
+	if got, err := c.Chain(same); err != nil || len(got) != 2 {
+		t.Errorf("a parent of the same second: %v, %v", ids(got), err)
+	}
 	// A loop never hangs.
 	x, y := mk("X", 7, "Y"), mk("Y", 8, "X")
 	c.Backups = append(c.Backups, x, y)

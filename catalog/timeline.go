@@ -222,8 +222,10 @@ func (c *Catalog) Chain(b *manifest.Manifest) ([]*manifest.Manifest, error) {
 			return nil, fmt.Errorf("%w: backup %s needs %s, which is not a complete backup in the archive", ErrBrokenChain, m.ID, m.Parent)
 		case len(chain) > len(c.Backups):
 			return nil, fmt.Errorf("%w: backup %s's parents form a loop", ErrBrokenChain, b.ID)
-		case p.SystemIdentifier != b.SystemIdentifier || !p.StartTime.Before(m.StartTime):
-			return nil, fmt.Errorf("%w: backup %s names %s as its parent, which is another cluster's or not older", ErrBrokenChain, m.ID, p.ID)
+		case p.SystemIdentifier != b.SystemIdentifier || p.StartTime.After(m.StartTime):
+			// Start times come from backup_label, to the second: a parent
+			// and its child can share one, so only a newer parent breaks.
+			return nil, fmt.Errorf("%w: backup %s names %s as its parent, which is another cluster's or newer", ErrBrokenChain, m.ID, p.ID)
 		}
 		chain = append(chain, p)
 		m = p
